@@ -1,0 +1,150 @@
+"""Run configuration: defaults, the reference's per-method settings, validation.
+
+Configs are `ml_collections.ConfigDict`s built by `get_config()` in
+`experiments/configs/*.py`; `base_config(method)` gives the fields every
+config has, with the reference's defaults for that method.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from pga_jax.models import ARCHITECTURES
+
+METHOD_NAMES = ('ae', 'vae', 'lpga', 'vpga', 'lvpga')
+DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'celeb_a', 'folder', 'idx')
+OPTIMIZERS = ('sgd', 'adam')
+COEFFICIENTS = ('zn_rec', 'zh_rec', 'nll', 'vrec', 'vkld', 'beta')
+
+# Reference defaults per method (docs/reference-implementation.md,
+# "Published settings"): latent size, coefficients, warm-up, optimizer.
+_METHOD_DEFAULTS = {
+    'ae': dict(latent_dim=12, init_steps=0),
+    'vae': dict(latent_dim=32, beta=0.1, init_steps=0),
+    'lpga': dict(latent_dim=12, zn_rec=6e-2, zh_rec=0.0, nll=1.5e-2, init_steps=3000),
+    'vpga': dict(latent_dim=32, zn_rec=6e-2, zh_rec=0.0, vrec=1e-2, vkld=2e-2, init_steps=0),
+    'lvpga': dict(latent_dim=32, zn_rec=6e-2, zh_rec=0.0, vrec=2e-2, vkld=2e-2, nll=0.0,
+                  init_steps=3000),
+}
+
+
+def base_config(method: str = 'lpga') -> ml_collections.ConfigDict:
+  """Every field a run reads, with the reference's defaults for `method`."""
+  if method not in _METHOD_DEFAULTS:
+    raise ValueError(f'unknown method {method!r}; choose one of {METHOD_NAMES}')
+  c = ml_collections.ConfigDict()
+  c.method = method
+  c.dataset = 'mnist'
+  c.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.image_size = 28          # used by 'folder' and 'idx' datasets
+  c.channels = 1             # used by 'folder' and 'idx' datasets
+  c.skip_bad_files = False
+  c.arch = 'conv_mnist'
+  c.use_bn = False
+  c.latent_dim = 12
+  c.compute_dtype = 'float32'
+  c.batch_size = 64          # global batch, over all devices and hosts
+  c.num_steps = 600 * 60000 // 64
+  c.seed = 0
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adam' if method == 'vae' else 'sgd'
+  c.optimizer.learning_rate = 2e-4 if method == 'vae' else 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.b1 = 0.5
+  c.optimizer.b2 = 0.999
+
+  for name in COEFFICIENTS:
+    c[name] = 0.0
+  c.init_steps = 0
+  c.num_perturbations = 1
+  c.extra_terms = ()
+  for key, value in _METHOD_DEFAULTS[method].items():
+    c[key] = value
+
+  c.log_every = 100
+  c.sample_every = 2000
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.eval_every = 0           # 0: no evaluation during training
+  c.eval_num_samples = 5000
+  c.eval_features = 'domain'
+  c.max_bad_steps = 20       # consecutive non-finite steps before stopping
+  return c
+
+
+DATASET_SHAPES = {'mnist': (28, 1), 'fashion_mnist': (28, 1), 'cifar10': (32, 3),
+                  'celeb_a': (64, 3)}
+
+
+def image_shape(config) -> tuple:
+  """(size, size, channels) of the config's images."""
+  size, channels = DATASET_SHAPES.get(config.dataset, (config.image_size, config.channels))
+  return (size, size, channels)
+
+
+class ConfigError(ValueError):
+  """A config field has a value that cannot work; the message names it."""
+
+
+def _fail(field: str, message: str):
+  raise ConfigError(f'config.{field}: {message}')
+
+
+def validate(config, device_count: int = 1) -> None:
+  """Rejects configs that cannot work, naming the field, before anything compiles."""
+  if config.method not in METHOD_NAMES:
+    _fail('method', f'unknown method {config.method!r}; choose one of {METHOD_NAMES}')
+  if config.arch not in ARCHITECTURES:
+    _fail('arch', f'unknown arch {config.arch!r}; choose one of {sorted(ARCHITECTURES)}')
+  if config.dataset not in DATASETS:
+    _fail('dataset', f'unknown dataset {config.dataset!r}; choose one of {DATASETS}')
+  if config.dataset in ('folder', 'idx') and not config.data_dir:
+    _fail('data_dir', f'dataset {config.dataset!r} needs data_dir, the folder holding the files')
+  size, _, channels = image_shape(config)
+  if size != ARCHITECTURES[config.arch]:
+    _fail('arch', f'{config.arch} takes {ARCHITECTURES[config.arch]}x'
+          f'{ARCHITECTURES[config.arch]} images but dataset {config.dataset!r} has '
+          f'{size}x{size}; pick a matching arch or image_size')
+  if channels not in (1, 3):
+    _fail('channels', f'must be 1 or 3, got {channels}')
+  if not isinstance(config.latent_dim, int) or config.latent_dim < 1:
+    _fail('latent_dim', f'must be an integer >= 1, got {config.latent_dim!r}')
+  for field in ('batch_size', 'num_steps', 'num_perturbations', 'log_every',
+                'sample_every', 'checkpoint_every', 'keep_checkpoints'):
+    value = config[field]
+    if not isinstance(value, int) or value < 1:
+      _fail(field, f'must be an integer >= 1, got {value!r}')
+  for field in ('init_steps', 'eval_every', 'max_bad_steps', 'seed'):
+    value = config[field]
+    if not isinstance(value, int) or value < 0:
+      _fail(field, f'must be an integer >= 0, got {value!r}')
+  if config.batch_size % device_count:
+    _fail('batch_size', f'{config.batch_size} is not divisible by the {device_count} '
+          'devices; use a multiple of the device count')
+  if config.batch_size < 2 and config.use_bn:
+    _fail('batch_size', 'batch norm needs a batch of at least 2')
+  for name in COEFFICIENTS:
+    value = config[name]
+    if not isinstance(value, (int, float)) or value < 0:
+      _fail(name, f'coefficients must be numbers >= 0, got {value!r}')
+  if config.method == 'vae' and config.beta <= 0:
+    _fail('beta', 'the VAE needs beta > 0')
+  opt = config.optimizer
+  if opt.name not in OPTIMIZERS:
+    _fail('optimizer.name', f'unknown optimizer {opt.name!r}; choose one of {OPTIMIZERS}')
+  if not isinstance(opt.learning_rate, (int, float)) or opt.learning_rate <= 0:
+    _fail('optimizer.learning_rate', f'must be > 0, got {opt.learning_rate!r}')
+  if not 0 <= opt.momentum < 1:
+    _fail('optimizer.momentum', f'must be in [0, 1), got {opt.momentum!r}')
+  if config.compute_dtype not in ('float32', 'bfloat16'):
+    _fail('compute_dtype', f"must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
+  if config.eval_features not in ('domain', 'inception'):
+    _fail('eval_features', f"must be 'domain' or 'inception', got {config.eval_features!r}")
+  for spec in config.extra_terms or ():
+    for key in ('name', 'fn', 'updates'):
+      if key not in spec:
+        _fail('extra_terms', f'each extra term needs {key!r}; got {dict(spec)}')
+    coeff = spec.get('coeff')
+    if coeff is not None and coeff not in config:
+      _fail('extra_terms', f'term {spec["name"]!r} names coefficient {coeff!r}, '
+            f'which is not a config field; add config.{coeff}')

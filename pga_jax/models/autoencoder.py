@@ -1,0 +1,135 @@
+"""An encoder f and a decoder g as one value with pure init/encode/decode.
+
+Parameters are a plain pytree `{'encoder': ..., 'decoder': ...}`; every
+method takes the subtree it needs, so losses can stop gradients on one side
+(`pga_jax.methods.route`) without filtering gradients by name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Optional
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pga_jax.models import dcgan, resnet
+
+ARCHITECTURES = {
+    # name: (native image size, builder of (encoder, decoder))
+    'conv_mnist': 28,
+    'conv_32': 32,
+    'conv_64': 64,
+    'resnet_32': 32,
+}
+
+
+class Encoding(NamedTuple):
+  """Encoder output: latent mean (= f(x)) and log(sigma^2), or None."""
+  mean: jax.Array
+  logvar: Optional[jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoEncoder:
+  """Encoder f: images (N, S, S, C) in [-1, 1] -> latents (N, H); decoder g back.
+
+  `with_logvar` adds the log-variance head that VPGA, LVPGA and the VAE need.
+  `dtype` is the compute dtype (e.g. bfloat16); parameters stay float32.
+  """
+  arch: str
+  latent_dim: int
+  channels: int
+  use_bn: bool = False
+  with_logvar: bool = False
+  dtype: Optional[jnp.dtype] = None
+  use_phase_decomposition: bool = True
+
+  def __post_init__(self):
+    if self.arch not in ARCHITECTURES:
+      raise ValueError(f'unknown arch {self.arch!r}; choose one of {sorted(ARCHITECTURES)}')
+
+  @property
+  def image_size(self) -> int:
+    return ARCHITECTURES[self.arch]
+
+  @property
+  def image_shape(self) -> tuple:
+    return (self.image_size, self.image_size, self.channels)
+
+  @property
+  def encoder(self) -> nn.Module:
+    if self.arch == 'resnet_32':
+      return resnet.ResnetEncoder(self.latent_dim, self.use_bn, self.with_logvar,
+                                  dtype=self.dtype)
+    spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32,
+            'conv_64': dcgan.CONV_64}[self.arch]
+    return dcgan.DcganEncoder(spec, self.latent_dim, self.use_bn, self.with_logvar,
+                              dtype=self.dtype)
+
+  @property
+  def decoder(self) -> nn.Module:
+    if self.arch == 'resnet_32':
+      return resnet.ResnetDecoder(self.channels, self.use_bn, dtype=self.dtype)
+    spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32,
+            'conv_64': dcgan.CONV_64}[self.arch]
+    return dcgan.DcganDecoder(spec, self.channels, self.use_bn, dtype=self.dtype,
+                              use_phase_decomposition=self.use_phase_decomposition)
+
+  def init(self, rng: jax.Array) -> dict:
+    """Glorot-uniform weights, zero biases (log-variance bias 2*log(0.1))."""
+    enc_rng, dec_rng = jax.random.split(rng)
+    x = jnp.zeros((2,) + self.image_shape, jnp.float32)
+    z = jnp.zeros((2, self.latent_dim), jnp.float32)
+    return {'encoder': self.encoder.init(enc_rng, x)['params'],
+            'decoder': self.decoder.init(dec_rng, z)['params']}
+
+  def encode(self, encoder_params, images: jax.Array,
+             stat_rows: Optional[int] = None) -> Encoding:
+    """f(x). Batch norm (if on) uses this batch's statistics (see layers.BatchNorm)."""
+    chex.assert_rank(images, 4)
+    chex.assert_equal(images.shape[1:], self.image_shape)
+    mean, logvar = self.encoder.apply({'params': encoder_params}, images, stat_rows)
+    chex.assert_shape(mean, (images.shape[0], self.latent_dim))
+    return Encoding(mean, logvar)
+
+  def decode(self, decoder_params, latents: jax.Array,
+             stat_rows: Optional[int] = None) -> jax.Array:
+    """g(z): images in [-1, 1]."""
+    chex.assert_shape(latents, (None, self.latent_dim))
+    images = self.decoder.apply({'params': decoder_params}, latents, stat_rows)
+    chex.assert_shape(images, (latents.shape[0],) + self.image_shape)
+    return images
+
+  def encode_decode(self, params, latents: jax.Array) -> jax.Array:
+    """h(z) = f(g(z)), the perceptual generative model (Sec. 2.1)."""
+    return self.encode(params['encoder'], self.decode(params['decoder'], latents)).mean
+
+  def decode_with_reference(self, decoder_params, latents: jax.Array,
+                            reference_latents: jax.Array) -> jax.Array:
+    """g(z) with batch-norm statistics taken from `reference_latents` only.
+
+    Makes a sample independent of the other samples it is drawn with (and so
+    of the sample batch size): used for figures, sampling and evaluation.
+    Without batch norm this equals `decode`.
+    """
+    if not self.use_bn:
+      return self.decode(decoder_params, latents)
+    rows = reference_latents.shape[0]
+    both = jnp.concatenate([reference_latents, latents], axis=0)
+    return self.decode(decoder_params, both, stat_rows=rows)[rows:]
+
+  def encode_with_reference(self, encoder_params, images: jax.Array,
+                            reference_images: jax.Array) -> Encoding:
+    """f(x) with batch-norm statistics from `reference_images` only."""
+    if not self.use_bn:
+      return self.encode(encoder_params, images)
+    rows = reference_images.shape[0]
+    both = jnp.concatenate([reference_images, images], axis=0)
+    out = self.encode(encoder_params, both, stat_rows=rows)
+    return Encoding(out.mean[rows:], None if out.logvar is None else out.logvar[rows:])
+
+
+def param_count(tree) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
