@@ -637,6 +637,19 @@ def test_failed_fashion_mnist_builds_leave_no_cache(fashion_build):
   assert len(fashion_build.train.images) == 60000
 
 
+@pytest.mark.slow
+def test_damaged_prepared_files_are_an_error(fashion_build, tmp_path):
+  data_dir = tmp_path / 'tfds'
+  shutil.copytree(_variant_dir(fashion_build.data_dir),
+                  data_dir / 'fashion_mnist' / '3.0.1')
+  record = data_dir / 'fashion_mnist' / '3.0.1' / (
+      'fashion_mnist-test.tfrecord-00000-of-00001')
+  record.write_bytes(record.read_bytes()[:len(record.read_bytes()) // 2])
+  with pytest.raises(DatasetError) as error:
+    load_split('fashion_mnist', 'test', str(data_dir), allow_download=False)
+  assert 'damaged' in str(error.value) and str(data_dir) in str(error.value)
+
+
 def test_fashion_mnist_file_verification_rejects_wrong_content(tmp_path):
   # Plain-MNIST-shaped files that are not Fashion-MNIST: right header, wrong data.
   for name, expected in fashion_mnist_offline.EXPECTED_FILES.items():

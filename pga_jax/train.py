@@ -1,0 +1,229 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+One readable loop. Data, models, losses, sharding, checkpoints and figures
+live in their own modules; this file only wires them together:
+
+  config -> validate -> data (BatchSource) -> model + method -> jitted step
+  -> loop: step, metrics (clu), progress/ETA, figures, checkpoints.
+
+Running `train_and_evaluate` again on the same workdir resumes from the
+latest checkpoint and continues exactly (same batches, same random numbers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers, metrics as clu_metrics, periodic_actions
+
+from pga_jax import checkpointing, config as config_lib, data, figures, methods, sampling
+from pga_jax import sharding, train_step as ts
+
+FIGURE_IMAGES = 100  # the reference's sample batch for figures
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps had non-finite loss or gradients."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: ts.TrainState
+  step: int
+  preempted: bool
+  last_metrics: dict
+  figure_paths: dict
+
+
+def ensure_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as err:
+    raise checkpointing.WorkdirError(
+        f'cannot write to workdir {workdir!r} ({err.strerror}); choose a --workdir you can '
+        'write to') from err
+
+
+def load_training_images(config) -> np.ndarray:
+  size, _, channels = config_lib.image_shape(config)
+  split = data.load_split(config.dataset, 'train', config.data_dir, image_size=size,
+                          channels=channels, skip_bad_files=config.skip_bad_files)
+  if split.num_skipped:
+    logging.warning('Skipped %d unreadable files in %s.', split.num_skipped, config.data_dir)
+  return split.images
+
+
+def local_copy(tree):
+  """A host numpy copy of a replicated pytree (works on every host of a pod)."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def average_metrics(step_metrics: list) -> dict:
+  """Means of per-step metric dicts, with clu.metrics.Average."""
+  names = sorted(step_metrics[0])
+  collection_cls = clu_metrics.Collection.create(
+      **{name: clu_metrics.Average.from_output(name) for name in names})
+  collection = None
+  for m in step_metrics:
+    update = collection_cls.single_from_model_output(**m)
+    collection = update if collection is None else collection.merge(update)
+  return {k: float(v) for k, v in collection.compute().items()}
+
+
+class BadStepMonitor:
+  """Counts consecutive non-finite steps; names the terms that went bad."""
+
+  def __init__(self, limit: int):
+    self.limit = limit
+    self.streak = 0
+    self.bad_terms = set()
+
+  def update(self, step_metrics: list, first_step: int) -> None:
+    for offset, m in enumerate(step_metrics):
+      if m['finite'] > 0:
+        self.streak, self.bad_terms = 0, set()
+        continue
+      self.streak += 1
+      self.bad_terms |= {k for k, v in m.items() if k not in ('finite',) and not np.isfinite(v)}
+      if self.limit and self.streak >= self.limit:
+        terms = ', '.join(sorted(self.bad_terms)) or 'gradients only'
+        raise NonFiniteError(
+            f'{self.streak} consecutive steps up to step {first_step + offset + 1} had '
+            f'non-finite values (in: {terms}); none of them was applied and the latest '
+            'checkpoint is the last good state. Lower the learning rate or the coefficient '
+            'of the named terms, then resume.')
+
+
+def write_figures(model, params, config, images: np.ndarray, workdir: str, step: int,
+                  writer) -> dict:
+  """The paper's figures for the current parameters, as PNG and in TensorBoard."""
+  reference = sampling.reference_latents(model, config.batch_size, config.seed)
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)  # same latents every time
+  samples = sampling.sample(model, params, rng, FIGURE_IMAGES, reference)
+  shown = jnp.asarray(images[:FIGURE_IMAGES].astype(np.float32) / 127.5 - 1.0)
+  recons = sampling.reconstruct(model, params, shown)
+  path = sampling.interpolate(model, params, shown[:10], shown[10:20], steps=9)
+  grids = {'samples': figures.sample_grid(samples),
+           'reconstructions': figures.reconstruction_grid(np.asarray(shown[:50]), recons[:50]),
+           'interpolations': figures.interpolation_grid(np.asarray(shown[:10]), path,
+                                                        np.asarray(shown[10:20]))}
+  out_dir = os.path.join(workdir, 'figures')
+  paths = {}
+  for name, grid in grids.items():
+    paths[name] = figures.save_png(grid, os.path.join(out_dir, f'{name}_{step:08d}.png'), scale=2)
+    figures.save_png(grid, os.path.join(out_dir, f'{name}_latest.png'), scale=2)
+  writer.write_images(step, {k: v[None] for k, v in grids.items()})
+  return paths
+
+
+def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Event] = None,
+                       evaluate_fn: Optional[Callable] = None) -> TrainResult:
+  """Trains (or resumes) the run in `workdir` up to `config.num_steps`.
+
+  stop_event: when set (e.g. by a SIGTERM handler), the loop finishes the
+    current step, writes a checkpoint and returns with `preempted=True`.
+  evaluate_fn: optional `evaluate_fn(model, params, step) -> dict of scalars`,
+    called every `config.eval_every` steps.
+  """
+  dp = sharding.data_parallel()
+  config_lib.validate(config, dp.num_devices)
+  ensure_writable(workdir)
+  is_main = jax.process_index() == 0
+
+  manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
+  resuming = manager.latest_step() is not None
+  if resuming:
+    checkpointing.check_compatible(checkpointing.load_config(workdir), config)
+
+  images = load_training_images(config)
+  batches = data.BatchSource(images, config.batch_size, config.seed,
+                             jax.process_index(), jax.process_count())
+  _, _, channels = config_lib.image_shape(config)
+  loss_fn, model, _ = methods.make_loss_fn(config, channels)
+  optimizer = ts.make_optimizer(config)
+
+  init_fn = lambda rng: ts.init_train_state(model, optimizer, rng)
+  rng = jax.random.PRNGKey(config.seed)
+  abstract = jax.eval_shape(init_fn, rng)
+  state_shardings = jax.tree_util.tree_map(lambda _: dp.replicated, abstract)
+  if resuming:
+    target = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
+    state = checkpointing.restore(manager, target)
+    logging.info('Resumed from step %d in %s', int(state.step), workdir)
+  else:
+    state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
+    checkpointing.write_config(workdir, config)
+
+  step_fn = jax.jit(ts.make_train_step(loss_fn, optimizer),
+                    in_shardings=(state_shardings, dp.batch),
+                    out_shardings=(state_shardings, dp.replicated),
+                    donate_argnums=0)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  if not resuming:
+    writer.write_hparams({k: v for k, v in config.to_dict().items()
+                          if isinstance(v, (int, float, str, bool))})
+  start = int(state.step)
+  progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)
+  bar = None
+  if is_main and sys.stderr.isatty():
+    import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm.tqdm(total=config.num_steps, initial=start, unit='step', dynamic_ncols=True)
+
+  monitor = BadStepMonitor(config.max_bad_steps)
+  pending, last_metrics, figure_paths = [], {}, {}
+  step, preempted = start, False
+  t_window = time.time()
+  try:
+    for step_index, local_batch in batches.iterate(start, config.num_steps - start):
+      state, metrics = step_fn(state, dp.global_batch(local_batch))
+      pending.append(metrics)
+      step = step_index + 1
+      progress(step)
+      if bar is not None:
+        bar.update(1)
+      final = step == config.num_steps
+      preempted = stop_event is not None and stop_event.is_set() and not final
+
+      if step % config.log_every == 0 or final or preempted:
+        host = jax.device_get(pending)
+        monitor.update(host, step - len(host))
+        last_metrics = average_metrics(host)
+        last_metrics['steps_per_sec'] = len(host) / max(time.time() - t_window, 1e-9)
+        writer.write_scalars(step, last_metrics)
+        if bar is not None:
+          bar.set_postfix(loss=f"{last_metrics['loss']:.4f}")
+        pending, t_window = [], time.time()
+
+      if config.eval_every and evaluate_fn is not None and (step % config.eval_every == 0 or final):
+        writer.write_scalars(step, evaluate_fn(model, local_copy(state.params), step))
+
+      if is_main and (step % config.sample_every == 0 or final or preempted):
+        figure_paths = write_figures(model, local_copy(state.params), config, images,
+                                     workdir, step, writer)
+
+      if step % config.checkpoint_every == 0 or final or preempted:
+        checkpointing.save(manager, state, step)
+      if preempted:
+        logging.warning('Stop requested: wrote checkpoint at step %d in %s; run the same '
+                        'command again to resume.', step, workdir)
+        break
+  finally:
+    manager.wait_until_finished()
+    writer.flush()
+    if bar is not None:
+      bar.close()
+  return TrainResult(state, step, preempted, last_metrics, figure_paths)

@@ -1,0 +1,136 @@
+"""End to end: the CLI path trains, resumes exactly, writes figures; config checks."""
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from pga_jax import checkpointing, config as config_lib, train
+from tests import helpers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def idx_dir(tmp_path_factory):
+  folder = str(tmp_path_factory.mktemp('idx'))
+  helpers.write_idx_images(folder, helpers.synthetic_digits(96))
+  helpers.write_idx_images(folder, helpers.synthetic_digits(40, seed=1), prefix='t10k')
+  return folder
+
+
+def params_of(result):
+  return jax.tree_util.tree_leaves(jax.device_get(result.state.params))
+
+
+def test_interrupted_and_resumed_run_ends_with_identical_parameters(idx_dir, tmp_path):
+  straight = train.train_and_evaluate(helpers.tiny_config(idx_dir), str(tmp_path / 'a'))
+  first = train.train_and_evaluate(helpers.tiny_config(idx_dir, num_steps=4), str(tmp_path / 'b'))
+  assert first.step == 4
+  resumed = train.train_and_evaluate(helpers.tiny_config(idx_dir), str(tmp_path / 'b'))
+  assert straight.step == resumed.step == 6
+  for a, b in zip(params_of(straight), params_of(resumed)):
+    np.testing.assert_array_equal(a, b)
+  # ... and training really moved the parameters.
+  fresh = first.state  # state after 4 steps differs from after 6
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree_util.tree_leaves(jax.device_get(fresh.params)), params_of(straight)))
+
+
+def test_stop_event_checkpoints_after_current_step(idx_dir, tmp_path):
+  stop = threading.Event()
+  stop.set()
+  result = train.train_and_evaluate(helpers.tiny_config(idx_dir), str(tmp_path), stop_event=stop)
+  assert result.preempted and result.step == 1
+  manager = checkpointing.checkpoint_manager(str(tmp_path), 3)
+  assert manager.latest_step() == 1
+
+
+def test_resuming_with_an_incompatible_config_is_an_error(idx_dir, tmp_path):
+  train.train_and_evaluate(helpers.tiny_config(idx_dir, num_steps=1), str(tmp_path))
+  with pytest.raises(checkpointing.WorkdirError, match='latent_dim'):
+    train.train_and_evaluate(helpers.tiny_config(idx_dir, latent_dim=5), str(tmp_path))
+
+
+def run_cli(*args, timeout=300):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run([sys.executable, '-m', 'pga_jax.cli', *args], capture_output=True,
+                        text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def test_cli_train_then_sample_reconstruct_interpolate(idx_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  config_file = tmp_path / 'tiny.py'
+  config_file.write_text(
+      'from tests import helpers\n'
+      f'def get_config():\n  return helpers.tiny_config({idx_dir!r}, method="vpga")\n')
+  out = run_cli('train', f'--config={config_file}', f'--workdir={workdir}',
+                '--config.num_steps=3', '--config.latent_dim=6')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'training finished at step 3' in out.stdout
+  stored = json.load(open(os.path.join(workdir, 'config.json')))
+  assert stored['latent_dim'] == 6 and stored['method'] == 'vpga'
+  for name in ('samples', 'reconstructions', 'interpolations'):
+    assert os.path.exists(os.path.join(workdir, 'figures', f'{name}_latest.png'))
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+
+  out = run_cli('sample', f'--workdir={workdir}', '--num=7', f'--out={tmp_path}/s.npz')
+  assert out.returncode == 0, out.stderr[-3000:]
+  samples = np.load(tmp_path / 's.npz')['images']
+  assert samples.shape == (7, 28, 28, 1) and samples.dtype == np.uint8
+  out = run_cli('reconstruct', f'--workdir={workdir}', '--num=4', f'--out={tmp_path}/r.png')
+  assert out.returncode == 0 and os.path.exists(tmp_path / 'r.png'), out.stderr[-3000:]
+  out = run_cli('interpolate', f'--workdir={workdir}', '--num=2', f'--out={tmp_path}/i.npz')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert np.load(tmp_path / 'i.npz')['images'].shape == (2, 9, 28, 28, 1)
+
+
+def test_cli_reports_bad_config_and_missing_run_without_traceback(idx_dir, tmp_path):
+  out = run_cli('train', '--config=experiments/configs/quickstart.py', f'--workdir={tmp_path}/w',
+                '--config.arch=conv_64')
+  assert out.returncode == 2
+  assert 'config.arch' in out.stderr and 'Traceback' not in out.stderr
+  out = run_cli('sample', f'--workdir={tmp_path}/nothing', f'--out={tmp_path}/x.png')
+  assert out.returncode == 2 and 'not a pga_jax run directory' in out.stderr
+
+
+INVALID = [
+    ('method', 'gan'), ('arch', 'vgg'), ('latent_dim', 0), ('batch_size', 0),
+    ('zn_rec', -1.0), ('nll', -0.5), ('num_perturbations', 0), ('dataset', 'imagenet'),
+    ('init_steps', -3), ('compute_dtype', 'float16'), ('num_steps', 0),
+]
+
+
+@pytest.mark.parametrize('field,value', INVALID)
+def test_config_validation_names_the_field(field, value):
+  config = config_lib.base_config('lpga')
+  config[field] = value
+  with pytest.raises(config_lib.ConfigError, match=f'config.{field}'):
+    config_lib.validate(config)
+
+
+def test_config_validation_batch_divisibility_and_optimizer():
+  config = config_lib.base_config('lpga')
+  config.batch_size = 6
+  with pytest.raises(config_lib.ConfigError, match='divisible'):
+    config_lib.validate(config, device_count=4)
+  config_lib.validate(config, device_count=3)
+  config.optimizer.name = 'rmsprop'
+  with pytest.raises(config_lib.ConfigError, match='optimizer.name'):
+    config_lib.validate(config)
+
+
+def test_every_experiment_config_is_valid():
+  import importlib.util
+  folder = os.path.join(REPO, 'experiments', 'configs')
+  names = sorted(f for f in os.listdir(folder) if f.endswith('.py') and f != '__init__.py')
+  assert len(names) >= 13
+  for name in names:
+    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(folder, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config_lib.validate(module.get_config())
