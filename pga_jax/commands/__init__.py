@@ -1,0 +1,1 @@
+"""One module per `pga` subcommand, each with define_flags() and main(argv)."""

@@ -1,0 +1,24 @@
+"""pga interpolate --workdir=DIR --num=N --out=FILE: decoded paths between encodings."""
+from __future__ import annotations
+
+from absl import flags
+
+from pga_jax.commands import common
+
+
+def define_flags():
+  common.define_run_flags()
+  flags.DEFINE_string('split', 'test', 'Data split to take the images from.')
+  flags.DEFINE_integer('num', 10, 'Number of image pairs.')
+  flags.DEFINE_integer('steps', 9, 'Points on each path, ends included.')
+
+
+def main(argv):
+  del argv
+  from pga_jax import figures, sampling  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  config, model, params, _ = common.load_run(f.workdir, f.step)
+  images = common.data_images(config, 2 * f.num, f.split)
+  a, b = images[:f.num], images[f.num:2 * f.num]
+  path = sampling.interpolate(model, params, a, b, steps=f.steps)
+  common.write_images(path, figures.interpolation_grid(a, path, b), f.out)
