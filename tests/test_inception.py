@@ -262,6 +262,8 @@ def test_grey_is_repeated_to_rgb(params):
     f_grey = inc.inception_features(params, grey, batch_size=2)
     f_rgb = inc.inception_features(params, rgb, batch_size=2)
     np.testing.assert_allclose(f_grey, f_rgb, rtol=1e-6, atol=1e-6)
+    f_hw = inc.inception_features(params, grey[..., 0], batch_size=2)  # (N, H, W)
+    np.testing.assert_array_equal(f_hw, f_grey)
 
 
 def test_logits_match_fc_of_state_dict(weights, params, rgb_reference):
@@ -285,9 +287,22 @@ def _mutate_last_pool_is_avg(mp, params):
     return params
 
 
-def _mutate_antialiased_resize(mp, params):
-    mp.setattr(inc, "bilinear_resize",
-               lambda x, size: jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "bilinear"))
+def _mutate_legacy_tf_resize(mp, params):
+    # TF1's ResizeBilinear without half-pixel centres: source = i * in / out.
+    def matrix(n_in, n_out):
+        src = np.arange(n_out) * (n_in / n_out)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        m = np.zeros((n_out, n_in), np.float32)
+        np.add.at(m, (np.arange(n_out), lo), 1 - (src - lo))
+        np.add.at(m, (np.arange(n_out), hi), src - lo)
+        return m
+
+    def resize(x, size):
+        x = jax.numpy.einsum("pw,nhwc->nhpc", matrix(x.shape[2], size[1]), x)
+        return jax.numpy.einsum("oh,nhwc->nowc", matrix(x.shape[1], size[0]), x)
+
+    mp.setattr(inc, "bilinear_resize", resize)
     return params
 
 
@@ -303,7 +318,7 @@ def _mutate_flipped_kernels(mp, params):
 @pytest.mark.parametrize("mutate", [
     _mutate_avg_pool_counts_padding,
     _mutate_last_pool_is_avg,
-    _mutate_antialiased_resize,
+    _mutate_legacy_tf_resize,
     _mutate_flipped_kernels,
 ], ids=lambda f: f.__name__[len("_mutate_"):])
 def test_comparison_detects_porting_mistakes(params, rgb_reference, mutate):
@@ -314,7 +329,7 @@ def test_comparison_detects_porting_mistakes(params, rgb_reference, mutate):
         fn = jax.jit(lambda p, x: inc.InceptionV3().apply({"params": p}, x, return_blocks=True))
         _, blocks = fn({k: v for k, v in mutated.items() if k != "fc"}, images)
     worst = max(rel_err(blocks[n], rgb_reference.layers[n][:2]) for n in inc.BLOCK_NAMES)
-    assert worst > 10 * RTOL
+    assert worst > 10 * RTOL, f"mutation not detected: worst rel err {worst:.3g}"
 
 
 # ---------------------------------------------------------------------------
@@ -357,6 +372,8 @@ def test_bad_inputs_are_rejected(params):
         inc.inception_features(params, np.zeros((2, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="channels"):
         inc.preprocess_images(np.zeros((2, 32, 32, 4), np.float32))
+    with pytest.raises(ValueError, match="batches"):  # a list of HWC images is ambiguous
+        inc.inception_features(params, [np.zeros((32, 32, 3), np.float32)])
 
 
 # ---------------------------------------------------------------------------
@@ -377,6 +394,18 @@ def test_converter_layout(weights, params):
     np.testing.assert_array_equal(params["fc"]["kernel"], state["fc.weight"].numpy().T)
     n_torch = sum(1 for key in state if not key.endswith("num_batches_tracked"))
     assert len(inc.flatten_params(params)) == n_torch == 472
+
+
+def test_converter_reads_legacy_torch_files(tmp_path, weights, params):
+    # The published pytorch-fid file predates torch's zip serialization.
+    legacy = str(tmp_path / "legacy.pth")
+    torch.save(weights.state, legacy, _use_new_zipfile_serialization=False)
+    out = convert_inception.convert(legacy, str(tmp_path / "legacy.npz"))
+    converted = inc.flatten_params(inc.load_inception(out))
+    expected = inc.flatten_params(params)
+    assert converted.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(converted[key], expected[key])
 
 
 def test_converter_rejects_mismatched_state_dicts(weights):

@@ -1,0 +1,1 @@
+"""Evaluation utilities (FID Inception network, Frechet distance, ...)."""
