@@ -134,3 +134,41 @@ def test_every_experiment_config_is_valid():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config_lib.validate(module.get_config())
+
+
+# The reference's published settings, copied from the shared reference notes
+# (not from our config code): (file, {field: value}).
+PUBLISHED = [
+    ('mnist_lpga', dict(arch='conv_mnist', use_bn=False, latent_dim=12, zn_rec=6e-2, zh_rec=0.0,
+                        nll=1.5e-2, init_steps=3000, lr=0.1, steps=600 * 60000 // 64)),
+    ('mnist_vpga', dict(latent_dim=32, zn_rec=6e-2, vrec=1e-2, vkld=2e-2, init_steps=0, lr=0.1)),
+    ('mnist_lvpga', dict(latent_dim=32, zn_rec=6e-2, vrec=2e-2, vkld=2e-2, nll=0.0,
+                         init_steps=3000)),
+    ('cifar10_lpga', dict(arch='conv_32', use_bn=True, latent_dim=128, zn_rec=3e-2, nll=1.5e-2,
+                          lr=0.2, steps=400 * 50000 // 64)),
+    ('cifar10_vpga', dict(latent_dim=128, zn_rec=3e-2, vrec=5e-3, vkld=3e-2, lr=0.2)),
+    ('cifar10_lvpga', dict(latent_dim=128, zn_rec=3e-2, vrec=1.5e-2, vkld=5e-2, nll=2e-2)),
+    ('celeba_lpga', dict(arch='conv_64', use_bn=True, latent_dim=128, zn_rec=3e-2, zh_rec=1e-2,
+                         nll=1e-2, lr=0.4, steps=100 * 162770 // 64)),
+    ('celeba_vpga', dict(latent_dim=128, zn_rec=3e-2, zh_rec=1e-2, vkld=2e-3, vrec=1e-2,
+                         steps=60 * 162770 // 64)),
+    ('celeba_lvpga', dict(latent_dim=128, zn_rec=3e-2, zh_rec=1e-2, vrec=1e-2, vkld=5e-3,
+                          nll=1e-2)),
+    ('mnist_vae', dict(beta=0.1, lr=2e-4, optimizer='adam')),
+    ('celeba_vae', dict(beta=0.05, optimizer='adam', arch='conv_64')),
+]
+
+
+@pytest.mark.parametrize('name,expected', PUBLISHED)
+def test_experiment_configs_hold_the_published_settings(name, expected):
+  import importlib.util
+  path = os.path.join(REPO, 'experiments', 'configs', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  assert config.batch_size == 64 and config.optimizer.momentum == 0.9
+  for field, value in expected.items():
+    actual = {'lr': config.optimizer.learning_rate, 'steps': config.num_steps,
+              'optimizer': config.optimizer.name}.get(field, config.get(field))
+    assert actual == pytest.approx(value) if isinstance(value, float) else actual == value, field

@@ -6,18 +6,11 @@ from pga_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.base_config('lvpga')
-  config.dataset = 'celeb_a'
-  config.arch = 'conv_64'
-  config.use_bn = True
-  config.optimizer.learning_rate = 0.4
-  config.num_steps = 100 * 162770 // config.batch_size  # 100 epochs
+  config = config_lib.paper_config('celeba', 'lvpga')
   config.latent_dim = 128
   config.zn_rec = 0.03
   config.zh_rec = 0.01
   config.vrec = 0.01
   config.vkld = 0.005
   config.nll = 0.01
-  config.eval_every = 2000  # FID during training, as the reference
-  config.eval_features = 'inception'
   return config

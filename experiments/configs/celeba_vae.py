@@ -9,13 +9,7 @@ from pga_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.base_config('vae')
-  config.dataset = 'celeb_a'
-  config.arch = 'conv_64'
-  config.use_bn = True
-  config.num_steps = 100 * 162770 // config.batch_size  # 100 epochs
+  config = config_lib.paper_config('celeba', 'vae')
   config.latent_dim = 128
   config.beta = 0.05
-  config.eval_every = 2000  # FID during training, as the reference
-  config.eval_features = 'inception'
   return config

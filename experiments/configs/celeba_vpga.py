@@ -6,16 +6,9 @@ from pga_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.base_config('vpga')
-  config.dataset = 'celeb_a'
-  config.arch = 'conv_64'
-  config.use_bn = True
-  config.optimizer.learning_rate = 0.4
-  config.num_steps = 60 * 162770 // config.batch_size  # 60 epochs
+  config = config_lib.paper_config('celeba', 'vpga', epochs=60)
   config.latent_dim = 128
   config.zn_rec = 0.03
   config.zh_rec = 0.01
   config.vkld = 0.002
-  config.eval_every = 2000  # FID during training, as the reference
-  config.eval_features = 'inception'
   return config

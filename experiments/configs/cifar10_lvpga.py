@@ -6,17 +6,10 @@ from pga_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.base_config('lvpga')
-  config.dataset = 'cifar10'
-  config.arch = 'conv_32'
-  config.use_bn = True
-  config.optimizer.learning_rate = 0.2
-  config.num_steps = 400 * 50000 // config.batch_size  # 400 epochs
+  config = config_lib.paper_config('cifar10', 'lvpga')
   config.latent_dim = 128
   config.zn_rec = 0.03
   config.vrec = 0.015
   config.vkld = 0.05
   config.nll = 0.02
-  config.eval_every = 2000  # FID during training, as the reference
-  config.eval_features = 'inception'
   return config

@@ -9,12 +9,6 @@ from pga_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.base_config('vae')
-  config.dataset = 'mnist'
-  config.arch = 'conv_mnist'
-  config.use_bn = False
-  config.num_steps = 600 * 60000 // config.batch_size  # 600 epochs
+  config = config_lib.paper_config('mnist', 'vae')
   config.beta = 0.1
-  config.eval_every = 2000  # FID during training, as the reference
-  config.eval_features = 'inception'
   return config

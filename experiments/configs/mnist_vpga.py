@@ -6,12 +6,5 @@ from pga_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.base_config('vpga')
-  config.dataset = 'mnist'
-  config.arch = 'conv_mnist'
-  config.use_bn = False
-  config.optimizer.learning_rate = 0.1
-  config.num_steps = 600 * 60000 // config.batch_size  # 600 epochs
-  config.eval_every = 2000  # FID during training, as the reference
-  config.eval_features = 'inception'
+  config = config_lib.paper_config('mnist', 'vpga')
   return config
