@@ -1,0 +1,99 @@
+"""Shared machinery of the paper-reproduction scripts: train-or-resume, evaluate, tabulate.
+
+Every run lives in its own workdir; `train_and_evaluate` resumes a finished or
+interrupted run from its checkpoints, so a study can be stopped and restarted
+(and spread over several sessions) without losing work. Evaluation results
+are stored beside each run (`eval_<features>_<num_samples>.json`) and reused.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from absl import logging
+
+from pga_jax import checkpointing, train
+from pga_jax.evaluation import evaluate
+
+
+def train_run(config, workdir: str) -> None:
+  """Trains `config` in `workdir` to config.num_steps (resuming if it exists)."""
+  logging.info('=== %s (%d steps) -> %s', config.method, config.num_steps, workdir)
+  train.train_and_evaluate(config, workdir)
+
+
+def evaluate_run(workdir: str, evaluator: evaluate.Evaluator, num_samples: int,
+                 seed: int = 0) -> dict:
+  """Metrics of the run's latest checkpoint, cached as JSON in the workdir."""
+  config, model, params, step = checkpointing.load_trained(workdir)
+  path = os.path.join(workdir, f'eval_{evaluator.network.kind}_{num_samples}.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+    if cached.get('step') == step and cached.get('network_id') == evaluator.network.identity:
+      return cached
+  results = evaluate.evaluate_model(evaluator, model, params, config, num_samples,
+                                    seed=seed, step=step)
+  results['network_id'] = evaluator.network.identity
+  evaluate.write_json(results, path)
+  return results
+
+
+def mean_std(values: Sequence[float]) -> str:
+  values = np.asarray(values, np.float64)
+  if values.size == 1:
+    return f'{values[0]:.3g}'
+  return f'{values.mean():.3g} ± {values.std(ddof=1):.2g}'
+
+
+def markdown_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def run_grid(configs: dict, workroot: str, evaluator_for: Callable, num_samples: int,
+             only_train: bool = False) -> dict:
+  """Trains and evaluates every config of {name: config}; returns {name: results}."""
+  results = {}
+  for name, config in configs.items():
+    workdir = os.path.join(workroot, name)
+    train_run(config, workdir)
+    if not only_train:
+      results[name] = evaluate_run(workdir, evaluator_for(config), num_samples)
+  return results
+
+
+def write_text(path: str, text: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+  return path
+
+
+def save_sample_grid(workdir: str, out_path: str, num: int = 100, seed: int = 0,
+                     step: Optional[int] = None) -> str:
+  """Figure 1: a 10x10 grid of random samples of the run in `workdir`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from pga_jax import figures, sampling  # pylint: disable=g-import-not-at-top
+  config, model, params, _ = checkpointing.load_trained(workdir, step)
+  reference = sampling.reference_latents(model, config.batch_size, config.seed)
+  images = sampling.sample(model, params, jax.random.PRNGKey(seed), num, reference)
+  return figures.save_png(figures.sample_grid(images), out_path, scale=2)
+
+
+def save_interpolation_grid(workdir: str, out_path: str, pairs: int = 8,
+                            split: str = 'test') -> str:
+  """Figure 2: rows of (image a, 9 decoded steps between f(a) and f(b), image b)."""
+  from pga_jax import config as config_lib, data, figures, sampling  # pylint: disable=g-import-not-at-top
+  config, model, params, _ = checkpointing.load_trained(workdir)
+  size, _, channels = config_lib.image_shape(config)
+  images = data.load_split(config.dataset, split, config.data_dir, image_size=size,
+                           channels=channels).images[:2 * pairs].astype(np.float32) / 127.5 - 1
+  a, b = images[:pairs], images[pairs:]
+  path = sampling.interpolate(model, params, a, b, steps=9)
+  return figures.save_png(figures.interpolation_grid(a, path, b), out_path, scale=2)
