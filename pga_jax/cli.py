@@ -6,6 +6,8 @@ its name here.
   pga sample --workdir=runs/qs --num=100 --out=samples.png   (or .npz)
   pga reconstruct --workdir=runs/qs --num=50 --out=recons.png
   pga interpolate --workdir=runs/qs --num=10 --out=interp.png
+  pga evaluate --workdir=runs/qs --num_samples=10000 --features=domain|inception [--json=PATH]
+  pga train_classifier --dataset=fashion_mnist   (the domain features of `pga evaluate`)
 
 Every subcommand has --help.
 """
@@ -17,7 +19,7 @@ import sys
 
 from absl import app, logging
 
-COMMANDS = ('train', 'sample', 'reconstruct', 'interpolate')
+COMMANDS = ('train', 'sample', 'reconstruct', 'interpolate', 'evaluate', 'train_classifier', 'benchmark')
 
 
 class _QuietLibraries:

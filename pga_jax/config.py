@@ -6,6 +6,9 @@ config has, with the reference's defaults for that method.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import ml_collections
 
 from pga_jax.models import ARCHITECTURES
@@ -68,6 +71,9 @@ def base_config(method: str = 'lpga') -> ml_collections.ConfigDict:
   c.eval_every = 0           # 0: no evaluation during training
   c.eval_num_samples = 5000
   c.eval_features = 'domain'
+  # FID Inception weights (.npz, see pga_jax.evaluation.convert_inception), for
+  # eval_features='inception'.
+  c.eval_inception_weights = ml_collections.FieldReference(None, field_type=str)
   c.max_bad_steps = 20       # consecutive non-finite steps before stopping
   return c
 
@@ -118,34 +124,107 @@ def _fail(field: str, message: str):
   raise ConfigError(f'config.{field}: {message}')
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  """A finite real number (not a bool, not NaN or Inf)."""
+  return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def _check_int(config, field: str, minimum: int, maximum: int = None) -> None:
+  value = config[field]
+  if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+    bound = f'>= {minimum}' if maximum is None else f'in [{minimum}, {maximum}]'
+    _fail(field, f'must be an integer {bound}, got {value!r}')
+
+
+RESERVED_METRICS = ('loss', 'finite', 'grad_norm', 'steps_per_sec')
+
+
+def _validate_extra_terms(config) -> None:
+  from pga_jax import methods  # pylint: disable=g-import-not-at-top  (methods imports models)
+  extra = config.extra_terms or ()
+  if not isinstance(extra, (list, tuple)):
+    _fail('extra_terms', f'must be a tuple of term dicts, got {extra!r}')
+  taken = set(RESERVED_METRICS)
+  if config.method in methods.METHODS:
+    taken |= {t.name for t in methods.METHODS[config.method].terms}
+  for spec in extra:
+    if not isinstance(spec, (dict, ml_collections.ConfigDict)):
+      _fail('extra_terms', f'each extra term must be a dict, got {spec!r}')
+    for key in ('name', 'fn', 'updates'):
+      if key not in spec:
+        _fail('extra_terms', f'each extra term needs {key!r}; got {dict(spec)}')
+    name = spec['name']
+    if not isinstance(name, str) or not name:
+      _fail('extra_terms', f'a term name must be a non-empty string, got {name!r}')
+    if name in taken:
+      _fail('extra_terms', f'term name {name!r} is already used (by the method, another '
+            f'extra term, or a metric: {RESERVED_METRICS}); choose another name')
+    taken.add(name)
+    if spec['updates'] not in methods.UPDATES:
+      _fail('extra_terms', f'term {name!r}: updates must be one of {methods.UPDATES}, '
+            f'got {spec["updates"]!r}')
+    if 'warmup' in spec and not isinstance(spec['warmup'], bool):
+      _fail('extra_terms', f'term {name!r}: warmup must be True or False, got {spec["warmup"]!r}')
+    if not isinstance(spec['fn'], str):
+      _fail('extra_terms', f"term {name!r}: fn must be a 'package.module:function' string, "
+            f'got {spec["fn"]!r}')
+    try:
+      fn = methods._import_function(spec['fn'])  # pylint: disable=protected-access
+    except ValueError as err:
+      _fail('extra_terms', f'term {name!r}: {err}')
+    if not callable(fn):
+      _fail('extra_terms', f'term {name!r}: {spec["fn"]!r} is not a function')
+    coeff = spec.get('coeff')
+    if coeff is not None:
+      if not isinstance(coeff, str) or coeff not in config:
+        _fail('extra_terms', f'term {name!r} names coefficient {coeff!r}, '
+              f'which is not a config field; add config.{coeff}')
+      if not _is_number(config[coeff]) or config[coeff] < 0:
+        _fail(coeff, f'the coefficient of term {name!r} must be a finite number >= 0, '
+              f'got {config[coeff]!r}')
+
+
 def validate(config, device_count: int = 1) -> None:
-  """Rejects configs that cannot work, naming the field, before anything compiles."""
+  """Rejects configs that cannot work, naming the field, before anything compiles.
+
+  Every field a run reads is checked for its type (ints are not bools, numbers
+  are finite) and range; a config that passes builds and trains.
+  """
   if config.method not in METHOD_NAMES:
     _fail('method', f'unknown method {config.method!r}; choose one of {METHOD_NAMES}')
   if config.arch not in ARCHITECTURES:
     _fail('arch', f'unknown arch {config.arch!r}; choose one of {sorted(ARCHITECTURES)}')
   if config.dataset not in DATASETS:
     _fail('dataset', f'unknown dataset {config.dataset!r}; choose one of {DATASETS}')
+  if config.data_dir is not None and not isinstance(config.data_dir, str):
+    _fail('data_dir', f'must be a folder name (a string), got {config.data_dir!r}')
   if config.dataset in ('folder', 'idx') and not config.data_dir:
     _fail('data_dir', f'dataset {config.dataset!r} needs data_dir, the folder holding the files')
+  if config.dataset not in DATASET_SHAPES:
+    _check_int(config, 'image_size', 1)
+    if not _is_int(config.channels) or config.channels not in (1, 3):
+      _fail('channels', f'must be 1 or 3, got {config.channels!r}')
   size, _, channels = image_shape(config)
   if size != ARCHITECTURES[config.arch]:
     _fail('arch', f'{config.arch} takes {ARCHITECTURES[config.arch]}x'
           f'{ARCHITECTURES[config.arch]} images but dataset {config.dataset!r} has '
           f'{size}x{size}; pick a matching arch or image_size')
-  if channels not in (1, 3):
-    _fail('channels', f'must be 1 or 3, got {channels}')
-  if not isinstance(config.latent_dim, int) or config.latent_dim < 1:
-    _fail('latent_dim', f'must be an integer >= 1, got {config.latent_dim!r}')
+  if not isinstance(config.skip_bad_files, bool):
+    _fail('skip_bad_files', f'must be True or False, got {config.skip_bad_files!r}')
+  if not isinstance(config.use_bn, bool):
+    _fail('use_bn', f'must be True or False, got {config.use_bn!r}')
+  _check_int(config, 'latent_dim', 1)
   for field in ('batch_size', 'num_steps', 'num_perturbations', 'log_every',
-                'sample_every', 'checkpoint_every', 'keep_checkpoints'):
-    value = config[field]
-    if not isinstance(value, int) or value < 1:
-      _fail(field, f'must be an integer >= 1, got {value!r}')
-  for field in ('init_steps', 'eval_every', 'max_bad_steps', 'seed'):
-    value = config[field]
-    if not isinstance(value, int) or value < 0:
-      _fail(field, f'must be an integer >= 0, got {value!r}')
+                'sample_every', 'checkpoint_every', 'keep_checkpoints', 'eval_num_samples'):
+    _check_int(config, field, 1)
+  for field in ('init_steps', 'eval_every', 'max_bad_steps'):
+    _check_int(config, field, 0)
+  _check_int(config, 'seed', 0, 2**32 - 1)  # PRNGKey keeps 32 bits
   if config.batch_size % device_count:
     _fail('batch_size', f'{config.batch_size} is not divisible by the {device_count} '
           'devices; use a multiple of the device count')
@@ -153,26 +232,24 @@ def validate(config, device_count: int = 1) -> None:
     _fail('batch_size', 'batch norm needs a batch of at least 2')
   for name in COEFFICIENTS:
     value = config[name]
-    if not isinstance(value, (int, float)) or value < 0:
-      _fail(name, f'coefficients must be numbers >= 0, got {value!r}')
+    if not _is_number(value) or value < 0:
+      _fail(name, f'coefficients must be finite numbers >= 0, got {value!r}')
   if config.method == 'vae' and config.beta <= 0:
     _fail('beta', 'the VAE needs beta > 0')
   opt = config.optimizer
   if opt.name not in OPTIMIZERS:
     _fail('optimizer.name', f'unknown optimizer {opt.name!r}; choose one of {OPTIMIZERS}')
-  if not isinstance(opt.learning_rate, (int, float)) or opt.learning_rate <= 0:
-    _fail('optimizer.learning_rate', f'must be > 0, got {opt.learning_rate!r}')
-  if not 0 <= opt.momentum < 1:
-    _fail('optimizer.momentum', f'must be in [0, 1), got {opt.momentum!r}')
+  if not _is_number(opt.learning_rate) or opt.learning_rate <= 0:
+    _fail('optimizer.learning_rate', f'must be a finite number > 0, got {opt.learning_rate!r}')
+  for field in ('momentum', 'b1', 'b2'):
+    value = opt[field]
+    if not _is_number(value) or not 0 <= value < 1:
+      _fail(f'optimizer.{field}', f'must be a number in [0, 1), got {value!r}')
   if config.compute_dtype not in ('float32', 'bfloat16'):
     _fail('compute_dtype', f"must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
   if config.eval_features not in ('domain', 'inception'):
     _fail('eval_features', f"must be 'domain' or 'inception', got {config.eval_features!r}")
-  for spec in config.extra_terms or ():
-    for key in ('name', 'fn', 'updates'):
-      if key not in spec:
-        _fail('extra_terms', f'each extra term needs {key!r}; got {dict(spec)}')
-    coeff = spec.get('coeff')
-    if coeff is not None and coeff not in config:
-      _fail('extra_terms', f'term {spec["name"]!r} names coefficient {coeff!r}, '
-            f'which is not a config field; add config.{coeff}')
+  weights = config.get('eval_inception_weights')
+  if weights is not None and not isinstance(weights, str):
+    _fail('eval_inception_weights', f'must be a file name (a string), got {weights!r}')
+  _validate_extra_terms(config)

@@ -115,18 +115,66 @@ def term_rng(rng: jax.Array, name: str) -> jax.Array:
   return jax.random.fold_in(rng, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
+class SharedEncodings:
+  """The model, with `encode` evaluated once per distinct (encoder params, images).
+
+  Within one loss evaluation several terms encode the data batch with the
+  same, live encoder parameters (`route` hands every term that may update
+  the encoder the very same arrays): L_r, L_nll^phi, the VAE's KL, vrec's
+  sigma. Evaluated once, their cotangents add up before one backward pass
+  through the encoder instead of one pass per term; the values and
+  gradients are those of the separate calls (tests/test_fast_paths.py).
+  Calls with stop-gradient parameters (terms that must not update the
+  encoder) get new arrays from `route`, so they are never merged with live
+  ones; XLA still shares their forward computation.
+
+  Keys are object identities; the cache holds its keys' objects, so an
+  identity cannot be reused while it lives (one `method_loss` call).
+  """
+
+  def __init__(self, model: AutoEncoder):
+    self._model = model
+    self._cache = {}
+
+  def __getattr__(self, name):
+    return getattr(self._model, name)
+
+  def encode(self, encoder_params, images, stat_rows=None):
+    leaves = jax.tree_util.tree_leaves(encoder_params)
+    key = (tuple(map(id, leaves)), id(images), stat_rows)
+    if key not in self._cache:
+      self._cache[key] = ((leaves, images),
+                          self._model.encode(encoder_params, images, stat_rows))
+    return self._cache[key][1]
+
+
+def active_terms(method: Method, config) -> tuple:
+  """The terms that are computed: those whose coefficient is not exactly 0."""
+  return tuple(t for t in method.terms
+               if t.coeff is None or float(config[t.coeff]) != 0.0)
+
+
 def method_loss(method: Method, model: AutoEncoder, params: dict, images: jax.Array,
-                rng: jax.Array, step: jax.Array, config):
+                rng: jax.Array, step: jax.Array, config, fast: bool = True):
   """The method's total loss and a dict of metrics (each term's unweighted value).
 
   Terms whose configured coefficient is exactly 0 are not computed at all.
+
+  fast=True (the default, what training uses) shares the encoder pass over
+  the data batch between terms (`SharedEncodings`); fast=False evaluates
+  every term on its own. Values and gradients are the same up to float32
+  rounding (tests/test_fast_paths.py).
+
+  The warm-up stays a traced 0/1 weight: a `lax.cond` that skipped the
+  switched-off terms' backward passes would make the warm-up step nearly
+  as cheap as the AE step, but XLA:CPU runs convolutions inside conditional
+  branches without its YNNPACK kernels, 5-10x slower (docs/benchmarks.md).
   """
+  shared = SharedEncodings(model) if fast else model
   total = jnp.zeros((), jnp.float32)
   metrics = {}
-  for term in method.terms:
-    if term.coeff is not None and float(config[term.coeff]) == 0.0:
-      continue
-    value = term.fn(model, route(params, term.updates), images,
+  for term in active_terms(method, config):
+    value = term.fn(shared, route(params, term.updates), images,
                     term_rng(rng, term.name), config)
     weight = term_coefficient(term, config, step)
     # `where`, not a product, so a term that is switched off cannot turn the
@@ -173,16 +221,17 @@ def build_model(config, method: Method, channels: int) -> AutoEncoder:
                      with_logvar=method.needs_logvar, dtype=dtype)
 
 
-def make_loss_fn(config, channels: int):
+def make_loss_fn(config, channels: int, fast: bool = True):
   """`loss_fn(params, images, rng, step) -> (loss, metrics)` for the config.
 
   A pure function of its arguments: the config's values are fixed when it is
-  built, so it can be jitted and differentiated as it is.
+  built, so it can be jitted and differentiated as it is. `fast`: see
+  `method_loss` (False: the plain term sum, same values and gradients).
   """
   method = build_method(config)
   model = build_model(config, method, channels)
 
   def loss_fn(params, images, rng, step):
-    return method_loss(method, model, params, images, rng, step, config)
+    return method_loss(method, model, params, images, rng, step, config, fast=fast)
 
   return loss_fn, model, method

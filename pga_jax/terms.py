@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pga_jax import losses
+from pga_jax import losses, sharding
 from pga_jax.models import AutoEncoder
 
 sg = jax.lax.stop_gradient
@@ -43,7 +43,8 @@ def reconstruction(model, params, images, rng, config):
 def latent_reconstruction_prior(model, params, images, rng, config):
   """L_lr,N, Eq. (2): z ~ N(0, I), mean((h(z) - z)^2)."""
   del config
-  prior = jax.random.normal(rng, (images.shape[0], model.latent_dim))
+  # Split over devices like the batch: else h(prior) runs in full on every device.
+  prior = sharding.shard_rows(jax.random.normal(rng, (images.shape[0], model.latent_dim)))
   return losses.latent_reconstruction_loss(_h(model, params)(prior), prior)
 
 

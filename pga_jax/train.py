@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable, Optional
@@ -46,9 +47,9 @@ class TrainResult:
 def ensure_writable(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w') as f:
-      f.write('ok')
+    # A unique name: concurrent readers/writers of the workdir must not collide.
+    fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=workdir)
+    os.close(fd)
     os.remove(probe)
   except OSError as err:
     raise checkpointing.WorkdirError(
@@ -62,7 +63,27 @@ def load_training_images(config) -> np.ndarray:
                           channels=channels, skip_bad_files=config.skip_bad_files)
   if split.num_skipped:
     logging.warning('Skipped %d unreadable files in %s.', split.num_skipped, config.data_dir)
+  if len(split.images) < config.batch_size:
+    raise config_lib.ConfigError(
+        f'config.batch_size: {config.batch_size} is larger than the {len(split.images)} '
+        f'training images of dataset {config.dataset!r}'
+        + (f' in {config.data_dir}' if config.data_dir else '')
+        + '; lower batch_size or add images')
   return split.images
+
+
+def jit_train_step(loss_fn, optimizer, state_shardings, dp: sharding.DataParallel):
+  """The train step as one SPMD program over `dp.mesh`.
+
+  The batch comes in sharded over 'data', the state replicated (and donated);
+  XLA inserts the all-reduces for the global-batch means (losses, batch-norm
+  statistics, gradients); `dp.traced` lets terms split their batch-sized
+  random draws like the batch. tests/test_distributed.py checks the compiled HLO.
+  """
+  return jax.jit(dp.traced(ts.make_train_step(loss_fn, optimizer)),
+                 in_shardings=(state_shardings, dp.batch),
+                 out_shardings=(state_shardings, dp.replicated),
+                 donate_argnums=0)
 
 
 def local_copy(tree):
@@ -142,7 +163,7 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
   ensure_writable(workdir)
   is_main = jax.process_index() == 0
 
-  manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
+  manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints, cleanup_tmp=True)
   resuming = manager.latest_step() is not None
   if resuming:
     checkpointing.check_compatible(checkpointing.load_config(workdir), config)
@@ -161,16 +182,14 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
   if resuming:
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
-    state = checkpointing.restore(manager, target)
+    # The newest checkpoint that reads back intact; damaged newer ones are moved aside.
+    state, _ = checkpointing.restore_latest_good(manager, target, workdir)
     logging.info('Resumed from step %d in %s', int(state.step), workdir)
   else:
     state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
     checkpointing.write_config(workdir, config)
 
-  step_fn = jax.jit(ts.make_train_step(loss_fn, optimizer),
-                    in_shardings=(state_shardings, dp.batch),
-                    out_shardings=(state_shardings, dp.replicated),
-                    donate_argnums=0)
+  step_fn = jit_train_step(loss_fn, optimizer, state_shardings, dp)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
   if not resuming:
@@ -196,9 +215,14 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
       if bar is not None:
         bar.update(1)
       final = step == config.num_steps
-      preempted = stop_event is not None and stop_event.is_set() and not final
+      # Agreed by all processes (a signal may reach only some hosts).
+      preempted = (stop_event is not None and sharding.any_process(stop_event.is_set())
+                   and not final)
 
-      if step % config.log_every == 0 or final or preempted:
+      checkpoint_due = step % config.checkpoint_every == 0 or final or preempted
+      # Metrics are also checked before each checkpoint, so no checkpoint is
+      # written once max_bad_steps is reached.
+      if step % config.log_every == 0 or checkpoint_due:
         host = jax.device_get(pending)
         monitor.update(host, step - len(host))
         last_metrics = average_metrics(host)
@@ -211,19 +235,28 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
       if config.eval_every and evaluate_fn is not None and (step % config.eval_every == 0 or final):
         writer.write_scalars(step, evaluate_fn(model, local_copy(state.params), step))
 
-      if is_main and (step % config.sample_every == 0 or final or preempted):
+      if checkpoint_due:
+        if monitor.streak and not (final or preempted):
+          # The state holds the last good parameters, but wait for a good step
+          # so the latest checkpoint stays the state after a good step.
+          logging.warning('Step %d: not checkpointing during %d consecutive non-finite '
+                          'steps.', step, monitor.streak)
+        else:
+          checkpointing.save(manager, state, step)
+      # Not on preemption: the grace period is for the checkpoint.
+      if is_main and (step % config.sample_every == 0 or final) and not preempted:
         figure_paths = write_figures(model, local_copy(state.params), config, images,
                                      workdir, step, writer)
 
-      if step % config.checkpoint_every == 0 or final or preempted:
-        checkpointing.save(manager, state, step)
       if preempted:
         logging.warning('Stop requested: wrote checkpoint at step %d in %s; run the same '
                         'command again to resume.', step, workdir)
         break
   finally:
-    manager.wait_until_finished()
-    writer.flush()
-    if bar is not None:
-      bar.close()
+    try:
+      checkpointing.wait_until_finished(manager)  # a failed write: CheckpointWriteError
+    finally:
+      writer.flush()
+      if bar is not None:
+        bar.close()
   return TrainResult(state, step, preempted, last_metrics, figure_paths)

@@ -66,10 +66,14 @@ def main(argv):
   f = flags.FLAGS
   maybe_initialize_distributed()
   stop = install_stop_handlers()
+  from pga_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   try:
-    result = train.train_and_evaluate(f.config, f.workdir, stop_event=stop)
+    # FID & co. every config.eval_every steps; built first, so problems show before training.
+    evaluate_fn = evaluate.training_evaluate_fn(f.config) if f.config.eval_every else None
+    result = train.train_and_evaluate(f.config, f.workdir, stop_event=stop,
+                                      evaluate_fn=evaluate_fn)
   except (config_lib.ConfigError, data.DatasetError, checkpointing.WorkdirError,
-          train.NonFiniteError) as err:
+          train.NonFiniteError, evaluate.EvaluationError) as err:
     common.user_error(err)
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:

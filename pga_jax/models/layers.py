@@ -5,7 +5,7 @@ the reference implementation (Glorot/Xavier-uniform weights, zero biases).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -125,15 +125,15 @@ def phase_kernel(kernel: jax.Array, stride: int) -> tuple[jax.Array, int, int]:
   return gathered.reshape(n, n, cin, stride * stride * cout), -low, high
 
 
-def upsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2) -> jax.Array:
-  """Exactly `jax.lax.conv_transpose(x, kernel, (s, s), 'SAME')`, computed fast.
+# Output channels from which `upsample_conv` runs one convolution per phase
+# (exact tap counts) instead of one fused convolution (zero taps included).
+# Measured on XLA:CPU (docs/benchmarks.md): per phase is ~30% faster for the
+# conv_mnist 7x7x128 -> 14x14x64 layer; the fused form wins for a few output
+# channels (the image layer), where four thin convolutions are inefficient.
+PHASE_SPLIT_MIN_FEATURES = 16
 
-  Phase (sub-pixel) decomposition: one stride-1 convolution produces all
-  `s*s` output phases as channels, and depth-to-space interleaves them. On
-  XLA:CPU the backward pass of a stride-2 transposed convolution (an
-  lhs-dilated convolution) is several times slower than this form, whose
-  gradients are ordinary convolutions.
-  """
+
+def _upsample_fused(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   n, h, w, _ = x.shape
   cout = kernel.shape[-1]
   fused, pad_low, pad_high = phase_kernel(kernel.astype(x.dtype), stride)
@@ -144,6 +144,59 @@ def upsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2) -> jax.Array
   y = y.reshape(n, h, w, stride, stride, cout)
   y = jnp.transpose(y, (0, 1, 3, 2, 4, 5))
   return y.reshape(n, h * stride, w * stride, cout)
+
+
+def _upsample_per_phase(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """One stride-1 convolution per (row, column) phase with only that phase's taps."""
+  n, h, w, _ = x.shape
+  kh, kw, _, cout = kernel.shape
+  if kh != kw:
+    raise ValueError(f'upsample_conv needs a square kernel, got {kernel.shape}')
+  taps, _, _ = _phase_taps(kh, stride, _same_transpose_padding(kh, stride))
+  kernel = kernel.astype(x.dtype)
+  rows = []
+  for row_taps in taps:
+    cols = []
+    for col_taps in taps:
+      if not row_taps or not col_taps:  # kernel smaller than the stride
+        cols.append(jnp.zeros((n, h, w, cout), x.dtype))
+        continue
+      # Offsets d of a phase are consecutive: y[m] = sum_j K[t_j] x[m + d_j].
+      row_d, row_t = zip(*row_taps)
+      col_d, col_t = zip(*col_taps)
+      sub = kernel[np.asarray(row_t)][:, np.asarray(col_t)]
+      cols.append(jax.lax.conv_general_dilated(
+          x, sub, window_strides=(1, 1),
+          padding=((-min(row_d), max(row_d)), (-min(col_d), max(col_d))),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+    rows.append(jnp.stack(cols, axis=3))       # (n, h, w, phase_c, out)
+  y = jnp.stack(rows, axis=2)                  # (n, h, phase_r, w, phase_c, out)
+  return y.reshape(n, h * stride, w * stride, cout)
+
+
+def upsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2,
+                  mode: str = 'auto') -> jax.Array:
+  """Exactly `jax.lax.conv_transpose(x, kernel, (s, s), 'SAME')`, computed fast.
+
+  Phase (sub-pixel) decomposition: output pixel `s*m + p` only sees the
+  kernel taps of phase `p`, so the transposed convolution is `s*s` ordinary
+  (stride-1) convolutions, interleaved (depth-to-space). On XLA:CPU the
+  backward pass of a stride-2 transposed convolution (an lhs-dilated
+  convolution) is several times slower than this form, whose gradients are
+  ordinary convolutions.
+
+  mode: 'fused' runs all phases as one convolution with `s*s*out` channels
+  (a phase's missing taps are zeros: 36 taps computed for a 5x5 kernel's
+  25); 'per_phase' runs one convolution per phase with its own taps only;
+  'auto' picks per_phase from PHASE_SPLIT_MIN_FEATURES output channels.
+  """
+  if mode == 'auto':
+    mode = 'per_phase' if kernel.shape[-1] >= PHASE_SPLIT_MIN_FEATURES else 'fused'
+  if mode == 'fused':
+    return _upsample_fused(x, kernel, stride)
+  if mode == 'per_phase':
+    return _upsample_per_phase(x, kernel, stride)
+  raise ValueError(f"upsample_conv mode must be 'auto', 'fused' or 'per_phase', got {mode!r}")
 
 
 class UpConv(nn.Module):
@@ -173,22 +226,67 @@ class UpConv(nn.Module):
     else:
       y = jax.lax.conv_transpose(x, kernel.astype(dtype), (self.stride, self.stride),
                                  'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return y + bias.astype(dtype)
+    return add_bias(y, bias)
+
+
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+  """y + bias, in y's dtype; under a low-precision dtype the sum is formed in
+  float32, so the bias gradient (a sum over batch and pixels) is accumulated
+  in float32. XLA:CPU sums a bfloat16 cotangent in bfloat16, which stalls:
+  the conv_mnist image layer's bias gradient came out 30x too small."""
+  if y.dtype == at_least_float32(y.dtype):
+    return y + bias.astype(y.dtype)
+  return (y.astype(jnp.float32) + bias.astype(jnp.float32)).astype(y.dtype)
+
+
+class Conv(nn.Module):
+  """`flax.linen.Conv` with 'SAME' padding (same parameters and computation),
+  whose bias is added by `add_bias`."""
+  features: int
+  kernel_size: int = 5
+  strides: int = 2
+  dtype: Optional[jnp.dtype] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param('kernel', glorot_uniform, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param('bias', zeros, (self.features,), jnp.float32)
+    dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), kernel.astype(dtype), (self.strides, self.strides), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return add_bias(y, bias)
+
+
+class Dense(nn.Module):
+  """`flax.linen.Dense` (same parameters and computation), whose bias is
+  added by `add_bias`."""
+  features: int
+  dtype: Optional[jnp.dtype] = None
+  bias_init: Callable = zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', glorot_uniform, (x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+    dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
+    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())))
+    return add_bias(y, bias)
 
 
 def conv(features: int, kernel_size: int = 5, strides: int = 2,
-         dtype: Optional[jnp.dtype] = None, name: Optional[str] = None) -> nn.Conv:
+         dtype: Optional[jnp.dtype] = None, name: Optional[str] = None) -> Conv:
   """The reference's conv layer: 'SAME' padding, Glorot-uniform, zero bias."""
-  return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides),
-                 padding='SAME', kernel_init=glorot_uniform, bias_init=zeros,
-                 dtype=dtype, param_dtype=jnp.float32, name=name)
+  return Conv(features, kernel_size, strides, dtype=dtype, name=name)
 
 
 def dense(features: int, dtype: Optional[jnp.dtype] = None,
-          bias_init=zeros, name: Optional[str] = None) -> nn.Dense:
+          bias_init=zeros, name: Optional[str] = None) -> Dense:
   """The reference's dense layer: Glorot-uniform weights, zero bias."""
-  return nn.Dense(features, kernel_init=glorot_uniform, bias_init=bias_init,
-                  dtype=dtype, param_dtype=jnp.float32, name=name)
+  return Dense(features, dtype=dtype, bias_init=bias_init, name=name)
 
 
 def maybe_batch_norm(x: jax.Array, use_bn: bool, stat_rows: Optional[int],
