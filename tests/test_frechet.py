@@ -12,29 +12,11 @@ import numpy as np
 import pytest
 
 
-def _import_torchvision():
-    """Import torchvision, working around its CUDA-only PyPI wheels.
-
-    See tests/test_inception.py: with the CPU torch, the CUDA torchvision wheel
-    cannot load its C++ ops and ``torchvision._meta_registrations`` then fails
-    at import; pytorch-fid needs none of that, so only that module is stubbed.
-    """
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as e:
-        if "torchvision::" not in str(e):
-            raise
-        for name in list(sys.modules):
-            if name == "torchvision" or name.startswith("torchvision."):
-                del sys.modules[name]
-        stub = "torchvision._meta_registrations"
-        sys.modules[stub] = types.ModuleType(stub)
-        import torchvision  # noqa: F401
+from tests import torch_reference  # noqa: E402,F401  (torch, torchvision)
 
 
 import torch  # noqa: E402,F401  (must error, not skip, when missing)
 
-_import_torchvision()
 from pytorch_fid.fid_score import calculate_frechet_distance  # noqa: E402
 
 from pga_jax.evaluation.frechet import (  # noqa: E402

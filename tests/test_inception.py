@@ -19,33 +19,12 @@ import numpy as np
 import pytest
 
 
-def _import_torchvision():
-    """Import torchvision, working around its CUDA-only PyPI wheels.
-
-    The torchvision wheel matching torch 2.13.0 on PyPI is a CUDA build; with
-    the CPU torch its C++ ops library cannot load, and then
-    ``torchvision/_meta_registrations.py`` fails at import time (it registers
-    fake kernels for the missing ``torchvision::nms`` etc. ops). pytorch-fid
-    only needs pure-Python parts (``models.inception``, ``transforms``), so in
-    that case only that one module is replaced by an empty one.
-    """
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as e:
-        if "torchvision::" not in str(e):
-            raise
-        for name in list(sys.modules):
-            if name == "torchvision" or name.startswith("torchvision."):
-                del sys.modules[name]
-        stub = "torchvision._meta_registrations"
-        sys.modules[stub] = types.ModuleType(stub)
-        import torchvision  # noqa: F401
+from tests import torch_reference  # noqa: E402,F401  (torch, torchvision)
 
 
 import torch  # noqa: E402  (must error, not skip, when missing)
 import torch.nn.functional as F  # noqa: E402
 
-_import_torchvision()
 import pytorch_fid.inception as pfid_inception  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
