@@ -258,12 +258,22 @@ def test_reference_statistics_cached_and_invalidated(tmp_path):
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
+  """A tiny run trained with evaluation every 4 steps (the classifier is trained on demand)."""
   folder = str(tmp_path_factory.mktemp('idx'))
   helpers.write_idx_images(folder, helpers.synthetic_digits(96))
   helpers.write_idx_images(folder, helpers.synthetic_digits(40, seed=1), prefix='t10k')
   workdir = str(tmp_path_factory.mktemp('run'))
-  train.train_and_evaluate(helpers.tiny_config(folder), workdir)
-  return workdir, str(tmp_path_factory.mktemp('cache')), folder
+  cache = str(tmp_path_factory.mktemp('cache'))
+  config = helpers.tiny_config(folder, eval_every=4, eval_num_samples=16, sample_every=100)
+  evaluate_fn = evaluate.training_evaluate_fn(config, cache_dir=cache)
+  calls = []
+
+  def recording_fn(model, params, step):
+    calls.append(step)
+    return evaluate_fn(model, params, step)
+
+  train.train_and_evaluate(config, workdir, evaluate_fn=recording_fn)
+  return workdir, cache, calls
 
 
 def run_cli(*args, timeout=600):
@@ -273,51 +283,58 @@ def run_cli(*args, timeout=600):
 
 
 def read_scalars(workdir):
-  """{tag: {step: value}} of every event file in workdir (TensorBoard's own reader)."""
+  """{tag: {step: [values, one per event file]}}, read with TensorBoard's own reader."""
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
   out = {}
-  for name in os.listdir(workdir):
+  for name in sorted(os.listdir(workdir)):
     if not name.startswith('events.out.tfevents'):
       continue
     acc = event_accumulator.EventAccumulator(os.path.join(workdir, name),
                                              size_guidance={'tensors': 0, 'scalars': 0})
     acc.Reload()
-    for tag in acc.Tags()['tensors']:
-      values = {e.step: tensor_util.make_ndarray(e.tensor_proto) for e in acc.Tensors(tag)}
-      out.setdefault(tag, {}).update({k: float(v) for k, v in values.items() if v.size == 1})
-    for tag in acc.Tags()['scalars']:
-      out.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+    events = [(tag, e.step, tensor_util.make_ndarray(e.tensor_proto))
+              for tag in acc.Tags()['tensors'] for e in acc.Tensors(tag)]
+    events += [(tag, e.step, np.float32(e.value))
+               for tag in acc.Tags()['scalars'] for e in acc.Scalars(tag)]
+    for tag, step, value in events:
+      if np.size(value) == 1:
+        out.setdefault(tag, {}).setdefault(step, []).append(float(value))
   return out
 
 
-def test_pga_evaluate_writes_json_and_tensorboard(tiny_run, tmp_path, monkeypatch):
+def test_training_evaluates_every_eval_every_steps(tiny_run):
+  workdir, cache, calls = tiny_run
+  assert calls == [4, 6]  # every 4 steps, and at the end
+  scalars = read_scalars(workdir)
+  for name in evaluate.SCALARS:
+    assert set(scalars[f'eval_domain/{name}']) == {4, 6}
+  assert len(os.listdir(os.path.join(cache, 'classifiers'))) == 1  # trained on demand
+
+
+def test_pga_evaluate_reproduces_the_training_numbers_and_writes_json(tiny_run, tmp_path):
   workdir, cache, _ = tiny_run
   out_json = str(tmp_path / 'eval.json')
-  out = run_cli('evaluate', f'--workdir={workdir}', '--num_samples=64', '--features=domain',
-                f'--cache_dir={cache}', f'--json={out_json}', '--seed=3')
+  # The run's eval settings (16 samples, seed = config.seed = 0) at the last step.
+  out = run_cli('evaluate', f'--workdir={workdir}', '--num_samples=16', '--features=domain',
+                f'--cache_dir={cache}', f'--json={out_json}', '--seed=0')
   assert out.returncode == 0, out.stderr[-3000:]
-  assert 'training one' in out.stderr  # the classifier was trained on demand, and said so
+  assert 'training one' not in out.stderr and 'using cached' in out.stderr  # all from the cache
   with open(out_json) as f:
     results = json.load(f)
-  for key in ('fid', 'precision', 'recall', 'kid', 'kid_std'):
+  for key in evaluate.SCALARS:
     assert np.isfinite(results[key])
-  assert results['num_samples'] == 64 and results['features'] == 'domain'
-  assert results['seed'] == 3 and results['step'] == 6 and results['dataset'] == 'idx'
-  assert results['feature_network']['identity'] == results['feature_network']['identity'].lower()
+  assert results['num_samples'] == 16 and results['features'] == 'domain'
+  assert results['seed'] == 0 and results['step'] == 6 and results['dataset'] == 'idx'
+  assert len(results['feature_network']['identity']) == 64
   assert 0 <= results['feature_network']['test_accuracy'] <= 1
-  scalars = read_scalars(workdir)
-  assert scalars['eval_domain/fid'][6] == pytest.approx(results['fid'], rel=1e-5)
-
-  # In-process, same cache: nothing is retrained or recomputed, and the numbers repeat.
-  monkeypatch.setattr(classifier_lib, 'train', lambda *a, **k: pytest.fail('retrained'))
-  from pga_jax import checkpointing
-  config, model, params, step = checkpointing.load_trained(workdir)
-  evaluator = evaluate.evaluator_for_config(config, 'domain', cache_dir=cache)
-  assert evaluator.reference.meta['path'] == results['reference']['cache']
-  again = evaluate.evaluate_model(evaluator, model, params, config, 64, seed=3, step=step)
-  for key in ('fid', 'precision', 'recall', 'kid'):
-    assert again[key] == pytest.approx(results[key], rel=1e-6, abs=1e-9)
+  assert os.path.isfile(results['reference']['cache'])
+  # Logged to TensorBoard at the checkpoint's step, next to the value logged in training.
+  logged = read_scalars(workdir)
+  for name in evaluate.SCALARS:
+    during_training, from_cli = logged[f'eval_domain/{name}'][6]
+    assert during_training == pytest.approx(from_cli, rel=1e-5, abs=1e-7)
+    assert from_cli == pytest.approx(results[name], rel=1e-5, abs=1e-7)
 
 
 def test_pga_evaluate_inception_without_weights_is_a_one_line_error(tiny_run, tmp_path):
@@ -328,24 +345,6 @@ def test_pga_evaluate_inception_without_weights_is_a_one_line_error(tiny_run, tm
   assert out.returncode == 2
   errors = [l for l in out.stderr.splitlines() if l.startswith('pga: error')]
   assert len(errors) == 1 and missing in errors[0] and 'Traceback' not in out.stderr
-
-
-def test_training_evaluates_every_eval_every_steps(tiny_run, tmp_path):
-  _, cache, folder = tiny_run
-  config = helpers.tiny_config(folder, eval_every=4, eval_num_samples=16, sample_every=100)
-  evaluate_fn = evaluate.training_evaluate_fn(config, cache_dir=cache)
-  calls = []
-
-  def recording_fn(model, params, step):
-    calls.append(step)
-    return evaluate_fn(model, params, step)
-
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir, evaluate_fn=recording_fn)
-  assert calls == [4, 6]  # every 4 steps and at the end
-  scalars = read_scalars(workdir)
-  assert set(scalars['eval_domain/fid']) == {4, 6}
-  assert set(scalars['eval_domain/kid']) == {4, 6}
 
 
 def test_pga_train_with_inception_evaluation_but_no_weights_fails_before_training(tmp_path):
