@@ -25,9 +25,14 @@ issue 5) with our timing blocks: each round runs the command, then a block of
 our steps, and the ratio of images/s is taken per round. On a shared machine
 only such same-session ratios are meaningful.
 
+`layer_profile` times each conv_mnist layer's forward and backward passes
+against a large matmul, the practical peak FLOP/s of XLA on this machine.
+
 `decoder_benchmark` times a decoder's forward and forward+backward with
-`lax.conv_transpose` (what `flax.linen.ConvTranspose` computes) and with the
-phase-decomposed `UpConv`, on the same weights.
+`lax.conv_transpose` and its own autodiff (what `flax.linen.ConvTranspose`
+computes) and with `UpConv` (`layers.upsample_conv`'s default mode: the
+same forward, the backward from the adjoint strided convolution), on the
+same weights. The JSON keeps the key prefix `phase_decomposition_` for it.
 """
 from __future__ import annotations
 
@@ -435,11 +440,90 @@ def format_decoder_result(r: dict) -> str:
     lines.append(
         f"  {label:17s} lax.conv_transpose {before:8.1f} ms "
         f"({r[f'conv_transpose_{kind}_ms_p10']:.1f}-{r[f'conv_transpose_{kind}_ms_p90']:.1f})"
-        f"   phase-decomposed {after:8.1f} ms "
+        f"   UpConv {after:8.1f} ms "
         f"({r[f'phase_decomposition_{kind}_ms_p10']:.1f}-"
         f"{r[f'phase_decomposition_{kind}_ms_p90']:.1f})   {before / after:.2f}x")
   lines.append(f"  max |difference| of outputs and gradients: "
                f"{r['max_abs_diff_outputs_and_grads']:.2e}")
+  return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------
+# Where a conv_mnist step's time goes: each layer's passes, against a peak.
+# --------------------------------------------------------------------------
+
+def _median_ms(fn, args, steps: int) -> float:
+  _block(fn(*args))
+  _block(fn(*args))
+  samples = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    _block(fn(*args))
+    samples.append(time.perf_counter() - t0)
+  return 1000 * float(np.median(samples))
+
+
+def _flops(fn, args) -> float:
+  cost = fn.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float((cost or {}).get('flops', float('nan')))
+
+
+def _conv_mnist_layers(batch_size: int) -> dict:
+  """conv_mnist's heavy layers as (function, input shape, weight shape)."""
+  from pga_jax.models import layers  # pylint: disable=g-import-not-at-top
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME', dimension_numbers=dn)
+  b = batch_size
+  return {
+      'enc conv 1->64, 28->14': (conv, (b, 28, 28, 1), (5, 5, 1, 64)),
+      'enc conv 64->128, 14->7': (conv, (b, 14, 14, 64), (5, 5, 64, 128)),
+      'enc dense 6272->1024': (jnp.matmul, (b, 6272), (6272, 1024)),
+      'dec dense 1024->6272': (jnp.matmul, (b, 1024), (1024, 6272)),
+      'dec upconv 128->64, 7->14': (layers.upsample_conv, (b, 7, 7, 128), (5, 5, 128, 64)),
+      'dec upconv 64->1, 14->28': (layers.upsample_conv, (b, 14, 14, 64), (5, 5, 64, 1)),
+  }
+
+
+def layer_profile(batch_size: int = 64, steps: int = 20, peak_size: int = 2048,
+                  seed: int = 0) -> dict:
+  """Per layer of conv_mnist: forward, forward + weight gradient (dW),
+  forward + input gradient (dX) and forward + both, in ms and GFLOP/s (XLA's
+  FLOP count of each compiled function), and the achieved GFLOP/s of a
+  `peak_size`^3 float32 matmul: what this machine's XLA reaches at best.
+  """
+  rng = jax.random.PRNGKey(seed)
+  a = jax.random.normal(rng, (peak_size, peak_size))
+  matmul = jax.jit(jnp.matmul)
+  peak_ms = _median_ms(matmul, (a, a), max(3, steps // 4))
+  result = {'batch_size': batch_size, 'steps': steps,
+            'peak_matmul_gflops_per_sec': 2 * peak_size ** 3 / peak_ms / 1e6, 'layers': {}}
+  for name, (fn, x_shape, w_shape) in _conv_mnist_layers(batch_size).items():
+    x = jax.random.normal(jax.random.fold_in(rng, 1), x_shape)
+    w = 0.05 * jax.random.normal(jax.random.fold_in(rng, 2), w_shape)
+    loss = lambda x_, w_, fn=fn: jnp.sum(jnp.sin(fn(x_, w_)))
+    passes = {'fwd': jax.jit(fn), 'fwd+dW': jax.jit(jax.grad(loss, argnums=1)),
+              'fwd+dX': jax.jit(jax.grad(loss, argnums=0)),
+              'fwd+both': jax.jit(jax.grad(loss, argnums=(0, 1)))}
+    row = {}
+    for kind, compiled in passes.items():
+      ms = _median_ms(compiled, (x, w), steps)
+      flops = _flops(compiled, (x, w))
+      row[kind] = {'ms': ms, 'gflops': flops / 1e9, 'gflops_per_sec': flops / ms / 1e6}
+    result['layers'][name] = row
+  result['environment'] = _environment()
+  return result
+
+
+def format_layer_profile(r: dict) -> str:
+  lines = [f"conv_mnist layers, batch {r['batch_size']}, median of {r['steps']} runs: "
+           f"ms (GFLOP/s); peak: float32 matmul {r['peak_matmul_gflops_per_sec']:.0f} GFLOP/s",
+           f"  {'layer':28s}" + ''.join(f'{k:>18s}' for k in ('fwd', 'fwd+dW', 'fwd+dX',
+                                                              'fwd+both'))]
+  for name, row in r['layers'].items():
+    lines.append(f'  {name:28s}' + ''.join(
+        f"{row[k]['ms']:9.2f} ({row[k]['gflops_per_sec']:5.0f})" for k in
+        ('fwd', 'fwd+dW', 'fwd+dX', 'fwd+both')))
   return '\n'.join(lines)
 
 

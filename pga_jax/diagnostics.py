@@ -11,13 +11,15 @@ from pga_jax.models import AutoEncoder
 
 
 def exact_log_det(h: Callable[[jax.Array], jax.Array], latents: jax.Array) -> jax.Array:
-  """log|det dh/dz| at each row of `latents` (N, H), by jax.jacfwd + slogdet.
+  """log|det dh/dz| at each row of `latents` (N, H), by jax.jacrev + slogdet.
 
-  `h` maps a single latent (H,) to (H,). Costs H forward-mode passes per
-  sample: meant for diagnostics with small H, not for training.
+  `h` maps a single latent (H,) to (H,). Costs H reverse-mode passes per
+  sample: meant for diagnostics with small H, not for training. Reverse
+  mode because the decoder's fast upsampling defines only a VJP
+  (`pga_jax.models.layers.upsample_conv`).
   """
   chex.assert_rank(latents, 2)
-  jacobians = jax.vmap(jax.jacfwd(h))(latents)
+  jacobians = jax.vmap(jax.jacrev(h))(latents)
   return jnp.linalg.slogdet(jacobians)[1]
 
 

@@ -13,7 +13,7 @@ decided in `pga_jax.terms`; this module is only the maths.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import chex
 import jax
@@ -61,7 +61,8 @@ def sphere_radius(latent_dim: int) -> float:
 
 
 def log_det_estimates(h: Callable[[jax.Array], jax.Array], latents: jax.Array,
-                      perturbations: jax.Array) -> jax.Array:
+                      perturbations: jax.Array,
+                      h_center: Optional[jax.Array] = None) -> jax.Array:
   """Per-sample estimate of log|det dh/dz| from Eq. (6).
 
     H/2 * mean_k log(||h(z + d_k) - h(z)||^2 / ||d_k||^2)
@@ -72,12 +73,16 @@ def log_det_estimates(h: Callable[[jax.Array], jax.Array], latents: jax.Array,
   K = 1 reproduces the reference. As eps -> 0 the expectation over the sphere
   is an upper bound of log|det| (Jensen on the concave log), tight when the
   Jacobian is a scaled orthogonal matrix. Returns shape (N,).
+
+  `h_center`: h(latents) if the caller already has it (it must be that value).
   """
   chex.assert_rank(latents, 2)
   chex.assert_rank(perturbations, 3)
   chex.assert_equal(perturbations.shape[1:], latents.shape)
   dim = latents.shape[-1]
-  h_center = h(latents)
+  if h_center is None:
+    h_center = h(latents)
+  chex.assert_equal_shape([h_center, latents])
   h_perturbed = jax.vmap(h)(latents[None] + perturbations)
   out_sq = jnp.sum(jnp.square(h_perturbed - h_center[None]), axis=-1)
   in_sq = jnp.sum(jnp.square(perturbations), axis=-1)

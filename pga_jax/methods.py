@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from pga_jax import terms
+from pga_jax import fused, terms
 from pga_jax.models import AutoEncoder
 
 TermFn = Callable[..., jax.Array]
@@ -55,9 +55,14 @@ class Term:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
+  """A method: its terms, whether the encoder has a log-variance head, and
+  optionally `fused`, a faster implementation of some of its terms that
+  share passes through the networks (see `pga_jax.fused`); `method_loss`
+  uses it unless asked for the plain term sum."""
   name: str
   terms: tuple
   needs_logvar: bool
+  fused: Optional[Callable] = None
 
   def with_terms(self, *extra: Term) -> 'Method':
     """This method plus extra terms (how a researcher adds a loss term)."""
@@ -79,14 +84,15 @@ AE = Method('ae', (_REC,), needs_logvar=False)
 VAE = Method('vae', (Term('rec', terms.vae_reconstruction, 'both', warmup=False),
                      Term('kl', terms.kl_divergence, 'encoder', 'beta', warmup=False)),
              needs_logvar=True)
-LPGA = Method('lpga', (_REC, _ZN_REC, _ZH_REC, _NLL_ENC, _NLL_DEC), needs_logvar=False)
+LPGA = Method('lpga', (_REC, _ZN_REC, _ZH_REC, _NLL_ENC, _NLL_DEC), needs_logvar=False,
+              fused=fused.lpga_reconstruction_and_nll)
 # "No warm-up in VPGA" (reference).
 VPGA = Method('vpga', tuple(dataclasses.replace(t, warmup=False)
                             for t in (_REC, _ZN_REC, _ZH_REC, _VREC, _VKLD)),
-              needs_logvar=True)
+              needs_logvar=True, fused=fused.variational_reconstruction_shared)
 LVPGA = Method('lvpga', (_REC, _ZN_REC, _ZH_REC, _VREC, _VKLD, _NLL_ENC,
                          Term('nll_dec', terms.nll_decoder_gaussian, 'decoder', 'nll')),
-               needs_logvar=True)
+               needs_logvar=True, fused=fused.variational_reconstruction_shared)
 
 METHODS = {m.name: m for m in (AE, VAE, LPGA, VPGA, LVPGA)}
 
@@ -161,9 +167,11 @@ def method_loss(method: Method, model: AutoEncoder, params: dict, images: jax.Ar
   Terms whose configured coefficient is exactly 0 are not computed at all.
 
   fast=True (the default, what training uses) shares the encoder pass over
-  the data batch between terms (`SharedEncodings`); fast=False evaluates
-  every term on its own. Values and gradients are the same up to float32
-  rounding (tests/test_fast_paths.py).
+  the data batch between terms (`SharedEncodings`) and computes the terms
+  that `method.fused` covers together (`pga_jax.fused`: L_r and Eq. 6 / vrec
+  share the decoder pass over the data encoding); fast=False evaluates every
+  term on its own. Values and gradients are the same up to float32 rounding
+  (tests/test_fast_paths.py).
 
   The warm-up stays a traced 0/1 weight: a `lax.cond` that skipped the
   switched-off terms' backward passes would make the warm-up step nearly
@@ -173,9 +181,17 @@ def method_loss(method: Method, model: AutoEncoder, params: dict, images: jax.Ar
   shared = SharedEncodings(model) if fast else model
   total = jnp.zeros((), jnp.float32)
   metrics = {}
-  for term in active_terms(method, config):
-    value = term.fn(shared, route(params, term.updates), images,
-                    term_rng(rng, term.name), config)
+  active = active_terms(method, config)
+  fused_values = {}
+  if fast and method.fused is not None:
+    fused_values = method.fused(shared, params, images, lambda name: term_rng(rng, name),
+                                config, frozenset(t.name for t in active))
+  for term in active:
+    if term.name in fused_values:
+      value = fused_values[term.name]
+    else:
+      value = term.fn(shared, route(params, term.updates), images,
+                      term_rng(rng, term.name), config)
     weight = term_coefficient(term, config, step)
     # `where`, not a product, so a term that is switched off cannot turn the
     # loss into NaN (0 * inf) during the warm-up.

@@ -132,3 +132,18 @@ def test_cli_writes_the_json(tmp_path):
        '--config.batch_size=0'], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
   assert proc.returncode == 2 and 'batch_size' in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def test_layer_profile_reports_every_pass_and_a_peak():
+  r = benchmark.layer_profile(batch_size=2, steps=2, peak_size=64)
+  assert r['peak_matmul_gflops_per_sec'] > 0
+  assert len(r['layers']) == 6
+  for row in r['layers'].values():
+    assert set(row) == {'fwd', 'fwd+dW', 'fwd+dX', 'fwd+both'}
+    # XLA's FLOP count: a gradient pass does more work than the forward alone.
+    assert row['fwd+both']['gflops'] > row['fwd']['gflops'] > 0
+    assert all(v['ms'] > 0 for v in row.values())
+  # The dense layer's forward: 2 * batch * 6272 * 1024 multiply-adds.
+  dense = r['layers']['enc dense 6272->1024']['fwd']['gflops']
+  assert abs(dense - 2 * 2 * 6272 * 1024 / 1e9) < 1e-3 * dense
+  assert 'peak' in benchmark.format_layer_profile(r)

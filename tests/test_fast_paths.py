@@ -75,8 +75,8 @@ class CountingModel:
 
 
 @pytest.mark.parametrize('method_name,plain_calls,fast_calls', [
-    # rec, nll_enc, zh_rec: one pass; nll_dec's stop-gradient encoder: its own
-    ('lpga', 4, 2),
+    # rec, nll_enc, zh_rec, and nll_dec (fused with rec, pga_jax.fused): one pass
+    ('lpga', 4, 1),
     # rec, zh_rec, vrec, vkld (all live encoder: one pass)
     ('vpga', 4, 1),
 ])
@@ -106,6 +106,43 @@ def test_shared_encoder_pass_removes_work_from_the_compiled_step():
   assert flops[True] < 0.9 * flops[False], flops
 
 
+@pytest.mark.parametrize('use_bn', [False, True])
+def test_decode_shared_routes_like_two_decoder_calls_with_less_work(use_bn):
+  from pga_jax import fused  # pylint: disable=g-import-not-at-top
+  model = AutoEncoder('conv_mnist', H, 1, use_bn=use_bn)
+  dec = model.init(jax.random.PRNGKey(0))['decoder']
+  z = jax.random.normal(jax.random.PRNGKey(1), (B, H))
+  c1, c2 = jax.random.normal(jax.random.PRNGKey(2), (2, B, 28, 28, 1))
+
+  def separate(d, z_):
+    return (jnp.sum(c1 * model.decode(d, z_))
+            + jnp.sum(jnp.sin(c2 * model.decode(d, jax.lax.stop_gradient(z_)))))
+
+  def shared(d, z_):
+    x1, x2 = fused.decode_shared(model, d, z_)
+    return jnp.sum(c1 * x1) + jnp.sum(jnp.sin(c2 * x2))
+
+  grads = {}
+  flops = {}
+  for name, fn in (('separate', separate), ('shared', shared)):
+    g = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+    grads[name] = g(dec, z)
+    cost = g.lower(dec, z).compile().cost_analysis()
+    flops[name] = (cost[0] if isinstance(cost, list) else cost)['flops']
+  # Tolerance relative to each leaf's scale: with batch norm some gradients
+  # nearly cancel (scale invariance), leaving float32 rounding of the
+  # leaf's large entries in a few small ones (and a bias before batch norm
+  # has gradient 0 up to rounding).
+  wants = jax.tree_util.tree_leaves(grads['separate'])
+  scale = max(float(np.abs(w).max()) for w in wants)
+  for got, want in zip(jax.tree_util.tree_leaves(grads['shared']), wants):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
+  # z's gradient is the first output's only: c1 through the decoder.
+  only_first = jax.grad(lambda z_: jnp.sum(c1 * model.decode(dec, z_)))(z)
+  np.testing.assert_allclose(grads['shared'][1][1], only_first, rtol=1e-4, atol=1e-6)
+  assert flops['shared'] < 0.9 * flops['separate'], flops
+
+
 @pytest.mark.parametrize('kernel_size', [2, 3, 4, 5])
 @pytest.mark.parametrize('features', [1, 3, 16, 20])
 def test_upsample_conv_modes_equal_lax_conv_transpose_with_gradients(kernel_size, features):
@@ -116,7 +153,7 @@ def test_upsample_conv_modes_equal_lax_conv_transpose_with_gradients(kernel_size
   ct = jax.random.normal(jax.random.PRNGKey(2), (2, 10, 10, features))
   expected, vjp = jax.vjp(reference, x, w)
   expected_grads = vjp(ct)
-  for mode in ('auto', 'fused', 'per_phase'):
+  for mode in ('auto', 'adjoint', 'fused', 'per_phase'):
     got, vjp = jax.vjp(lambda x_, w_: layers.upsample_conv(x_, w_, mode=mode), x, w)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=mode)
     for a, b in zip(vjp(ct), expected_grads):

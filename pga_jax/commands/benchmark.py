@@ -43,8 +43,10 @@ def define_flags():
   flags.DEFINE_integer('peer_steps', 10, 'The {steps} passed to the peer command.')
   flags.DEFINE_bool('decoder_only', False, 'Time the decoder alone: lax.conv_transpose '
                     '(flax ConvTranspose) vs the phase-decomposed UpConv.')
+  flags.DEFINE_bool('layers', False, "Profile conv_mnist's layers (forward, weight and "
+                    'input gradients) against a large matmul, the peak FLOP/s.')
   flags.DEFINE_string('arch', 'conv_mnist', 'Architecture for --decoder_only.')
-  flags.DEFINE_integer('batch_size', 64, 'Batch size for --decoder_only.')
+  flags.DEFINE_integer('batch_size', 64, 'Batch size for --decoder_only and --layers.')
   flags.DEFINE_integer('latent_dim', 12, 'Latent size for --decoder_only.')
 
 
@@ -53,7 +55,10 @@ def main(argv):
   from pga_jax import benchmark, config as config_lib  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   log = lambda s: print(f'pga: {s}', file=sys.stderr, flush=True)
-  if f.decoder_only:
+  if f.layers:
+    result = benchmark.layer_profile(f.batch_size, steps=f.steps)
+    print(benchmark.format_layer_profile(result))
+  elif f.decoder_only:
     try:
       result = benchmark.decoder_benchmark(f.arch, f.batch_size, f.latent_dim,
                                            steps=f.steps, warmup=f.warmup)

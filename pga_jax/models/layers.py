@@ -5,6 +5,7 @@ the reference implementation (Glorot/Xavier-uniform weights, zero biases).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -125,14 +126,6 @@ def phase_kernel(kernel: jax.Array, stride: int) -> tuple[jax.Array, int, int]:
   return gathered.reshape(n, n, cin, stride * stride * cout), -low, high
 
 
-# Output channels from which `upsample_conv` runs one convolution per phase
-# (exact tap counts) instead of one fused convolution (zero taps included).
-# Measured on XLA:CPU (docs/benchmarks.md): per phase is ~30% faster for the
-# conv_mnist 7x7x128 -> 14x14x64 layer; the fused form wins for a few output
-# channels (the image layer), where four thin convolutions are inefficient.
-PHASE_SPLIT_MIN_FEATURES = 16
-
-
 def _upsample_fused(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   n, h, w, _ = x.shape
   cout = kernel.shape[-1]
@@ -174,6 +167,56 @@ def _upsample_per_phase(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arr
   return y.reshape(n, h * stride, w * stride, cout)
 
 
+def _adjoint_padding(kernel_size: int, stride: int) -> tuple[int, int]:
+  """Padding of the strided convolution whose adjoint (transpose) is
+  `conv_transpose(..., 'SAME')` with a flipped, in/out-swapped kernel.
+
+  Low side: kernel_size - 1 - pad_before; high side: what makes a
+  stride-s input of size s*n come out at size n.
+  """
+  low = kernel_size - 1 - _same_transpose_padding(kernel_size, stride)
+  return low, kernel_size - stride - low
+
+
+def _adjoint_kernel(kernel: jax.Array) -> jax.Array:
+  """Spatially flipped, in/out swapped: the strided convolution's kernel
+  (an involution, so it also maps that kernel's gradient back)."""
+  return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+
+
+def _strided_conv(images: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  low, high = _adjoint_padding(kernel.shape[0], stride)
+  return jax.lax.conv_general_dilated(
+      images, kernel, window_strides=(stride, stride), padding=((low, high), (low, high)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _upsample_adjoint(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  return jax.lax.conv_transpose(x, kernel, (stride, stride), 'SAME',
+                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _upsample_adjoint_forward(x, kernel, stride):
+  return _upsample_adjoint(x, kernel, stride), (x, kernel)
+
+
+def _upsample_adjoint_backward(stride, residuals, cotangent):
+  """y = C^T x with C the strided convolution by `_adjoint_kernel(kernel)`,
+  so <g, y> = <C g, x>: dx = C g (a strided convolution) and dkernel is the
+  weight gradient of C g against x, both the fast kinds of convolution on
+  XLA:CPU (the autodiff rule of the lhs-dilated forward is not)."""
+  x, kernel = residuals
+  flipped = _adjoint_kernel(kernel)
+  d_x = _strided_conv(cotangent, flipped, stride)
+  _, kernel_vjp = jax.vjp(lambda k: _strided_conv(cotangent, k, stride), flipped)
+  (d_flipped,) = kernel_vjp(x)
+  return d_x, _adjoint_kernel(d_flipped)
+
+
+_upsample_adjoint.defvjp(_upsample_adjoint_forward, _upsample_adjoint_backward)
+
+
 def upsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2,
                   mode: str = 'auto') -> jax.Array:
   """Exactly `jax.lax.conv_transpose(x, kernel, (s, s), 'SAME')`, computed fast.
@@ -185,18 +228,30 @@ def upsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2,
   convolution) is several times slower than this form, whose gradients are
   ordinary convolutions.
 
-  mode: 'fused' runs all phases as one convolution with `s*s*out` channels
+  mode: 'adjoint' (what 'auto' picks) computes the forward pass with
+  `lax.conv_transpose` and the backward pass from the strided convolution
+  whose transpose it is (`_upsample_adjoint_backward`): the fastest form
+  on XLA:CPU (docs/benchmarks.md), reverse-mode only (a `jax.custom_vjp`;
+  for `jax.jvp` / `jacfwd` use 'fused' or 'per_phase', or build the
+  AutoEncoder with `use_phase_decomposition=False`).
+  'fused' runs all phases as one convolution with `s*s*out` channels
   (a phase's missing taps are zeros: 36 taps computed for a 5x5 kernel's
   25); 'per_phase' runs one convolution per phase with its own taps only;
-  'auto' picks per_phase from PHASE_SPLIT_MIN_FEATURES output channels.
+  'auto' picks 'adjoint', or 'fused' for a kernel smaller than the stride.
   """
   if mode == 'auto':
-    mode = 'per_phase' if kernel.shape[-1] >= PHASE_SPLIT_MIN_FEATURES else 'fused'
+    mode = 'adjoint' if kernel.shape[0] >= stride else 'fused'
+  if mode == 'adjoint':
+    if kernel.shape[0] != kernel.shape[1] or kernel.shape[0] < stride:
+      raise ValueError(f"upsample_conv mode 'adjoint' needs a square kernel at least as "
+                       f"large as the stride ({stride}), got {kernel.shape}")
+    return _upsample_adjoint(x, kernel, stride)
   if mode == 'fused':
     return _upsample_fused(x, kernel, stride)
   if mode == 'per_phase':
     return _upsample_per_phase(x, kernel, stride)
-  raise ValueError(f"upsample_conv mode must be 'auto', 'fused' or 'per_phase', got {mode!r}")
+  raise ValueError(f"upsample_conv mode must be 'auto', 'adjoint', 'fused' or 'per_phase', "
+                   f"got {mode!r}")
 
 
 class UpConv(nn.Module):
@@ -205,6 +260,8 @@ class UpConv(nn.Module):
   Parameters have the names and shapes of `flax.linen.ConvTranspose`
   (`kernel`: (kh, kw, in, out), `bias`: (out,)), so the same weights can be
   fed to either; `tests/test_layers.py` checks they agree.
+  `use_phase_decomposition=False` computes it with `lax.conv_transpose` and
+  JAX's own autodiff (slow backward pass on CPU, but forward-mode capable).
   """
 
   features: int
