@@ -1,6 +1,7 @@
 """The paper-reproduction scripts run end to end on a tiny budget (offline, domain features)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -57,3 +58,61 @@ def test_fashion_study_and_figures_scripts(idx_dir, tmp_path):
              '--pairs=3', cache=tmp_path / 'cache')
   assert (tmp_path / 'figs' / 'figure1_lpga.png').exists()
   assert (tmp_path / 'figs' / 'figure2_lpga.png').exists()
+
+
+def test_logdet_tracking_exact_and_eq6_estimate_over_checkpoints(idx_dir, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax import enable_x64  # pylint: disable=g-import-not-at-top
+
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+  from pga_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'lpga')
+  # LPGA, 6 steps (2 of warm-up), checkpoints at steps 3 and 6.
+  runner.train_run(helpers.tiny_config(idx_dir, sample_every=6), workdir)
+  out_png = tmp_path / 'study' / 'logdet.png'
+  out = run_script('logdet_tracking.py', f'--workdir={workdir}', f'--out={out_png}',
+                   '--num_images=16', '--ks=1,16', cache=tmp_path / 'cache')
+  assert out_png.stat().st_size > 0
+  results = json.loads((tmp_path / 'study' / 'logdet.json').read_text())
+  steps = sorted(checkpointing.checkpoint_manager(workdir, 3).all_steps())
+  assert steps == [3, 6]
+  assert [e['step'] for e in results['steps']] == steps
+  assert results['method'] == 'lpga' and results['ks'] == [1, 16]
+  for e in results['steps']:
+    assert re.search(rf"^\s*{e['step']}\s+{e['exact_mean']:.4f}\s", out.stdout, re.M), out.stdout
+    exact = np.asarray(e['per_image']['exact'])
+    assert exact.shape == (16,) and np.all(np.isfinite(exact))
+    np.testing.assert_allclose(e['exact_mean'], exact.mean(), rtol=1e-6)
+    for k in ('1', '16'):
+      gap = np.asarray(e['per_image'][f'k{k}']) - exact
+      np.testing.assert_allclose(e['estimates'][k]['gap_mean'], gap.mean(), rtol=1e-6, atol=1e-9)
+      np.testing.assert_allclose(e['estimates'][k]['gap_std'], gap.std(), rtol=1e-6, atol=1e-9)
+    # Eq. 6 bounds log|det| from above in expectation (Jensen): the K=16 estimate is
+    # at least the exact value on average, up to the Monte Carlo error over images.
+    gap16 = np.asarray(e['per_image']['k16']) - exact
+    assert gap16.mean() >= -3 * gap16.std() / np.sqrt(gap16.size) - 1e-3, e['estimates']
+
+  # Independently: jacrev of h = f o g on one latent, in float64, and numpy's slogdet.
+  config, model, params, step = checkpointing.load_trained(workdir, steps[0])
+  assert step == steps[0] and not config.use_bn
+  images = helpers.synthetic_digits(48, seed=1)[:16, :, :, None].astype(np.float32) / 127.5 - 1
+  latent = np.asarray(model.encode(params['encoder'], images).mean[0], np.float64)
+  with enable_x64():
+    params64 = jax.tree_util.tree_map(lambda p: np.asarray(p, np.float64), params)
+    jac = jax.jacrev(lambda z: model.encode_decode(params64, z[None])[0])(latent)
+    expected = np.linalg.slogdet(np.asarray(jac, np.float64))[1]
+  got = results['steps'][0]['per_image']['exact'][0]
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
+
+  # A run directory without checkpoints: one line on stderr, exit status 2.
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  (empty / 'config.json').write_text(checkpointing.config_to_json(helpers.tiny_config(idx_dir)))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  bad = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'logdet_tracking.py'),
+                        f'--workdir={empty}', f'--out={tmp_path}/x.png'],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+  assert bad.returncode == 2
+  errors = [line for line in bad.stderr.splitlines() if line.startswith('pga: error:')]
+  assert len(errors) == 1 and 'no checkpoint' in errors[0], bad.stderr[-2000:]
