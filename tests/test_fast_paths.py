@@ -270,3 +270,49 @@ def test_the_train_loop_compiles_its_step_once(tmp_path, monkeypatch):
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert result.step == 5
   chex.clear_trace_counter()
+
+
+@pytest.mark.parametrize('kernel_size', [2, 3, 4, 5])
+@pytest.mark.parametrize('size,features_in,features_out', [(8, 3, 16), (4, 20, 6), (6, 32, 64)])
+def test_downsample_conv_equals_lax_conv_with_gradients(kernel_size, size, features_in,
+                                                        features_out):
+  """The encoder's stride-2 conv with its custom backward pass against lax's autodiff."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, features_in))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel_size, kernel_size, features_in,
+                                                features_out))
+  reference = lambda x_, w_: jax.lax.conv_general_dilated(
+      x_, w_, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  expected, vjp_ref = jax.vjp(reference, x, w)
+  got, vjp_got = jax.vjp(layers.downsample_conv, x, w)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  ct = jax.random.normal(jax.random.PRNGKey(2), expected.shape)
+  for a, b in zip(vjp_got(ct), vjp_ref(ct)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape', [(7, 128, 64), (4, 64, 32), (16, 8, 16), (5, 6, 3)])
+def test_transposed_conv_dispatch_equals_lax_conv_transpose(shape):
+  """Every form `transposed_conv` may pick computes lax.conv_transpose."""
+  size, cin, cout = shape
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
+  w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, cin, cout))
+  expected = jax.lax.conv_transpose(x, w, (2, 2), 'SAME',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(layers.transposed_conv(x, w, 2), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_model_gradients_do_not_depend_on_the_fast_backward_passes():
+  """conv_64 encoder and decoder with the custom VJPs against plain lax autodiff."""
+  fast = AutoEncoder('conv_64', 8, 3, use_bn=True)
+  plain = AutoEncoder('conv_64', 8, 3, use_bn=True, use_phase_decomposition=False)
+  params = fast.init(jax.random.PRNGKey(0))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3, 64, 64, 3), minval=-1, maxval=1)
+
+  def loss(model, p):
+    return jnp.mean(jnp.square(model.encode_decode(p, model.encode(p['encoder'], x).mean)))
+  got = jax.grad(lambda p: loss(fast, p))(params)
+  want = jax.grad(lambda p: loss(plain, p))(params)
+  wants = jax.tree_util.tree_leaves(want)
+  scale = max(float(np.abs(w).max()) for w in wants)
+  for a, b in zip(jax.tree_util.tree_leaves(got), wants):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale)

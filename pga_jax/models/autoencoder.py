@@ -37,6 +37,10 @@ class AutoEncoder:
 
   `with_logvar` adds the log-variance head that VPGA, LVPGA and the VAE need.
   `dtype` is the compute dtype (e.g. bfloat16); parameters stay float32.
+  `use_phase_decomposition` (default) computes the strided and transposed
+  convolutions' backward passes with the fast exact custom VJPs of
+  `layers` (reverse mode only); False uses `lax` and JAX's own autodiff
+  everywhere (slower on CPU; `jax.jvp` / `jacfwd` work).
   """
   arch: str
   latent_dim: int
@@ -66,7 +70,7 @@ class AutoEncoder:
     spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32,
             'conv_64': dcgan.CONV_64}[self.arch]
     return dcgan.DcganEncoder(spec, self.latent_dim, self.use_bn, self.with_logvar,
-                              dtype=self.dtype)
+                              dtype=self.dtype, fast_backward=self.use_phase_decomposition)
 
   @property
   def decoder(self) -> nn.Module:

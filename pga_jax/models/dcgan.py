@@ -94,12 +94,14 @@ class DcganEncoder(nn.Module):
   with_logvar: bool = False
   dim: int = 64
   dtype: Optional[jnp.dtype] = None
+  fast_backward: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, stat_rows: Optional[int] = None):
     h = x.astype(self.dtype or x.dtype)
     for i, (mult, has_bn) in enumerate(self.spec.enc_convs):
-      h = layers.conv(self.dim * mult, dtype=self.dtype, name=f'conv{i}')(h)
+      h = layers.conv(self.dim * mult, dtype=self.dtype, name=f'conv{i}',
+                      fast_backward=self.fast_backward)(h)
       h = layers.maybe_batch_norm(h, self.use_bn and has_bn, stat_rows, f'bn_conv{i}')
       h = layers.leaky_relu(h)
     h = layers.flatten(h)

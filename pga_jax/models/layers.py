@@ -191,10 +191,25 @@ def _strided_conv(images: jax.Array, kernel: jax.Array, stride: int) -> jax.Arra
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+def transposed_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """`lax.conv_transpose(x, kernel, (s, s), 'SAME')` (no autodiff rule of its
+  own; used inside the custom VJPs below), in the form XLA:CPU runs fastest
+  for the shape.
+
+  Measured at batch 64 (docs/benchmarks.md): `lax.conv_transpose` is best
+  for few output channels and for conv_mnist's 7x7x128 input, but
+  pathologically slow for small inputs with many channels (4x4x512 ->
+  8x8x256: 2.4 s against 40 ms); elsewhere the per-phase decomposition wins.
+  """
+  if kernel.shape[-1] < 16 or (max(x.shape[1:3]) <= 7 and x.shape[-1] <= 128):
+    return jax.lax.conv_transpose(x, kernel, (stride, stride), 'SAME',
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return _upsample_per_phase(x, kernel, stride)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _upsample_adjoint(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  return jax.lax.conv_transpose(x, kernel, (stride, stride), 'SAME',
-                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return transposed_conv(x, kernel, stride)
 
 
 def _upsample_adjoint_forward(x, kernel, stride):
@@ -217,6 +232,42 @@ def _upsample_adjoint_backward(stride, residuals, cotangent):
 _upsample_adjoint.defvjp(_upsample_adjoint_forward, _upsample_adjoint_backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _downsample(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  return _strided_conv(x, kernel, stride)
+
+
+def _downsample_forward(x, kernel, stride):
+  return _downsample(x, kernel, stride), (x, kernel)
+
+
+def _downsample_backward(stride, residuals, cotangent):
+  """y = C x, so dx = C^T g = `transposed_conv(g, _adjoint_kernel(kernel))`
+  in its fastest form (JAX's own rule is the lhs-dilated convolution that
+  XLA:CPU runs pathologically slowly for some shapes); dkernel is JAX's."""
+  x, kernel = residuals
+  d_x = transposed_conv(cotangent, _adjoint_kernel(kernel), stride)
+  _, kernel_vjp = jax.vjp(lambda k: _strided_conv(x, k, stride), kernel)
+  return d_x, kernel_vjp(cotangent)[0]
+
+
+_downsample.defvjp(_downsample_forward, _downsample_backward)
+
+
+def downsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2) -> jax.Array:
+  """Exactly `lax.conv_general_dilated(x, kernel, (s, s), 'SAME')` (NHWC,
+  HWIO), with a faster backward pass (`_downsample_backward`) where the
+  input's height and width are multiples of the stride and the kernel is
+  square and at least the stride (the reference's encoders); otherwise the
+  plain convolution. Reverse-mode only in the fast case (a custom VJP).
+  """
+  kh, kw = kernel.shape[:2]
+  if stride > 1 and kh == kw >= stride and x.shape[1] % stride == 0 and x.shape[2] % stride == 0:
+    return _downsample(x, kernel, stride)
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 def upsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2,
                   mode: str = 'auto') -> jax.Array:
   """Exactly `jax.lax.conv_transpose(x, kernel, (s, s), 'SAME')`, computed fast.
@@ -229,7 +280,7 @@ def upsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2,
   ordinary convolutions.
 
   mode: 'adjoint' (what 'auto' picks) computes the forward pass with
-  `lax.conv_transpose` and the backward pass from the strided convolution
+  `transposed_conv` and the backward pass from the strided convolution
   whose transpose it is (`_upsample_adjoint_backward`): the fastest form
   on XLA:CPU (docs/benchmarks.md), reverse-mode only (a `jax.custom_vjp`;
   for `jax.jvp` / `jacfwd` use 'fused' or 'per_phase', or build the
@@ -261,7 +312,9 @@ class UpConv(nn.Module):
   (`kernel`: (kh, kw, in, out), `bias`: (out,)), so the same weights can be
   fed to either; `tests/test_layers.py` checks they agree.
   `use_phase_decomposition=False` computes it with `lax.conv_transpose` and
-  JAX's own autodiff (slow backward pass on CPU, but forward-mode capable).
+  JAX's own autodiff (slow backward pass on CPU, but forward-mode capable;
+  `AutoEncoder(use_phase_decomposition=False)` does the same for the
+  encoder's convolutions).
   """
 
   features: int
@@ -303,6 +356,7 @@ class Conv(nn.Module):
   kernel_size: int = 5
   strides: int = 2
   dtype: Optional[jnp.dtype] = None
+  fast_backward: bool = True   # `downsample_conv`; False: JAX's own autodiff (jvp works)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -311,9 +365,12 @@ class Conv(nn.Module):
                         jnp.float32)
     bias = self.param('bias', zeros, (self.features,), jnp.float32)
     dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
-    y = jax.lax.conv_general_dilated(
-        x.astype(dtype), kernel.astype(dtype), (self.strides, self.strides), 'SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if self.fast_backward:
+      y = downsample_conv(x, kernel, self.strides)
+    else:
+      y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), 'SAME',
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return add_bias(y, bias)
 
 
@@ -335,9 +392,11 @@ class Dense(nn.Module):
 
 
 def conv(features: int, kernel_size: int = 5, strides: int = 2,
-         dtype: Optional[jnp.dtype] = None, name: Optional[str] = None) -> Conv:
+         dtype: Optional[jnp.dtype] = None, name: Optional[str] = None,
+         fast_backward: bool = True) -> Conv:
   """The reference's conv layer: 'SAME' padding, Glorot-uniform, zero bias."""
-  return Conv(features, kernel_size, strides, dtype=dtype, name=name)
+  return Conv(features, kernel_size, strides, dtype=dtype, fast_backward=fast_backward,
+              name=name)
 
 
 def dense(features: int, dtype: Optional[jnp.dtype] = None,
