@@ -226,7 +226,7 @@ def plot(results: dict, out: str) -> str:
   fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True,
                                     gridspec_kw={'height_ratios': [3, 2]})
   top.plot(steps, [e['exact_mean'] for e in results['steps']], 'k-o', lw=2,
-           label='exact (jacfwd + slogdet)')
+           label='exact (jacrev + slogdet)')
   for i, k in enumerate(results['ks']):
     color = f'C{i}'
     est = [e['estimates'][str(k)] for e in results['steps']]
