@@ -17,7 +17,7 @@ feeds it synthetic images of the config's shape and reports
   architecture, batch, latent size, optimizer and dtype, timed in alternating
   blocks in the same process, so load from other processes cancels out.
 
-The step is timed at `config.init_steps` (after the warm-up, when every term
+The step is timed at `config.init_steps + 1` (after the warm-up, when every term
 is on) unless `at_step` says otherwise: the steady state of a run.
 
 `peer_command` interleaves an external command (e.g. the PyTorch peer of
@@ -174,7 +174,7 @@ def _cost(compiled) -> tuple:
 
 def build_step(config, at_step: Optional[int] = None, seed: int = 0) -> BuiltStep:
   """Compiles `config`'s train step; the state starts at `at_step`
-  (default `config.init_steps`: after the warm-up)."""
+  (default `config.init_steps + 1`: after the warm-up)."""
   dp = sharding.data_parallel()
   config_lib.validate(config, dp.num_devices)
   shape = config_lib.image_shape(config)
@@ -185,7 +185,7 @@ def build_step(config, at_step: Optional[int] = None, seed: int = 0) -> BuiltSte
   abstract = jax.eval_shape(init_fn, rng)
   state_shardings = jax.tree_util.tree_map(lambda _: dp.replicated, abstract)
   state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
-  start = int(config.init_steps) if at_step is None else int(at_step)
+  start = int(config.init_steps) + 1 if at_step is None else int(at_step)
   state = state._replace(step=jax.device_put(jnp.asarray(start, jnp.int32), dp.replicated))
   # A batch as the train loop gets it: the data pipeline over (synthetic) uint8 images.
   source = data.BatchSource(synthetic_images(config.batch_size, shape, seed), config.batch_size,
@@ -308,7 +308,7 @@ def benchmark_config(config, steps: int = 20, warmup: int = 3, at_step: Optional
       'latent_dim': int(config.latent_dim), 'use_bn': bool(config.use_bn),
       'compute_dtype': config.get('compute_dtype', 'float32'),
       'optimizer': config.optimizer.name,
-      'at_step': int(config.init_steps) if at_step is None else int(at_step),
+      'at_step': int(config.init_steps) + 1 if at_step is None else int(at_step),
       'warmup_steps': warmup,
       'images_per_sec': config.batch_size / median_s,
       'pipelined_images_per_sec': config.batch_size * max(steps // 2, 1) / pipelined,

@@ -36,8 +36,11 @@ DIGEST_ITEM = 'digest'
 # Fields that change what is trained: a run cannot resume under other values.
 STRUCTURAL_FIELDS = ('method', 'arch', 'latent_dim', 'use_bn', 'dataset', 'image_size',
                      'channels', 'batch_size', 'seed', 'optimizer', 'zn_rec', 'zh_rec',
-                     'nll', 'vrec', 'vkld', 'beta', 'init_steps', 'num_perturbations',
-                     'extra_terms', 'compute_dtype')
+                     'nll', 'vrec', 'vkld', 'beta', 'init_steps', 'warmup_ramp_steps',
+                     'num_perturbations', 'extra_terms', 'compute_dtype')
+# Structural fields added after runs were stored: a stored config without
+# one ran with this value.
+ADDED_FIELD_DEFAULTS = {'warmup_ramp_steps': 0}
 
 
 class WorkdirError(RuntimeError):
@@ -227,6 +230,8 @@ def _normalise(value):
 def check_compatible(stored, config) -> None:
   """Raises WorkdirError naming each structural field that differs."""
   stored_d, new_d = _normalise(stored.to_dict()), _normalise(config.to_dict())
+  for field, default in ADDED_FIELD_DEFAULTS.items():
+    stored_d.setdefault(field, default)
   differing = [f for f in STRUCTURAL_FIELDS if stored_d.get(f) != new_d.get(f)]
   if differing:
     details = '; '.join(f'{f}: stored {stored_d.get(f)!r}, given {new_d.get(f)!r}'

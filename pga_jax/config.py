@@ -59,6 +59,9 @@ def base_config(method: str = 'lpga') -> ml_collections.ConfigDict:
   for name in COEFFICIENTS:
     c[name] = 0.0
   c.init_steps = 0
+  # Not the reference's: > 0 raises the warm-up terms' coefficients linearly
+  # over this many steps after init_steps instead of all at once (README).
+  c.warmup_ramp_steps = 0
   c.num_perturbations = 1
   c.extra_terms = ()
   for key, value in _METHOD_DEFAULTS[method].items():
@@ -222,7 +225,7 @@ def validate(config, device_count: int = 1) -> None:
   for field in ('batch_size', 'num_steps', 'num_perturbations', 'log_every',
                 'sample_every', 'checkpoint_every', 'keep_checkpoints', 'eval_num_samples'):
     _check_int(config, field, 1)
-  for field in ('init_steps', 'eval_every', 'max_bad_steps'):
+  for field in ('init_steps', 'warmup_ramp_steps', 'eval_every', 'max_bad_steps'):
     _check_int(config, field, 0)
   _check_int(config, 'seed', 0, 2**32 - 1)  # PRNGKey keeps 32 bits
   if config.batch_size % device_count:

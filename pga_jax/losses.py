@@ -60,6 +60,20 @@ def sphere_radius(latent_dim: int) -> float:
   return 1e-2 * math.sqrt(latent_dim)
 
 
+def log_squared_norm(x: jax.Array) -> jax.Array:
+  """log(||x||^2) over the last axis, in a form whose squares cannot underflow.
+
+  Equal to `log(sum(x**2))` wherever that is finite and its squares are
+  normal float32 numbers (values and gradients, up to rounding), but scaled
+  by the largest |x_i| first: 2 log m + log(sum((x / m)^2)), m held constant.
+  Differences of ~1e-19 (squares below float32's ~1e-38, flushed to 0 on
+  most backends) keep a finite logarithm; only an exactly zero x gives -inf.
+  """
+  m = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=-1, keepdims=True))
+  safe = jnp.where(m > 0, m, 1.0)
+  return 2.0 * jnp.log(safe[..., 0]) + jnp.log(jnp.sum(jnp.square(x / safe), axis=-1))
+
+
 def log_det_estimates(h: Callable[[jax.Array], jax.Array], latents: jax.Array,
                       perturbations: jax.Array,
                       h_center: Optional[jax.Array] = None) -> jax.Array:
@@ -70,9 +84,12 @@ def log_det_estimates(h: Callable[[jax.Array], jax.Array], latents: jax.Array,
   `perturbations` has shape (K, N, H): K perturbations per latent. The K
   perturbed batches go through `h` with `jax.vmap`, so each is one batch (its
   own batch-norm statistics, like the reference's single perturbed batch);
-  K = 1 reproduces the reference. As eps -> 0 the expectation over the sphere
-  is an upper bound of log|det| (Jensen on the concave log), tight when the
-  Jacobian is a scaled orthogonal matrix. Returns shape (N,).
+  K = 1 reproduces the reference. The denominator ||d_k|| is a constant, as
+  in the reference (eps for LPGA, `stop_gradient(||delta||)` for LVPGA); the
+  perturbations themselves are not (LVPGA's depend on sigma). As eps -> 0 the
+  expectation over the sphere is an upper bound of log|det| (Jensen on the
+  concave log), tight when the Jacobian is a scaled orthogonal matrix.
+  Returns shape (N,).
 
   `h_center`: h(latents) if the caller already has it (it must be that value).
   """
@@ -84,9 +101,9 @@ def log_det_estimates(h: Callable[[jax.Array], jax.Array], latents: jax.Array,
     h_center = h(latents)
   chex.assert_equal_shape([h_center, latents])
   h_perturbed = jax.vmap(h)(latents[None] + perturbations)
-  out_sq = jnp.sum(jnp.square(h_perturbed - h_center[None]), axis=-1)
-  in_sq = jnp.sum(jnp.square(perturbations), axis=-1)
-  return 0.5 * dim * jnp.mean(jnp.log(out_sq) - jnp.log(in_sq), axis=0)
+  log_out_sq = log_squared_norm(h_perturbed - h_center[None])
+  log_in_sq = jax.lax.stop_gradient(log_squared_norm(perturbations))
+  return 0.5 * dim * jnp.mean(log_out_sq - log_in_sq, axis=0)
 
 
 def decoder_nll(log_dets: jax.Array, latent_dim: int) -> jax.Array:

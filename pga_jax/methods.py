@@ -14,6 +14,11 @@ gradient sets), e.g. for LPGA (Eq. 7):
 
     encoder loss = L_r + a*L_lr,N + b*L_lr,H + g*L_nll^phi
     decoder loss = L_r + g*L_nll^theta
+
+The terms, their coefficients and routing per method are the authors' code
+(`train_lpga.py`, `train_vpga.py`, `train_lvpga.py`, and the VAE baseline's
+`train.py`); tests/test_reference_transcription.py checks every method's
+gradients against a transcription of those files.
 """
 from __future__ import annotations
 
@@ -25,11 +30,12 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from pga_jax import fused, terms
+from pga_jax import passes, terms
 from pga_jax.models import AutoEncoder
 
 TermFn = Callable[..., jax.Array]
-UPDATES = ('encoder', 'decoder', 'both')
+UPDATES = passes.UPDATES
+route = passes.route
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +45,8 @@ class Term:
   name: metric name. fn: `fn(model, params, images, rng, config) -> scalar`.
   updates: 'encoder', 'decoder' or 'both': the parameters its gradient reaches.
   coeff: config field holding its coefficient; None means 1.
-  warmup: if True, its coefficient is 0 for the first `config.init_steps` steps.
+  warmup: if True, its coefficient is 0 until more than `config.init_steps`
+    steps have been applied (`warmup_weight`).
   """
   name: str
   fn: TermFn
@@ -55,14 +62,10 @@ class Term:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A method: its terms, whether the encoder has a log-variance head, and
-  optionally `fused`, a faster implementation of some of its terms that
-  share passes through the networks (see `pga_jax.fused`); `method_loss`
-  uses it unless asked for the plain term sum."""
+  """A method: its terms, and whether the encoder has a log-variance head."""
   name: str
   terms: tuple
   needs_logvar: bool
-  fused: Optional[Callable] = None
 
   def with_terms(self, *extra: Term) -> 'Method':
     """This method plus extra terms (how a researcher adds a loss term)."""
@@ -77,81 +80,56 @@ _ZN_REC = Term('zn_rec', terms.latent_reconstruction_prior, 'encoder', 'zn_rec')
 _ZH_REC = Term('zh_rec', terms.latent_reconstruction_data, 'encoder', 'zh_rec')
 _NLL_ENC = Term('nll_enc', terms.nll_encoder, 'encoder', 'nll')
 _NLL_DEC = Term('nll_dec', terms.nll_decoder, 'decoder', 'nll')
-_VREC = Term('vrec', terms.variational_reconstruction, 'both', 'vrec')
 _VKLD = Term('vkld', terms.kl_divergence, 'encoder', 'vkld')
 
 AE = Method('ae', (_REC,), needs_logvar=False)
+# The VAE baseline minimises one loss w.r.t. both networks; the KL does not
+# depend on the decoder.
 VAE = Method('vae', (Term('rec', terms.vae_reconstruction, 'both', warmup=False),
                      Term('kl', terms.kl_divergence, 'encoder', 'beta', warmup=False)),
              needs_logvar=True)
-LPGA = Method('lpga', (_REC, _ZN_REC, _ZH_REC, _NLL_ENC, _NLL_DEC), needs_logvar=False,
-              fused=fused.lpga_reconstruction_and_nll)
-# "No warm-up in VPGA" (reference).
-VPGA = Method('vpga', tuple(dataclasses.replace(t, warmup=False)
-                            for t in (_REC, _ZN_REC, _ZH_REC, _VREC, _VKLD)),
-              needs_logvar=True, fused=fused.variational_reconstruction_shared)
-LVPGA = Method('lvpga', (_REC, _ZN_REC, _ZH_REC, _VREC, _VKLD, _NLL_ENC,
-                         Term('nll_dec', terms.nll_decoder_gaussian, 'decoder', 'nll')),
-               needs_logvar=True, fused=fused.variational_reconstruction_shared)
+# train_lpga.py: encoder loss L_r + zn_rec*L_lr,N (+ zh_rec*L_lr,H) + nll*Eq.5,
+# decoder loss L_r + nll*Eq.6; all but L_r off during the warm-up.
+LPGA = Method('lpga', (_REC, _ZN_REC, _ZH_REC, _NLL_ENC, _NLL_DEC), needs_logvar=False)
+# train_vpga.py: vrec (Eq. 10's reconstruction) in both losses, no warm-up.
+VPGA = Method('vpga', tuple(dataclasses.replace(t, warmup=False) for t in (
+    _REC, _ZN_REC, _ZH_REC, Term('vrec', terms.variational_reconstruction, 'both', 'vrec'),
+    _VKLD)), needs_logvar=True)
+# train_lvpga.py: its `vrec` is Eq. 6 with posterior perturbations (not VPGA's
+# squared error), in both losses; `nll` weights only the encoder's Eq. 5;
+# everything but L_r is off during the warm-up.
+LVPGA = Method('lvpga', (_REC, _ZN_REC, _ZH_REC,
+                         Term('vrec', terms.posterior_log_det, 'both', 'vrec'),
+                         _VKLD, _NLL_ENC), needs_logvar=True)
 
 METHODS = {m.name: m for m in (AE, VAE, LPGA, VPGA, LVPGA)}
 
 
-def route(params: dict, updates: str) -> dict:
-  """Stops gradients on the parameter subtrees a term must not update."""
-  sg = jax.lax.stop_gradient
-  return {'encoder': params['encoder'] if updates in ('encoder', 'both') else sg(params['encoder']),
-          'decoder': params['decoder'] if updates in ('decoder', 'both') else sg(params['decoder'])}
+def warmup_weight(step: jax.Array, init_steps: int, ramp_steps: int = 0) -> jax.Array:
+  """The warm-up terms' share of their coefficient at `step`, in [0, 1].
 
-
-def warmup_active(step: jax.Array, init_steps: int) -> jax.Array:
-  """1.0 once `step >= init_steps`, else 0.0: the reference's warm-up switch."""
-  return (jnp.asarray(step) >= init_steps).astype(jnp.float32)
+  `step` is the number of steps already applied, the reference's
+  `global_step` while it computes a step. The reference switches its terms
+  on at once with `tf.cond(global_step > init_steps, ...)`: 0 up to
+  `init_steps`, 1 after (ramp_steps = 0). With ramp_steps = R > 0 (not the
+  reference's) the share grows linearly, 1/R at step init_steps + 1 and 1 from
+  step init_steps + R on.
+  """
+  progress = (jnp.asarray(step, jnp.float32) - init_steps) / max(int(ramp_steps), 1)
+  return jnp.clip(progress, 0.0, 1.0)
 
 
 def term_coefficient(term: Term, config, step: jax.Array) -> jax.Array:
   base = 1.0 if term.coeff is None else float(config[term.coeff])
   if term.warmup:
-    return base * warmup_active(step, int(config.init_steps))
+    return base * warmup_weight(step, int(config.init_steps),
+                                int(config.get('warmup_ramp_steps', 0)))
   return jnp.asarray(base, jnp.float32)
 
 
 def term_rng(rng: jax.Array, name: str) -> jax.Array:
   """Each term's own key, stable when terms are added or removed."""
   return jax.random.fold_in(rng, zlib.crc32(name.encode()) & 0x7FFFFFFF)
-
-
-class SharedEncodings:
-  """The model, with `encode` evaluated once per distinct (encoder params, images).
-
-  Within one loss evaluation several terms encode the data batch with the
-  same, live encoder parameters (`route` hands every term that may update
-  the encoder the very same arrays): L_r, L_nll^phi, the VAE's KL, vrec's
-  sigma. Evaluated once, their cotangents add up before one backward pass
-  through the encoder instead of one pass per term; the values and
-  gradients are those of the separate calls (tests/test_fast_paths.py).
-  Calls with stop-gradient parameters (terms that must not update the
-  encoder) get new arrays from `route`, so they are never merged with live
-  ones; XLA still shares their forward computation.
-
-  Keys are object identities; the cache holds its keys' objects, so an
-  identity cannot be reused while it lives (one `method_loss` call).
-  """
-
-  def __init__(self, model: AutoEncoder):
-    self._model = model
-    self._cache = {}
-
-  def __getattr__(self, name):
-    return getattr(self._model, name)
-
-  def encode(self, encoder_params, images, stat_rows=None):
-    leaves = jax.tree_util.tree_leaves(encoder_params)
-    key = (tuple(map(id, leaves)), id(images), stat_rows)
-    if key not in self._cache:
-      self._cache[key] = ((leaves, images),
-                          self._model.encode(encoder_params, images, stat_rows))
-    return self._cache[key][1]
 
 
 def active_terms(method: Method, config) -> tuple:
@@ -166,11 +144,10 @@ def method_loss(method: Method, model: AutoEncoder, params: dict, images: jax.Ar
 
   Terms whose configured coefficient is exactly 0 are not computed at all.
 
-  fast=True (the default, what training uses) shares the encoder pass over
-  the data batch between terms (`SharedEncodings`) and computes the terms
-  that `method.fused` covers together (`pga_jax.fused`: L_r and Eq. 6 / vrec
-  share the decoder pass over the data encoding); fast=False evaluates every
-  term on its own. Values and gradients are the same up to float32 rounding
+  fast=True (the default, what training uses) hands every term a
+  `passes.SharedPasses`, which computes the passes terms share (f(x), g(f(x))
+  and the centre of Eq. 6 / vrec) once; fast=False calls every term with the
+  plain model. Values and gradients are the same up to float32 rounding
   (tests/test_fast_paths.py).
 
   The warm-up stays a traced 0/1 weight: a `lax.cond` that skipped the
@@ -178,20 +155,16 @@ def method_loss(method: Method, model: AutoEncoder, params: dict, images: jax.Ar
   as cheap as the AE step, but XLA:CPU runs convolutions inside conditional
   branches without its YNNPACK kernels, 5-10x slower (docs/benchmarks.md).
   """
-  shared = SharedEncodings(model) if fast else model
+  shared = passes.SharedPasses(model, params, images) if fast else None
   total = jnp.zeros((), jnp.float32)
   metrics = {}
-  active = active_terms(method, config)
-  fused_values = {}
-  if fast and method.fused is not None:
-    fused_values = method.fused(shared, params, images, lambda name: term_rng(rng, name),
-                                config, frozenset(t.name for t in active))
-  for term in active:
-    if term.name in fused_values:
-      value = fused_values[term.name]
+  for term in active_terms(method, config):
+    if shared is not None:
+      value = term.fn(shared, shared.route(term.updates), images, term_rng(rng, term.name),
+                      config)
     else:
-      value = term.fn(shared, route(params, term.updates), images,
-                      term_rng(rng, term.name), config)
+      value = term.fn(model, route(params, term.updates), images, term_rng(rng, term.name),
+                      config)
     weight = term_coefficient(term, config, step)
     # `where`, not a product, so a term that is switched off cannot turn the
     # loss into NaN (0 * inf) during the warm-up.

@@ -4,14 +4,21 @@ Every term has the same signature,
 
     term(model, params, images, rng, config) -> scalar
 
-where `params` has already been routed by `pga_jax.methods.route` (the
+where `params` has already been routed by `pga_jax.passes.route` (the
 parameter subtrees the term must not update are wrapped in `stop_gradient`).
 Inside a term, further stop-gradients implement what the reference does
-within one term (e.g. VPGA's encoder weights inside h). A researcher adds a
-term by writing one function with this signature (see the README).
+within one term (e.g. the encoder's weights inside h for Eq. 6 and vrec). A
+researcher adds a term by writing one function with this signature (see the
+README).
+
+`model` is an `AutoEncoder`, or during training a `passes.SharedPasses`
+that computes the passes several terms share (f(x), g(f(x)) and the centre
+h(stop_gradient(f(x))): `model.encode(params['encoder'], images)`,
+`model.reconstruct`, `model.encode_decode_at_codes`) once per step; a term
+asks for them through those methods and is written once.
 
 Each call of a network is one batch with its own batch-norm statistics
-(see `pga_jax.models.layers.BatchNorm`).
+(see `pga_jax.models.layers.BatchNorm`), as each call in the reference.
 """
 from __future__ import annotations
 
@@ -19,25 +26,19 @@ import jax
 import jax.numpy as jnp
 
 from pga_jax import losses, sharding
-from pga_jax.models import AutoEncoder
 
 sg = jax.lax.stop_gradient
 
 
-def _h(model: AutoEncoder, params: dict):
-  """h(z) = f(g(z)) as a function of z only."""
-  return lambda latents: model.encode_decode(params, latents)
-
-
-def _data_latents(model: AutoEncoder, params: dict, images: jax.Array) -> jax.Array:
+def _codes(model, params, images) -> jax.Array:
+  """f(x): the data latents (the posterior mean when there is one)."""
   return model.encode(params['encoder'], images).mean
 
 
 def reconstruction(model, params, images, rng, config):
   """L_r, Eq. (1): x_hat = g(f(x)); with a posterior, g decodes the mean."""
   del rng, config
-  latents = _data_latents(model, params, images)
-  return losses.reconstruction_loss(model.decode(params['decoder'], latents), images)
+  return losses.reconstruction_loss(model.reconstruct(params, images), images)
 
 
 def latent_reconstruction_prior(model, params, images, rng, config):
@@ -45,47 +46,57 @@ def latent_reconstruction_prior(model, params, images, rng, config):
   del config
   # Split over devices like the batch: else h(prior) runs in full on every device.
   prior = sharding.shard_rows(jax.random.normal(rng, (images.shape[0], model.latent_dim)))
-  return losses.latent_reconstruction_loss(_h(model, params)(prior), prior)
+  return losses.latent_reconstruction_loss(model.encode_decode(params, prior), prior)
 
 
 def latent_reconstruction_data(model, params, images, rng, config):
   """L_lr,H, Eq. (3): z = stop_gradient(f(x)), mean((h(z) - z)^2)."""
   del rng, config
-  latents = sg(_data_latents(model, params, images))
-  return losses.latent_reconstruction_loss(_h(model, params)(latents), latents)
+  latents = sg(_codes(model, params, images))
+  return losses.latent_reconstruction_loss(model.encode_decode(params, latents), latents)
 
 
 def nll_encoder(model, params, images, rng, config):
   """L_nll^phi, Eq. (5): -log N(f(x); 0, I) / H."""
   del rng, config
-  return losses.encoder_nll(_data_latents(model, params, images))
+  return losses.encoder_nll(_codes(model, params, images))
 
 
 def nll_decoder(model, params, images, rng, config):
   """L_nll^theta, Eq. (6): log-det estimate with K perturbations on S(eps).
 
-  z = stop_gradient(f(x)); eps = 1e-2 * sqrt(H); K = config.num_perturbations.
+  z = stop_gradient(f(x)); eps = 1e-2 * sqrt(H); K = config.num_perturbations;
+  the encoder's weights inside h are held constant (LPGA routes this term to
+  the decoder only, so this changes nothing there).
   """
-  latents = sg(_data_latents(model, params, images))
+  latents = sg(_codes(model, params, images))
   shape = (config.num_perturbations,) + latents.shape
   perturbations = losses.sample_sphere(rng, shape, losses.sphere_radius(model.latent_dim))
-  log_dets = losses.log_det_estimates(_h(model, params), latents, perturbations)
+  log_dets = losses.log_det_estimates(
+      lambda z: model.encode_decode_frozen_encoder(params, z), latents, perturbations,
+      h_center=model.encode_decode_at_codes(params, images))
   return losses.decoder_nll(log_dets, model.latent_dim)
 
 
-def nll_decoder_gaussian(model, params, images, rng, config):
-  """LVPGA's variant of Eq. (6): perturbations (sigma(x) + 1e-2) * n, n ~ N(0, I).
+def posterior_log_det(model, params, images, rng, config):
+  """LVPGA's `vrec` (the reference's `train_lvpga.py`): Eq. (6) with Gaussian
+  perturbations from the posterior.
 
-  The denominator of Eq. 6 becomes each perturbation's own squared norm. The
-  encoder's weights inside h get no gradient from this term (the reference's
-  routing), and sigma is held constant.
+    delta = n * (sigma(x) + 1e-2),  n ~ N(0, I)   (K = config.num_perturbations)
+    value = mean_x H/2 log(||h(z + delta) - h(z)||^2 / ||delta||^2) / H
+
+  z = stop_gradient(mu); the encoder's weights inside h are held constant
+  and ||delta|| is a constant, but sigma is not: the encoder's log-variance
+  head gets gradient through delta, the decoder through h. The reference
+  puts this term, weighted by `vrec`, in both its encoder and decoder loss.
   """
   encoding = model.encode(params['encoder'], images)
-  latents, sigma = sg(encoding.mean), sg(jnp.exp(0.5 * encoding.logvar))
-  shape = (config.num_perturbations,) + latents.shape
-  perturbations = (sigma[None] + 1e-2) * jax.random.normal(rng, shape)
-  h = _h(model, {'encoder': sg(params['encoder']), 'decoder': params['decoder']})
-  log_dets = losses.log_det_estimates(h, latents, perturbations)
+  latents = sg(encoding.mean)
+  sigma = jnp.exp(0.5 * encoding.logvar)
+  noise = jax.random.normal(rng, (config.num_perturbations,) + latents.shape)
+  log_dets = losses.log_det_estimates(
+      lambda z: model.encode_decode_frozen_encoder(params, z), latents,
+      noise * (sigma[None] + 1e-2), h_center=model.encode_decode_at_codes(params, images))
   return losses.decoder_nll(log_dets, model.latent_dim)
 
 
@@ -100,9 +111,10 @@ def variational_reconstruction(model, params, images, rng, config):
   encoding = model.encode(params['encoder'], images)
   mean = sg(encoding.mean)
   noise = jnp.exp(0.5 * encoding.logvar) * jax.random.normal(rng, mean.shape)
-  h = _h(model, {'encoder': sg(params['encoder']), 'decoder': params['decoder']})
   scale = sg(losses.per_dimension_rms(mean))
-  return losses.variational_latent_reconstruction(h(mean), h(mean + noise), scale)
+  return losses.variational_latent_reconstruction(
+      model.encode_decode_at_codes(params, images),
+      model.encode_decode_frozen_encoder(params, mean + noise), scale)
 
 
 def kl_divergence(model, params, images, rng, config):

@@ -1,23 +1,15 @@
 """Small fixtures shared by the training tests: tiny configs and synthetic data."""
-import gzip
 import os
-import struct
 
 import numpy as np
 
 from pga_jax import config as config_lib
+from pga_jax.data import idx
 
 
 def write_idx_images(folder: str, images: np.ndarray, prefix: str = 'train') -> None:
   """Writes uint8 (N, 28, 28) images as an MNIST-format IDX file (gzipped)."""
-  os.makedirs(folder, exist_ok=True)
-  n, rows, cols = images.shape
-  header = struct.pack('>IIII', 0x00000803, n, rows, cols)
-  with gzip.open(os.path.join(folder, f'{prefix}-images-idx3-ubyte.gz'), 'wb') as f:
-    f.write(header + images.astype(np.uint8).tobytes())
-  labels = np.arange(n, dtype=np.uint8) % 10
-  with gzip.open(os.path.join(folder, f'{prefix}-labels-idx1-ubyte.gz'), 'wb') as f:
-    f.write(struct.pack('>II', 0x00000801, n) + labels.tobytes())
+  idx.write_uint8_split(folder, prefix, images, np.arange(len(images), dtype=np.uint8) % 10)
 
 
 def synthetic_digits(n: int, seed: int = 0) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The speed paths of issue 5 compute what the plain definitions compute.
 
-- the shared encoder pass (`methods.SharedEncodings`, `fast=True`) against
+- the shared passes (`passes.SharedPasses`, `fast=True`) against
   every term evaluated on its own (`fast=False`): losses, metrics, gradients;
 - the per-phase transposed convolution against `lax.conv_transpose`;
 - the train step's cheap non-finite guard against an optax update by hand;
@@ -73,12 +73,18 @@ class CountingModel:
       self.data_encodes += 1
     return self.model.encode(encoder_params, images, stat_rows)
 
+  # The model's own compositions, with their encodes counted.
+  reconstruct = AutoEncoder.reconstruct
+  encode_decode_at_codes = AutoEncoder.encode_decode_at_codes
+
 
 @pytest.mark.parametrize('method_name,plain_calls,fast_calls', [
-    # rec, nll_enc, zh_rec, and nll_dec (fused with rec, pga_jax.fused): one pass
-    ('lpga', 4, 1),
-    # rec, zh_rec, vrec, vkld (all live encoder: one pass)
-    ('vpga', 4, 1),
+    # rec, zh_rec, nll_enc, nll_dec's codes and its centre's codes: one pass
+    ('lpga', 5, 1),
+    # rec, zh_rec, vrec's sigma and its centre's codes, vkld: one pass
+    ('vpga', 5, 1),
+    # rec, zh_rec, vrec's sigma and its centre's codes, vkld, nll_enc: one pass
+    ('lvpga', 6, 1),
 ])
 def test_terms_share_one_encoder_pass_over_the_data(method_name, plain_calls, fast_calls):
   config, _, model, method = make(method_name, True)
@@ -108,7 +114,7 @@ def test_shared_encoder_pass_removes_work_from_the_compiled_step():
 
 @pytest.mark.parametrize('use_bn', [False, True])
 def test_decode_shared_routes_like_two_decoder_calls_with_less_work(use_bn):
-  from pga_jax import fused  # pylint: disable=g-import-not-at-top
+  from pga_jax import passes  # pylint: disable=g-import-not-at-top
   model = AutoEncoder('conv_mnist', H, 1, use_bn=use_bn)
   dec = model.init(jax.random.PRNGKey(0))['decoder']
   z = jax.random.normal(jax.random.PRNGKey(1), (B, H))
@@ -119,7 +125,7 @@ def test_decode_shared_routes_like_two_decoder_calls_with_less_work(use_bn):
             + jnp.sum(jnp.sin(c2 * model.decode(d, jax.lax.stop_gradient(z_)))))
 
   def shared(d, z_):
-    x1, x2 = fused.decode_shared(model, d, z_)
+    x1, x2 = passes.decode_shared(model, d, z_)
     return jnp.sum(c1 * x1) + jnp.sum(jnp.sin(c2 * x2))
 
   grads = {}

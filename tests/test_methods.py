@@ -121,20 +121,37 @@ def test_vpga_gradients_equal_reference_encoder_and_decoder_losses():
 
 
 def test_warmup_switches_off_every_term_but_reconstruction():
+  """The reference switches on with `global_step > init_steps`: the step taken
+  when `init_steps` steps have been applied is still L_r alone."""
   config, loss_fn, model, method, params, images = make('lpga', init_steps=100)
   rng = jax.random.PRNGKey(5)
   x_rec = model.decode(params['decoder'], model.encode(params['encoder'], images).mean)
   rec_only = float(jnp.mean((x_rec - images) ** 2))
-  loss_before, metrics = loss_fn(params, images, rng, jnp.asarray(99))
-  np.testing.assert_allclose(loss_before, rec_only, rtol=1e-6)
+  for step in (0, 99, 100):
+    loss_before, metrics = loss_fn(params, images, rng, jnp.asarray(step))
+    np.testing.assert_allclose(loss_before, rec_only, rtol=1e-6)
   assert float(metrics['zn_rec']) > 0  # computed and logged, but weighted 0
-  loss_after, metrics = loss_fn(params, images, rng, jnp.asarray(100))
+  loss_after, metrics = loss_fn(params, images, rng, jnp.asarray(101))
   expected = rec_only + sum(config[c] * float(metrics[n]) for n, c in
                             [('zn_rec', 'zn_rec'), ('zh_rec', 'zh_rec'),
                              ('nll_enc', 'nll'), ('nll_dec', 'nll')])
   np.testing.assert_allclose(loss_after, expected, rtol=1e-5)
-  assert float(methods.warmup_active(99, 100)) == 0.0
-  assert float(methods.warmup_active(100, 100)) == 1.0
+  assert float(methods.warmup_weight(100, 100)) == 0.0
+  assert float(methods.warmup_weight(101, 100)) == 1.0
+
+
+def test_warmup_ramp_raises_the_coefficients_linearly_after_init_steps():
+  config, loss_fn, model, method, params, images = make('lpga', init_steps=100,
+                                                        warmup_ramp_steps=4)
+  rng = jax.random.PRNGKey(5)
+  rec_only, _ = loss_fn(params, images, rng, jnp.asarray(100))
+  full = None
+  for step, share in ((101, 0.25), (102, 0.5), (103, 0.75), (104, 1.0), (500, 1.0)):
+    loss, metrics = loss_fn(params, images, rng, jnp.asarray(step))
+    weighted = sum(config[c] * float(metrics[n]) for n, c in
+                   [('zn_rec', 'zn_rec'), ('zh_rec', 'zh_rec'), ('nll_enc', 'nll'),
+                    ('nll_dec', 'nll')])
+    np.testing.assert_allclose(loss, float(rec_only) + share * weighted, rtol=1e-5)
 
 
 def decoded_prior_total_variation(model, params, images, rng, config):

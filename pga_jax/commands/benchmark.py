@@ -33,7 +33,7 @@ def define_flags():
   flags.DEFINE_integer('steps', 20, 'Timed steps (after the warm-up steps).')
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
   flags.DEFINE_integer('at_step', None, 'Step number the state starts at (default: '
-                       'config.init_steps, i.e. after the warm-up, every term on).')
+                       'config.init_steps + 1, i.e. after the warm-up, every term on).')
   flags.DEFINE_bool('ae_ratio', True, 'Also time the AE step of the same architecture.')
   flags.DEFINE_string('json', None, 'Write the result as JSON to this path.')
   flags.DEFINE_string('peer_command', None, 'External command run between our timing '

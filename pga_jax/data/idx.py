@@ -1,4 +1,4 @@
-"""Reader for MNIST-format IDX files (plain or gzip-compressed), in numpy.
+"""Reader (and a small writer) for MNIST-format IDX files (plain or gzip), in numpy.
 
 The IDX format: a 4-byte magic number (two zero bytes, a type code, the
 number of dimensions), one big-endian uint32 per dimension, then the data in
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import struct
 import zlib
 from typing import NamedTuple, Optional
 
@@ -143,3 +144,19 @@ def load_idx_split(directory: str, split: str) -> IdxSplit:
           f'{images_path}), got an array of shape {labels.shape}.')
     labels = labels.astype(np.int64)
   return IdxSplit(images, labels)
+
+
+def write_uint8_split(directory: str, prefix: str, images: np.ndarray,
+                      labels: np.ndarray) -> None:
+  """Writes uint8 images (N, rows, cols) and labels (N,) as gzipped IDX files
+  `{prefix}-images-idx3-ubyte.gz` and `{prefix}-labels-idx1-ubyte.gz`."""
+  images, labels = np.asarray(images, np.uint8), np.asarray(labels, np.uint8)
+  if images.ndim != 3 or labels.shape != images.shape[:1]:
+    raise ValueError(f'expected images (N, rows, cols) and labels (N,), got {images.shape} '
+                     f'and {labels.shape}')
+  os.makedirs(directory, exist_ok=True)
+  n, rows, cols = images.shape
+  with gzip.open(os.path.join(directory, f'{prefix}{IMAGES_SUFFIX}.gz'), 'wb') as f:
+    f.write(struct.pack('>IIII', 0x00000803, n, rows, cols) + images.tobytes())
+  with gzip.open(os.path.join(directory, f'{prefix}{LABELS_SUFFIX}.gz'), 'wb') as f:
+    f.write(struct.pack('>II', 0x00000801, n) + labels.tobytes())

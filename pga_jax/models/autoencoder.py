@@ -110,6 +110,23 @@ class AutoEncoder:
     """h(z) = f(g(z)), the perceptual generative model (Sec. 2.1)."""
     return self.encode(params['encoder'], self.decode(params['decoder'], latents)).mean
 
+  def encode_decode_frozen_encoder(self, params, latents: jax.Array) -> jax.Array:
+    """h(z) with the encoder's weights held constant: gradients reach the
+    decoder's weights and `latents` only (h inside Eq. 6 and VPGA's vrec; the
+    reference's `no_enc_grad`)."""
+    frozen = jax.tree_util.tree_map(jax.lax.stop_gradient, params['encoder'])
+    return self.encode(frozen, self.decode(params['decoder'], latents)).mean
+
+  def reconstruct(self, params, images: jax.Array) -> jax.Array:
+    """g(f(x)), decoding the mean when the encoder has a posterior (Eq. 1)."""
+    return self.decode(params['decoder'], self.encode(params['encoder'], images).mean)
+
+  def encode_decode_at_codes(self, params, images: jax.Array) -> jax.Array:
+    """h(stop_gradient(f(x))) with the encoder's weights held constant: the
+    centre of Eq. 6's perturbations and of VPGA's vrec."""
+    codes = jax.lax.stop_gradient(self.encode(params['encoder'], images).mean)
+    return self.encode_decode_frozen_encoder(params, codes)
+
   def decode_with_reference(self, decoder_params, latents: jax.Array,
                             reference_latents: jax.Array) -> jax.Array:
     """g(z) with batch-norm statistics taken from `reference_latents` only.
