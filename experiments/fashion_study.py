@@ -48,11 +48,14 @@ flags.DEFINE_bool('sweep', False, 'Run the tuning sweep (SWEEP) instead of the s
 flags.DEFINE_string('dataset', 'fashion_mnist', 'Dataset (tests use a small IDX one).')
 flags.DEFINE_string('data_dir', None, 'Data directory for the dataset.')
 flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
+flags.DEFINE_integer('eval_every', 0, 'Evaluate (domain features, --num_samples samples) every '
+                     'this many steps during training and record the curve in each run\'s '
+                     'eval_curve.jsonl; 0: only at the end.')
 
 
 def study_config(method: str, seed: int, steps: int, warmup_fraction: float,
                  dataset: str = 'fashion_mnist', data_dir=None, batch_size: int = 64,
-                 overrides: dict = None):
+                 overrides: dict = None, eval_every: int = 0, num_samples: int = 5000):
   config = config_lib.base_config(method)
   config.dataset = dataset
   config.data_dir = data_dir
@@ -66,6 +69,8 @@ def study_config(method: str, seed: int, steps: int, warmup_fraction: float,
   config.sample_every = steps
   config.checkpoint_every = max(1, min(500, steps))
   config.eval_features = 'domain'
+  config.eval_every = eval_every
+  config.eval_num_samples = num_samples
   for field, value in (overrides or {}).get(method, {}).items():
     config[field] = value
   return config
@@ -87,7 +92,7 @@ def run_study(f) -> dict:
       for seed in map(int, f.seeds):
         configs[f'{method}_s{seed}'] = study_config(
             method, seed, f.steps, f.warmup_fraction, f.dataset, f.data_dir, f.batch_size,
-            overrides)
+            overrides, f.eval_every, f.num_samples)
   evaluators = {}
 
   def evaluator_for(config):

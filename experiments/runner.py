@@ -18,10 +18,48 @@ from pga_jax import checkpointing, train
 from pga_jax.evaluation import evaluate
 
 
+CURVE_FILE = 'eval_curve.jsonl'
+
+
+def curve_recorder(evaluate_fn: Callable, workdir: str) -> Callable:
+  """`evaluate_fn` that also appends each evaluation to workdir/eval_curve.jsonl."""
+
+  def record(model, params, step):
+    scalars = evaluate_fn(model, params, step)
+    with open(os.path.join(workdir, CURVE_FILE), 'a') as f:
+      f.write(json.dumps(dict(scalars, step=int(step)), default=float) + '\n')
+    return scalars
+
+  return record
+
+
+def read_curve(workdir: str) -> list:
+  """The run's evaluations during training, one dict per step (the last one
+  written for a step wins: a resumed run may evaluate a step again)."""
+  path = os.path.join(workdir, CURVE_FILE)
+  if not os.path.exists(path):
+    return []
+  by_step = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        by_step[row['step']] = row
+  return [by_step[s] for s in sorted(by_step)]
+
+
 def train_run(config, workdir: str) -> None:
-  """Trains `config` in `workdir` to config.num_steps (resuming if it exists)."""
+  """Trains `config` in `workdir` to config.num_steps (resuming if it exists).
+
+  With `config.eval_every`, evaluates during training (domain or Inception
+  features, `config.eval_num_samples` samples) and records the curve.
+  """
   logging.info('=== %s (%d steps) -> %s', config.method, config.num_steps, workdir)
-  train.train_and_evaluate(config, workdir)
+  evaluate_fn = None
+  if config.eval_every:
+    os.makedirs(workdir, exist_ok=True)
+    evaluate_fn = curve_recorder(evaluate.training_evaluate_fn(config), workdir)
+  train.train_and_evaluate(config, workdir, evaluate_fn=evaluate_fn)
 
 
 def evaluate_run(workdir: str, evaluator: evaluate.Evaluator, num_samples: int,

@@ -1,0 +1,93 @@
+"""Plots and tabulates the evaluation curves of study runs (FID, precision, recall, KID).
+
+The runs are those of `experiments/fashion_study.py --eval_every=N`, which
+records each evaluation during training in the run's `eval_curve.jsonl`:
+
+  python experiments/fashion_study.py --steps=10000 --seeds=0 --methods=vae,lpga,vpga,lvpga \
+      --eval_every=1000 --num_samples=5000 --workroot=runs/study10k --out=docs/study10k
+  python experiments/fid_curves.py --workroot=runs/study10k --out=docs/study/fid_curves.png
+
+Writes the PNG (FID against step, one line per run; precision and recall
+below), a JSON of the curves beside it, and prints a markdown table of the
+metrics at each run's last evaluated step (mean ± std over seeds).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+flags.DEFINE_string('workroot', 'runs/study10k', 'Folder holding the runs (METHOD_sSEED).')
+flags.DEFINE_string('out', 'docs/study/fid_curves.png', 'Output PNG (a .json is written beside).')
+flags.DEFINE_list('methods', ['vae', 'lpga', 'vpga', 'lvpga'], 'Methods, in plotting order.')
+
+METRICS = (('fid', 'domain FID', 'log'), ('precision', 'precision', 'linear'),
+           ('recall', 'recall', 'linear'))
+
+
+def load_curves(workroot: str, methods) -> dict:
+  """{run name: [ {step, fid, precision, recall, kid, ...}, ... ]} of the given methods."""
+  curves = {}
+  for method in methods:
+    for workdir in sorted(glob.glob(os.path.join(workroot, f'{method}_s*'))):
+      rows = runner.read_curve(workdir)
+      if rows:
+        curves[os.path.basename(workdir)] = rows
+  return curves
+
+
+def summary_table(curves: dict, methods) -> str:
+  """Metrics at the last evaluated step of each run, mean ± std over seeds."""
+  rows = []
+  for method in methods:
+    finals = [rs[-1] for name, rs in curves.items() if name.rsplit('_s', 1)[0] == method]
+    if not finals:
+      continue
+    steps = sorted({int(r['step']) for r in finals})
+    rows.append([method.upper(), '/'.join(map(str, steps))]
+                + [runner.mean_std([r[k] for r in finals]) for k in ('fid', 'precision',
+                                                                     'recall', 'kid')]
+                + [str(len(finals))])
+  return runner.markdown_table(rows, ['method', 'step', 'FID', 'precision', 'recall', 'KID',
+                                      'seeds'])
+
+
+def plot(curves: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
+  for ax, (key, title, scale) in zip(axes, METRICS):
+    for name, rows in curves.items():
+      ax.plot([r['step'] for r in rows], [r[key] for r in rows], '.-', label=name)
+    ax.set_title(title)
+    ax.set_xlabel('step')
+    ax.set_yscale(scale)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  curves = load_curves(f.workroot, f.methods)
+  if not curves:
+    raise SystemExit(f'fid_curves: no eval_curve.jsonl under {f.workroot}; train the runs with '
+                     'experiments/fashion_study.py --eval_every=N first')
+  plot(curves, f.out)
+  runner.write_text(os.path.splitext(f.out)[0] + '.json',
+                    json.dumps(curves, indent=2, sort_keys=True, default=float))
+  print(summary_table(curves, f.methods))
+
+
+if __name__ == '__main__':
+  app.run(main)
