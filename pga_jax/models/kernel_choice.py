@@ -23,8 +23,9 @@ it is measured, not guessed from thresholds:
   candidate whose warm-up call alone takes `SLOW_FACTOR` times the best one
   is dropped without further calls (some forms are pathologically slow on
   XLA:CPU). Ties go to the earlier candidate.
-- Key: the op, backend platform, device kind, jax version, input and kernel
-  shapes, stride and dtype (`choice_key`).
+- Key: the op, backend platform, device kind (on CPU: the CPU model and
+  count, `device_identity`), jax version, input and kernel shapes, stride
+  and dtype (`choice_key`).
 - Cache: one JSON file, `conv_impl_v1.json`, in `$PGA_JAX_CACHE_DIR`, else
   `$XDG_CACHE_HOME/pga_jax`, else `~/.cache/pga_jax`. Written atomically (a
   temporary file in the same folder, then `os.replace`), so a reader sees the
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import tempfile
 import time
 import warnings
@@ -124,10 +126,37 @@ def write_cache(path: str, entries: dict) -> bool:
     return False
 
 
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo, else `platform.processor()`) and
+  the number of CPUs the process may use, e.g. 'AMD EPYC, 2 CPUs'."""
+  name = ''
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.lower().startswith('model name'):
+          name = line.split(':', 1)[1].strip()
+          break
+  except OSError:
+    pass
+  name = name or platform.processor() or platform.machine() or 'unknown CPU'
+  try:
+    count = len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    count = os.cpu_count() or 0
+  return f'{name}, {count} CPUs'
+
+
 def device_identity(device=None) -> tuple:
-  """(platform, device kind) of `device` (default: the first device)."""
+  """(platform, device kind) of `device` (default: the first device).
+
+  XLA:CPU calls every CPU 'cpu'; the CPU model and count are used instead,
+  so a cache shared between machines (an NFS home) keeps their choices apart.
+  """
   device = device or jax.devices()[0]
-  return device.platform, device.device_kind
+  kind = device.device_kind
+  if device.platform == 'cpu':
+    kind = f'{kind}: {cpu_model()}'
+  return device.platform, kind
 
 
 def choice_key(op: str, platform: str, device_kind: str, x_shape: Sequence[int],
