@@ -201,6 +201,12 @@ def _agree(index: int) -> int:
   return int(multihost_utils.broadcast_one_to_all(np.int32(index)))
 
 
+def choices_made(memo: Optional[dict] = None) -> Dict[str, str]:
+  """{key: form} of every choice this process made (for reports)."""
+  memo = _MEMO if memo is None else memo
+  return {key: form for (_, key), form in sorted(memo.items())}
+
+
 def choose(key: str, candidates: Sequence[str],
            make_timed: Callable[[str], Callable[[], object]],
            path: Optional[str] = None, memo: Optional[dict] = None,
