@@ -221,12 +221,16 @@ def stage_benchmark(out_dir: str, arch: str, dtype: str, dry_run: bool) -> dict:
           f'--config.arch={arch}', f'--config.compute_dtype={dtype}', f'--json={path}',
           '--ae_ratio=false']
   if dry_run:
-    argv += ['--config.batch_size=2', '--steps=2', '--warmup=1']
+    argv += ['--config.batch_size=2', '--steps=1', '--warmup=0']
     if arch != 'conv_mnist':
       # Measuring the convolution forms compiles every candidate of every
       # layer once (a minute per architecture on a busy 2-core CPU); the dry
       # run measures conv_mnist's only and runs the others on XLA's own.
       argv += ['--config.conv_impl=xla']
+    if arch == 'resnet_32':
+      # Its 512-wide 3x3 convolutions at 32x32 make one LPGA step at batch 2
+      # several hundred GFLOP: minutes on a CPU. The dry run times its AE step.
+      argv += ['--config.method=ae']
   else:
     argv += ['--config.batch_size=64', '--steps=20', '--warmup=3']
   log(' '.join(argv))
@@ -279,7 +283,9 @@ def stage_train(out_dir: str, dry_run: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pga_jax import benchmark, config as config_lib, data  # pylint: disable=g-import-not-at-top
-  steps, batch, num_images = (20, 8, 256) if dry_run else (2000, 64, 10000)
+  # Dry run: batch 2 like the dry-run benchmarks, so they share the measured
+  # convolution forms (kernel_cache).
+  steps, batch, num_images = (10, 2, 256) if dry_run else (2000, 64, 10000)
   idx_dir = os.path.join(out_dir, 'idx')
   write_idx(idx_dir, benchmark.synthetic_images(num_images, (28, 28, 1))[..., 0])
   config = config_lib.base_config('lpga')

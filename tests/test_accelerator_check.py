@@ -97,7 +97,7 @@ def test_dry_run_in_a_fresh_venv_without_tensorflow(tmp_path):
   env['PYTHON'] = python
   run = subprocess.run(['bash', os.path.join(REPO, 'experiments', 'accelerator_check.sh'),
                         str(out_dir), '--wheels', str(wheels), '--dry-run'],
-                       env=env, capture_output=True, text=True, timeout=1500, check=False)
+                       env=env, capture_output=True, text=True, timeout=2700, check=False)
   summary = json.loads((out_dir / 'summary.json').read_text())
   assert run.returncode == 0, (run.stderr[-3000:], json.dumps(summary, indent=1)[-3000:])
   assert summary['passed'] and not summary['failed_stages']
