@@ -276,3 +276,13 @@ def test_with_several_processes_every_process_takes_process_0s_choice(private_ca
                                 timer=lambda fns: pytest.fail('timed a cached key')) == 'b'
   assert broadcasts == [0, 0]
   assert kernel_choice.choices_made({(private_cache, 'k'): 'b'}) == {'k': 'b'}
+
+
+def test_init_measures_nothing(monkeypatch):
+  monkeypatch.setattr(kernel_choice, 'time_candidates',
+                      lambda fns: pytest.fail('model.init timed convolution forms'))
+  model = AutoEncoder('conv_32', 8, 3, conv_impl='auto')
+  params = jax.jit(model.init)(jax.random.PRNGKey(0))
+  plain = AutoEncoder('conv_32', 8, 3, conv_impl='xla').init(jax.random.PRNGKey(0))
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(plain)):
+    np.testing.assert_array_equal(a, b)
