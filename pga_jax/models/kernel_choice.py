@@ -22,7 +22,9 @@ it is measured, not guessed from thresholds:
   other processes on a shared machine hits every candidate alike. A
   candidate whose warm-up call alone takes `SLOW_FACTOR` times the best one
   is dropped without further calls (some forms are pathologically slow on
-  XLA:CPU). Ties go to the earlier candidate.
+  XLA:CPU). Ties go to the earlier candidate. Running the candidates costs
+  milliseconds; compiling them dominates (a fraction of a second to a few
+  seconds each on a CPU), once per key and machine.
 - Key: the op, backend platform, device kind (on CPU: the CPU model and
   count, `device_identity`), jax version, input and kernel shapes, stride
   and dtype (`choice_key`).
