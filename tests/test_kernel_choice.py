@@ -286,3 +286,19 @@ def test_init_measures_nothing(monkeypatch):
   plain = AutoEncoder('conv_32', 8, 3, conv_impl='xla').init(jax.random.PRNGKey(0))
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(plain)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_candidate_that_fails_is_skipped_with_a_warning(private_cache):
+  def make(name):
+    if name == 'a':
+      raise RuntimeError('RESOURCE_EXHAUSTED: out of memory')
+    return lambda: None
+  with pytest.warns(UserWarning, match="'a' failed"):
+    assert kernel_choice.choose('k', ('a', 'b'), make, memo={}) == 'b'
+  assert json.load(open(private_cache)) == {'k': 'b'}
+
+  def boom():
+    raise RuntimeError('failed at run time')
+  with pytest.warns(UserWarning, match="'a' failed while being timed"):
+    times = kernel_choice.time_candidates({'a': boom, 'b': lambda: None}, repeats=2)
+  assert times['a'] == float('inf') and times['b'] < float('inf')

@@ -180,10 +180,16 @@ def time_candidates(fns: Dict[str, Callable[[], object]], repeats: int = REPEATS
   warm = {}
   for name, fn in fns.items():
     t0 = clock()
-    jax.block_until_ready(fn())
+    try:
+      jax.block_until_ready(fn())
+    except Exception as err:  # pylint: disable=broad-except  (e.g. out of memory)
+      warnings.warn(f'pga_jax: convolution form {name!r} failed while being timed ({err}); '
+                    'not using it')
+      warm[name] = float('inf')
+      continue
     warm[name] = clock() - t0
   best = min(warm.values())
-  kept = [n for n in fns if warm[n] <= slow_factor * best]
+  kept = [n for n in fns if warm[n] < float('inf') and warm[n] <= slow_factor * best]
   samples = {n: [] for n in kept}
   for _ in range(repeats):
     for name in kept:
@@ -232,11 +238,23 @@ def choose(key: str, candidates: Sequence[str],
     choice = entries.get(key)
     if choice not in candidates:
       with jax.ensure_compile_time_eval():
-        times = (timer or time_candidates)({name: make_timed(name) for name in candidates})
-      choice = min(candidates, key=lambda n: (times[n], candidates.index(n)))
-      # Other processes may have added entries meanwhile.
-      entries = dict(read_cache(path, warn=False), **{key: choice})
-      write_cache(path, entries)
+        fns = {}
+        for name in candidates:
+          try:
+            fns[name] = make_timed(name)
+          except Exception as err:  # pylint: disable=broad-except  (e.g. out of memory)
+            warnings.warn(f'pga_jax: convolution form {name!r} failed to compile for '
+                          f'timing ({err}); not using it')
+        times = (timer or time_candidates)(fns) if fns else {}
+      finite = [n for n in candidates if times.get(n, float('inf')) < float('inf')]
+      if finite:
+        choice = min(finite, key=lambda n: (times[n], candidates.index(n)))
+        # Other processes may have added entries meanwhile.
+        write_cache(path, dict(read_cache(path, warn=False), **{key: choice}))
+      else:
+        choice = candidates[0]
+        warnings.warn(f'pga_jax: no convolution form could be timed for {key}; using '
+                      f'{choice!r} (not cached)')
   with jax.ensure_compile_time_eval():
     choice = candidates[_agree(candidates.index(choice))]
   memo[(path, key)] = choice
