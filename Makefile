@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_WORKERS ?= 2
 
-.PHONY: install data quickstart test
+.PHONY: install data quickstart test accelerator-wheels accelerator-dry-run
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,16 @@ quickstart: install
 
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS)
+
+# Pure-Python wheels for experiments/accelerator_check.sh on an offline node
+# (requirements-accelerator.txt). Then copy the repository with the folder:
+#   experiments/accelerator_check.sh OUT_DIR --wheels wheels/accelerator
+ACCELERATOR_WHEELS ?= wheels/accelerator
+accelerator-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: \
+		--dest $(ACCELERATOR_WHEELS) -r requirements-accelerator.txt
+	@ls $(ACCELERATOR_WHEELS)
+
+# The accelerator check on this machine's CPU, tiny sizes (a few minutes).
+accelerator-dry-run: accelerator-wheels
+	bash experiments/accelerator_check.sh runs/accelerator_dry_run --wheels $(ACCELERATOR_WHEELS) --dry-run

@@ -30,9 +30,9 @@ against a large matmul, the practical peak FLOP/s of XLA on this machine.
 
 `decoder_benchmark` times a decoder's forward and forward+backward with
 `lax.conv_transpose` and its own autodiff (what `flax.linen.ConvTranspose`
-computes) and with `UpConv` (`layers.upsample_conv`'s default mode: the
-same forward, the backward from the adjoint strided convolution), on the
-same weights. The JSON keeps the key prefix `phase_decomposition_` for it.
+computes) and with `UpConv` (`conv_impl='auto'`: the form measured fastest
+per layer on this device), on the same weights. The JSON keeps the key
+prefix `phase_decomposition_` for it.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ import numpy as np
 from pga_jax import config as config_lib
 from pga_jax import data, methods, sharding
 from pga_jax import train_step as ts
-from pga_jax.models import AutoEncoder
+from pga_jax.models import AutoEncoder, kernel_choice
 
 # Fields every `benchmark_config` result has (tests/test_benchmark.py).
 RESULT_FIELDS = ('method', 'arch', 'batch_size', 'images_per_sec', 'step_ms_median',
@@ -320,6 +320,10 @@ def benchmark_config(config, steps: int = 20, warmup: int = 3, at_step: Optional
       'flops_per_sec': built.flops / median_s if built.flops else None,
       'bytes_accessed_per_step': built.bytes_accessed,
       'last_step_finite': finite == 1.0,
+      # The convolution forms the step runs (conv_impl 'auto': measured per
+      # layer shape on this device, pga_jax.models.kernel_choice).
+      'conv_impl': config.get('conv_impl', 'auto'),
+      'conv_forms': kernel_choice.choices_made(),
       'max_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       **stats, **built.memory}
   if ae is not None:

@@ -12,6 +12,7 @@ import numbers
 import ml_collections
 
 from pga_jax.models import ARCHITECTURES
+from pga_jax.models.layers import CONV_IMPLS
 
 METHOD_NAMES = ('ae', 'vae', 'lpga', 'vpga', 'lvpga')
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'celeb_a', 'folder', 'idx')
@@ -45,6 +46,10 @@ def base_config(method: str = 'lpga') -> ml_collections.ConfigDict:
   c.use_bn = False
   c.latent_dim = 12
   c.compute_dtype = 'float32'
+  # How convolutions are computed (all exact): 'auto' measures per layer shape
+  # and device and caches the choice; 'xla' | 'phase' | 'adjoint' force one
+  # (pga_jax.models.layers.layer_forms).
+  c.conv_impl = 'auto'
   c.batch_size = 64          # global batch, over all devices and hosts
   c.num_steps = 600 * 60000 // 64
   c.seed = 0
@@ -250,6 +255,9 @@ def validate(config, device_count: int = 1) -> None:
       _fail(f'optimizer.{field}', f'must be a number in [0, 1), got {value!r}')
   if config.compute_dtype not in ('float32', 'bfloat16'):
     _fail('compute_dtype', f"must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
+  conv_impl = config.get('conv_impl', 'auto')
+  if conv_impl not in CONV_IMPLS:
+    _fail('conv_impl', f'must be one of {CONV_IMPLS}, got {conv_impl!r}')
   if config.eval_features not in ('domain', 'inception'):
     _fail('eval_features', f"must be 'domain' or 'inception', got {config.eval_features!r}")
   weights = config.get('eval_inception_weights')

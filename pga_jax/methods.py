@@ -207,7 +207,8 @@ def build_model(config, method: Method, channels: int) -> AutoEncoder:
   """The AutoEncoder a config describes (log-variance head if the method needs it)."""
   dtype = jnp.bfloat16 if config.get('compute_dtype', 'float32') == 'bfloat16' else None
   return AutoEncoder(config.arch, int(config.latent_dim), channels, bool(config.use_bn),
-                     with_logvar=method.needs_logvar, dtype=dtype)
+                     with_logvar=method.needs_logvar, dtype=dtype,
+                     conv_impl=config.get('conv_impl', 'auto'))
 
 
 def make_loss_fn(config, channels: int, fast: bool = True):

@@ -111,6 +111,7 @@ MUTATIONS = [
     ('use_bn', ['yes', 1, None], ['use_bn']),
     ('skip_bad_files', ['no', 0, None], ['skip_bad_files']),
     ('compute_dtype', ['float16', None], ['compute_dtype']),
+    ('conv_impl', ['cudnn', '', None, True], ['conv_impl']),
     ('seed', [-1, 2**32, 2**64, 1.0, True], ['seed']),
     ('num_steps', [0, -1] + NON_INTS, ['num_steps']),
     ('num_perturbations', [0] + NON_INTS, ['num_perturbations']),

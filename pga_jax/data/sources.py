@@ -10,6 +10,9 @@ Datasets:
 
 Everything is returned in memory as uint8 (N, S, S, C); the batch pipeline
 (`pga_jax.data.pipeline`) scales to [-1, 1].
+
+Importing this module needs neither TensorFlow nor Pillow: tfds and the
+folder reader are imported when their datasets are loaded.
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from pga_jax.data import folder as folder_lib
 from pga_jax.data import idx as idx_lib
 from pga_jax.data.errors import DatasetError
 
@@ -114,6 +116,9 @@ def _load_folder(split: str, data_dir: str, image_size: Optional[int],
   if image_size is None:
     raise ValueError("dataset 'folder' needs image_size (its images are "
                      'cropped and resized to it).')
+  # Imported here: the folder reader needs Pillow, which the rest of the
+  # core (models, train step, `pga benchmark`) does not (issue 18).
+  from pga_jax.data import folder as folder_lib  # pylint: disable=g-import-not-at-top
   directory = folder_lib.resolve_split_folder(data_dir, split)
   loaded = folder_lib.load_folder(directory, image_size, channels,
                                   skip_bad_files)

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pga_jax.models import dcgan, resnet
+from pga_jax.models import dcgan, layers, resnet
 
 ARCHITECTURES = {
     # name: (native image size, builder of (encoder, decoder))
@@ -37,10 +37,14 @@ class AutoEncoder:
 
   `with_logvar` adds the log-variance head that VPGA, LVPGA and the VAE need.
   `dtype` is the compute dtype (e.g. bfloat16); parameters stay float32.
-  `use_phase_decomposition` (default) computes the strided and transposed
-  convolutions' backward passes with the fast exact custom VJPs of
-  `layers` (reverse mode only); False uses `lax` and JAX's own autodiff
-  everywhere (slower on CPU; `jax.jvp` / `jacfwd` work).
+  `conv_impl` picks how the strided and transposed convolutions and their
+  backward passes are computed (`layers.layer_forms`; every form is exact):
+  'auto' (default) the form measured fastest per layer shape on this backend
+  and device (cached, `pga_jax.models.kernel_choice`; may be a custom VJP,
+  reverse mode only), 'xla' XLA's own convolutions and JAX's autodiff
+  everywhere (`jax.jvp` / `jacfwd` work), 'phase' / 'adjoint' force those
+  forms. `use_phase_decomposition=False` is the older spelling of 'xla' and
+  overrides `conv_impl`.
   """
   arch: str
   latent_dim: int
@@ -49,10 +53,19 @@ class AutoEncoder:
   with_logvar: bool = False
   dtype: Optional[jnp.dtype] = None
   use_phase_decomposition: bool = True
+  conv_impl: str = 'auto'
 
   def __post_init__(self):
     if self.arch not in ARCHITECTURES:
       raise ValueError(f'unknown arch {self.arch!r}; choose one of {sorted(ARCHITECTURES)}')
+    if self.conv_impl not in layers.CONV_IMPLS:
+      raise ValueError(f'unknown conv_impl {self.conv_impl!r}; choose one of '
+                       f'{layers.CONV_IMPLS}')
+
+  @property
+  def effective_conv_impl(self) -> str:
+    """`conv_impl`, or 'xla' when built with use_phase_decomposition=False."""
+    return self.conv_impl if self.use_phase_decomposition else 'xla'
 
   @property
   def image_size(self) -> int:
@@ -70,7 +83,7 @@ class AutoEncoder:
     spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32,
             'conv_64': dcgan.CONV_64}[self.arch]
     return dcgan.DcganEncoder(spec, self.latent_dim, self.use_bn, self.with_logvar,
-                              dtype=self.dtype, fast_backward=self.use_phase_decomposition)
+                              dtype=self.dtype, conv_impl=self.effective_conv_impl)
 
   @property
   def decoder(self) -> nn.Module:
@@ -79,15 +92,18 @@ class AutoEncoder:
     spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32,
             'conv_64': dcgan.CONV_64}[self.arch]
     return dcgan.DcganDecoder(spec, self.channels, self.use_bn, dtype=self.dtype,
-                              use_phase_decomposition=self.use_phase_decomposition)
+                              conv_impl=self.effective_conv_impl)
 
   def init(self, rng: jax.Array) -> dict:
     """Glorot-uniform weights, zero biases (log-variance bias 2*log(0.1))."""
     enc_rng, dec_rng = jax.random.split(rng)
     x = jnp.zeros((2,) + self.image_shape, jnp.float32)
     z = jnp.zeros((2, self.latent_dim), jnp.float32)
-    return {'encoder': self.encoder.init(enc_rng, x)['params'],
-            'decoder': self.decoder.init(dec_rng, z)['params']}
+    # The convolution form does not change the parameters: initialise with
+    # XLA's own, so 'auto' measures nothing for this throwaway batch of 2.
+    plain = dataclasses.replace(self, conv_impl='xla')
+    return {'encoder': plain.encoder.init(enc_rng, x)['params'],
+            'decoder': plain.decoder.init(dec_rng, z)['params']}
 
   def encode(self, encoder_params, images: jax.Array,
              stat_rows: Optional[int] = None) -> Encoding:

@@ -95,13 +95,14 @@ class DcganEncoder(nn.Module):
   dim: int = 64
   dtype: Optional[jnp.dtype] = None
   fast_backward: bool = True
+  conv_impl: str = 'auto'   # layers.layer_forms
 
   @nn.compact
   def __call__(self, x: jax.Array, stat_rows: Optional[int] = None):
     h = x.astype(self.dtype or x.dtype)
     for i, (mult, has_bn) in enumerate(self.spec.enc_convs):
       h = layers.conv(self.dim * mult, dtype=self.dtype, name=f'conv{i}',
-                      fast_backward=self.fast_backward)(h)
+                      fast_backward=self.fast_backward, conv_impl=self.conv_impl)(h)
       h = layers.maybe_batch_norm(h, self.use_bn and has_bn, stat_rows, f'bn_conv{i}')
       h = layers.leaky_relu(h)
     h = layers.flatten(h)
@@ -121,6 +122,7 @@ class DcganDecoder(nn.Module):
   dim: int = 64
   dtype: Optional[jnp.dtype] = None
   use_phase_decomposition: bool = True
+  conv_impl: str = 'auto'   # layers.layer_forms
 
   @nn.compact
   def __call__(self, z: jax.Array, stat_rows: Optional[int] = None) -> jax.Array:
@@ -141,10 +143,10 @@ class DcganDecoder(nn.Module):
     for i, (mult, has_bn) in enumerate(spec.dec_deconvs):
       h = layers.UpConv(self.dim * mult, dtype=self.dtype,
                         use_phase_decomposition=self.use_phase_decomposition,
-                        name=f'deconv{i}')(h)
+                        conv_impl=self.conv_impl, name=f'deconv{i}')(h)
       h = layers.maybe_batch_norm(h, self.use_bn and has_bn, stat_rows, f'bn_deconv{i}')
       h = nn.relu(h)
     h = layers.UpConv(self.channels, dtype=self.dtype,
                       use_phase_decomposition=self.use_phase_decomposition,
-                      name='to_image')(h)
+                      conv_impl=self.conv_impl, name='to_image')(h)
     return jnp.tanh(h.astype(layers.at_least_float32(h.dtype)))

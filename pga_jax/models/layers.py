@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pga_jax.models import kernel_choice
+
 glorot_uniform = nn.initializers.xavier_uniform()
 zeros = nn.initializers.zeros
 
@@ -191,36 +193,40 @@ def _strided_conv(images: jax.Array, kernel: jax.Array, stride: int) -> jax.Arra
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def transposed_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """`lax.conv_transpose(x, kernel, (s, s), 'SAME')` (no autodiff rule of its
-  own; used inside the custom VJPs below), in the form XLA:CPU runs fastest
-  for the shape.
-
-  Measured at batch 64 (docs/benchmarks.md): `lax.conv_transpose` is best
-  for few output channels and for conv_mnist's 7x7x128 input, but
-  pathologically slow for small inputs with many channels (4x4x512 ->
-  8x8x256: 2.4 s against 40 ms); elsewhere the per-phase decomposition wins.
+def transposed_conv(x: jax.Array, kernel: jax.Array, stride: int,
+                    form: str = 'phase') -> jax.Array:
+  """`lax.conv_transpose(x, kernel, (s, s), 'SAME')` without an autodiff rule of
+  its own (it is used inside the custom VJPs below), in one of two exact forms:
+  'xla', XLA's own (lhs-dilated) convolution, or 'phase', the per-phase
+  decomposition (`_upsample_per_phase`). Which is faster depends on the
+  backend and shape (on XLA:CPU at batch 64 'xla' was 60x slower for
+  4x4x512 -> 8x8x256 but faster with few output channels; docs/benchmarks.md):
+  the callers' forms choose by measurement (`kernel_choice`).
   """
-  if kernel.shape[-1] < 16 or (max(x.shape[1:3]) <= 7 and x.shape[-1] <= 128):
+  if form == 'xla':
     return jax.lax.conv_transpose(x, kernel, (stride, stride), 'SAME',
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return _upsample_per_phase(x, kernel, stride)
+  if form == 'phase':
+    return _upsample_per_phase(x, kernel, stride)
+  raise ValueError(f"transposed_conv form must be 'xla' or 'phase', got {form!r}")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _upsample_adjoint(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  return transposed_conv(x, kernel, stride)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _upsample_adjoint(x: jax.Array, kernel: jax.Array, stride: int,
+                      forward: str) -> jax.Array:
+  return transposed_conv(x, kernel, stride, forward)
 
 
-def _upsample_adjoint_forward(x, kernel, stride):
-  return _upsample_adjoint(x, kernel, stride), (x, kernel)
+def _upsample_adjoint_forward(x, kernel, stride, forward):
+  return _upsample_adjoint(x, kernel, stride, forward), (x, kernel)
 
 
-def _upsample_adjoint_backward(stride, residuals, cotangent):
+def _upsample_adjoint_backward(stride, forward, residuals, cotangent):
   """y = C^T x with C the strided convolution by `_adjoint_kernel(kernel)`,
   so <g, y> = <C g, x>: dx = C g (a strided convolution) and dkernel is the
   weight gradient of C g against x, both the fast kinds of convolution on
   XLA:CPU (the autodiff rule of the lhs-dilated forward is not)."""
+  del forward
   x, kernel = residuals
   flipped = _adjoint_kernel(kernel)
   d_x = _strided_conv(cotangent, flipped, stride)
@@ -243,10 +249,10 @@ def _downsample_forward(x, kernel, stride):
 
 def _downsample_backward(stride, residuals, cotangent):
   """y = C x, so dx = C^T g = `transposed_conv(g, _adjoint_kernel(kernel))`
-  in its fastest form (JAX's own rule is the lhs-dilated convolution that
+  by phase decomposition (JAX's own rule is the lhs-dilated convolution that
   XLA:CPU runs pathologically slowly for some shapes); dkernel is JAX's."""
   x, kernel = residuals
-  d_x = transposed_conv(cotangent, _adjoint_kernel(kernel), stride)
+  d_x = transposed_conv(cotangent, _adjoint_kernel(kernel), stride, 'phase')
   _, kernel_vjp = jax.vjp(lambda k: _strided_conv(x, k, stride), kernel)
   return d_x, kernel_vjp(cotangent)[0]
 
@@ -254,55 +260,171 @@ def _downsample_backward(stride, residuals, cotangent):
 _downsample.defvjp(_downsample_forward, _downsample_backward)
 
 
-def downsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2) -> jax.Array:
-  """Exactly `lax.conv_general_dilated(x, kernel, (s, s), 'SAME')` (NHWC,
-  HWIO), with a faster backward pass (`_downsample_backward`) where the
-  input's height and width are multiples of the stride and the kernel is
-  square and at least the stride (the reference's encoders); otherwise the
-  plain convolution. Reverse-mode only in the fast case (a custom VJP).
+# --------------------------------------------------------------------------
+# Forms, candidates and the measured choice (pga_jax.models.kernel_choice).
+# --------------------------------------------------------------------------
+
+# Config / model level choice: 'auto' measures; the others force a family.
+CONV_IMPLS = ('auto', 'xla', 'phase', 'adjoint')
+
+# Exact forms of the stride-s transposed convolution layer (UpConv):
+#   'xla'          lax.conv_transpose and JAX's autodiff (jvp works);
+#   'phase'        per-phase stride-1 convolutions and JAX's autodiff (jvp works);
+#   'adjoint'      custom VJP: forward by phase decomposition, backward from
+#                  the adjoint strided convolution (reverse mode only);
+#   'adjoint_xla'  the same backward, forward by lax.conv_transpose;
+#   'fused'        all phases as one convolution (zero taps included).
+UPSAMPLE_FORMS = ('xla', 'phase', 'adjoint', 'adjoint_xla', 'fused')
+# Exact forms of the stride-s convolution (the encoders' Conv):
+#   'xla'    lax.conv_general_dilated and JAX's autodiff (jvp works);
+#   'phase'  custom VJP, its input gradient (a transposed convolution) by
+#            phase decomposition (reverse mode only).
+DOWNSAMPLE_FORMS = ('xla', 'phase')
+
+
+def layer_forms(conv_impl: str) -> tuple[str, str]:
+  """(upsample mode, downsample mode) of a config's `conv_impl`.
+
+  'xla': XLA's own convolutions and JAX's autodiff everywhere (forward-mode
+  capable); 'phase': every transposed convolution (the decoder's layers and
+  the encoder's input gradients) by phase decomposition; 'adjoint': the
+  decoder's backward passes from the adjoint strided convolution, the
+  encoder's input gradients by phase decomposition; 'auto': measured per
+  layer shape.
   """
-  kh, kw = kernel.shape[:2]
-  if stride > 1 and kh == kw >= stride and x.shape[1] % stride == 0 and x.shape[2] % stride == 0:
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}')
+  return {'auto': ('auto', 'auto'), 'xla': ('xla', 'xla'), 'phase': ('phase', 'phase'),
+          'adjoint': ('adjoint', 'phase')}[conv_impl]
+
+
+def _adjoint_applies(kernel_shape, stride: int) -> bool:
+  return kernel_shape[0] == kernel_shape[1] >= stride
+
+
+def _downsample_applies(x_shape, kernel_shape, stride: int) -> bool:
+  return (stride > 1 and _adjoint_applies(kernel_shape, stride)
+          and x_shape[1] % stride == 0 and x_shape[2] % stride == 0)
+
+
+def candidate_forms(op: str, platform: str, x_shape, kernel_shape, stride: int) -> tuple:
+  """The forms `kernel_choice` times for one layer, in tie-breaking order.
+
+  XLA's own convolution ('xla') is a candidate everywhere; off CPU it comes
+  first (cuDNN and the TPU compiler have tuned convolutions, so it is the
+  likely winner and wins ties); on CPU the custom forms that won the
+  measurements of docs/benchmarks.md come first. 'fused' is never measured
+  (it computes the zero taps of 'phase').
+  """
+  if op == 'upsample':
+    custom = ('adjoint', 'adjoint_xla') if _adjoint_applies(kernel_shape, stride) else ()
+    if platform == 'cpu':
+      return custom + ('phase', 'xla')
+    return ('xla',) + custom + ('phase',)
+  if op == 'downsample':
+    if not _downsample_applies(x_shape, kernel_shape, stride):
+      return ('xla',)
+    return ('phase', 'xla') if platform == 'cpu' else ('xla', 'phase')
+  raise ValueError(f"op must be 'upsample' or 'downsample', got {op!r}")
+
+
+def _upsample_form(x: jax.Array, kernel: jax.Array, stride: int, form: str) -> jax.Array:
+  if form == 'xla':
+    return transposed_conv(x, kernel, stride, 'xla')
+  if form in ('phase', 'per_phase'):
+    return _upsample_per_phase(x, kernel, stride)
+  if form == 'fused':
+    return _upsample_fused(x, kernel, stride)
+  if form in ('adjoint', 'adjoint_xla'):
+    if not _adjoint_applies(kernel.shape, stride):
+      raise ValueError(f"upsample_conv mode {form!r} needs a square kernel at least as "
+                       f"large as the stride ({stride}), got {kernel.shape}")
+    return _upsample_adjoint(x, kernel, stride, 'phase' if form == 'adjoint' else 'xla')
+  raise ValueError(f"upsample_conv mode must be 'auto' or one of {UPSAMPLE_FORMS}, "
+                   f'got {form!r}')
+
+
+def _downsample_form(x: jax.Array, kernel: jax.Array, stride: int, form: str) -> jax.Array:
+  if form == 'xla':
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  if form == 'phase':
+    if not _downsample_applies(x.shape, kernel.shape, stride):
+      raise ValueError(f"downsample_conv mode 'phase' needs stride > 1, a square kernel at "
+                       f'least as large as the stride ({stride}) and an input size divisible '
+                       f'by it, got input {x.shape}, kernel {kernel.shape}')
     return _downsample(x, kernel, stride)
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  raise ValueError(f"downsample_conv mode must be 'auto' or one of {DOWNSAMPLE_FORMS}, "
+                   f'got {form!r}')
+
+
+def _timed_candidate(op: str, form: str, x_shape, kernel_shape, stride: int, dtype):
+  """A compiled zero-argument function: the form's forward pass and its VJP for
+  the input and the kernel on fixed random inputs of these shapes."""
+  apply = _upsample_form if op == 'upsample' else _downsample_form
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(keys[0], x_shape, jnp.float32).astype(dtype)
+  kernel = (0.05 * jax.random.normal(keys[1], kernel_shape, jnp.float32)).astype(dtype)
+  y_shape = jax.eval_shape(lambda a, b: apply(a, b, stride, form), x, kernel).shape
+  cotangent = jax.random.normal(keys[2], y_shape, jnp.float32).astype(dtype)
+
+  def step(x_, kernel_, cotangent_):
+    y, vjp = jax.vjp(lambda a, b: apply(a, b, stride, form), x_, kernel_)
+    return y, vjp(cotangent_)
+
+  compiled = jax.jit(step).lower(x, kernel, cotangent).compile()
+  return lambda: compiled(x, kernel, cotangent)
+
+
+def measured_form(op: str, x_shape, kernel_shape, stride: int, dtype,
+                  path: Optional[str] = None, memo: Optional[dict] = None) -> str:
+  """The fastest form of `op` ('upsample' or 'downsample') for these static
+  shapes on the default device, measured once and cached (`kernel_choice`)."""
+  platform, device_kind = kernel_choice.device_identity()
+  x_shape, kernel_shape = tuple(x_shape), tuple(kernel_shape)
+  candidates = candidate_forms(op, platform, x_shape, kernel_shape, stride)
+  key = kernel_choice.choice_key(op, platform, device_kind, x_shape, kernel_shape, stride,
+                                 dtype)
+  return kernel_choice.choose(
+      key, candidates,
+      lambda form: _timed_candidate(op, form, x_shape, kernel_shape, stride, dtype),
+      path=path, memo=memo)
+
+
+def downsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2,
+                    mode: str = 'auto') -> jax.Array:
+  """Exactly `lax.conv_general_dilated(x, kernel, (s, s), 'SAME')` (NHWC,
+  HWIO), in one of `DOWNSAMPLE_FORMS`: 'xla' (JAX's own autodiff) or
+  'phase' (a custom VJP whose input gradient is a phase-decomposed
+  transposed convolution, `_downsample_backward`; reverse mode only).
+  'auto' measures which is faster for the shape (`measured_form`); the
+  custom form only applies where the input's height and width are multiples
+  of the stride and the kernel is square and at least the stride (the
+  reference's encoders), elsewhere 'auto' is 'xla'.
+  """
+  if mode == 'auto':
+    mode = measured_form('downsample', x.shape, kernel.shape, stride, x.dtype)
+  return _downsample_form(x, kernel, stride, mode)
 
 
 def upsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2,
                   mode: str = 'auto') -> jax.Array:
-  """Exactly `jax.lax.conv_transpose(x, kernel, (s, s), 'SAME')`, computed fast.
+  """Exactly `jax.lax.conv_transpose(x, kernel, (s, s), 'SAME')`, in one of
+  `UPSAMPLE_FORMS` (values and gradients agree to float rounding).
 
   Phase (sub-pixel) decomposition: output pixel `s*m + p` only sees the
   kernel taps of phase `p`, so the transposed convolution is `s*s` ordinary
-  (stride-1) convolutions, interleaved (depth-to-space). On XLA:CPU the
-  backward pass of a stride-2 transposed convolution (an lhs-dilated
-  convolution) is several times slower than this form, whose gradients are
-  ordinary convolutions.
-
-  mode: 'adjoint' (what 'auto' picks) computes the forward pass with
-  `transposed_conv` and the backward pass from the strided convolution
-  whose transpose it is (`_upsample_adjoint_backward`): the fastest form
-  on XLA:CPU (docs/benchmarks.md), reverse-mode only (a `jax.custom_vjp`;
-  for `jax.jvp` / `jacfwd` use 'fused' or 'per_phase', or build the
-  AutoEncoder with `use_phase_decomposition=False`).
-  'fused' runs all phases as one convolution with `s*s*out` channels
-  (a phase's missing taps are zeros: 36 taps computed for a 5x5 kernel's
-  25); 'per_phase' runs one convolution per phase with its own taps only;
-  'auto' picks 'adjoint', or 'fused' for a kernel smaller than the stride.
+  (stride-1) convolutions, interleaved (depth-to-space); its gradients are
+  ordinary convolutions too. The adjoint forms compute the backward pass
+  from the strided convolution whose transpose it is
+  (`_upsample_adjoint_backward`, a `jax.custom_vjp`: reverse mode only; for
+  `jax.jvp` / `jacfwd` use 'xla' or 'phase'). 'per_phase' is an alias of
+  'phase'. 'auto' (default) measures the candidates for the shape on this
+  backend and device (`measured_form`, cached on disk).
   """
   if mode == 'auto':
-    mode = 'adjoint' if kernel.shape[0] >= stride else 'fused'
-  if mode == 'adjoint':
-    if kernel.shape[0] != kernel.shape[1] or kernel.shape[0] < stride:
-      raise ValueError(f"upsample_conv mode 'adjoint' needs a square kernel at least as "
-                       f"large as the stride ({stride}), got {kernel.shape}")
-    return _upsample_adjoint(x, kernel, stride)
-  if mode == 'fused':
-    return _upsample_fused(x, kernel, stride)
-  if mode == 'per_phase':
-    return _upsample_per_phase(x, kernel, stride)
-  raise ValueError(f"upsample_conv mode must be 'auto', 'adjoint', 'fused' or 'per_phase', "
-                   f"got {mode!r}")
+    mode = measured_form('upsample', x.shape, kernel.shape, stride, x.dtype)
+  return _upsample_form(x, kernel, stride, mode)
 
 
 class UpConv(nn.Module):
@@ -311,10 +433,11 @@ class UpConv(nn.Module):
   Parameters have the names and shapes of `flax.linen.ConvTranspose`
   (`kernel`: (kh, kw, in, out), `bias`: (out,)), so the same weights can be
   fed to either; `tests/test_layers.py` checks they agree.
-  `use_phase_decomposition=False` computes it with `lax.conv_transpose` and
-  JAX's own autodiff (slow backward pass on CPU, but forward-mode capable;
-  `AutoEncoder(use_phase_decomposition=False)` does the same for the
-  encoder's convolutions).
+  `conv_impl` (see `layer_forms`): 'auto' (default) runs the form measured
+  fastest for the shape on this device; 'xla' computes it with
+  `lax.conv_transpose` and JAX's own autodiff (forward-mode capable);
+  'phase' and 'adjoint' force those forms. `use_phase_decomposition=False`
+  is the older spelling of conv_impl='xla'.
   """
 
   features: int
@@ -322,6 +445,7 @@ class UpConv(nn.Module):
   stride: int = 2
   use_phase_decomposition: bool = True
   dtype: Optional[jnp.dtype] = None
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -331,11 +455,10 @@ class UpConv(nn.Module):
     bias = self.param('bias', zeros, (self.features,), jnp.float32)
     dtype = self.dtype or x.dtype
     x = x.astype(dtype)
-    if self.use_phase_decomposition:
-      y = upsample_conv(x, kernel.astype(dtype), self.stride)
-    else:
-      y = jax.lax.conv_transpose(x, kernel.astype(dtype), (self.stride, self.stride),
-                                 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    mode = layer_forms(self.conv_impl if self.use_phase_decomposition else 'xla')[0]
+    if mode == 'adjoint' and not _adjoint_applies(kernel.shape, self.stride):
+      mode = 'phase'
+    y = upsample_conv(x, kernel.astype(dtype), self.stride, mode)
     return add_bias(y, bias)
 
 
@@ -351,12 +474,16 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
 
 class Conv(nn.Module):
   """`flax.linen.Conv` with 'SAME' padding (same parameters and computation),
-  whose bias is added by `add_bias`."""
+  whose bias is added by `add_bias`. `conv_impl` (see `layer_forms`): how a
+  strided convolution's backward pass is computed ('auto': measured; 'xla':
+  JAX's own autodiff, jvp works); a stride-1 convolution is always lax's.
+  `fast_backward=False` is the older spelling of conv_impl='xla'."""
   features: int
   kernel_size: int = 5
   strides: int = 2
   dtype: Optional[jnp.dtype] = None
-  fast_backward: bool = True   # `downsample_conv`; False: JAX's own autodiff (jvp works)
+  fast_backward: bool = True
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -366,11 +493,10 @@ class Conv(nn.Module):
     bias = self.param('bias', zeros, (self.features,), jnp.float32)
     dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    if self.fast_backward:
-      y = downsample_conv(x, kernel, self.strides)
-    else:
-      y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), 'SAME',
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    mode = layer_forms(self.conv_impl if self.fast_backward else 'xla')[1]
+    if mode != 'xla' and not _downsample_applies(x.shape, kernel.shape, self.strides):
+      mode = 'xla'
+    y = downsample_conv(x, kernel, self.strides, mode)
     return add_bias(y, bias)
 
 
@@ -393,10 +519,10 @@ class Dense(nn.Module):
 
 def conv(features: int, kernel_size: int = 5, strides: int = 2,
          dtype: Optional[jnp.dtype] = None, name: Optional[str] = None,
-         fast_backward: bool = True) -> Conv:
+         fast_backward: bool = True, conv_impl: str = 'auto') -> Conv:
   """The reference's conv layer: 'SAME' padding, Glorot-uniform, zero bias."""
   return Conv(features, kernel_size, strides, dtype=dtype, fast_backward=fast_backward,
-              name=name)
+              conv_impl=conv_impl, name=name)
 
 
 def dense(features: int, dtype: Optional[jnp.dtype] = None,

@@ -1,0 +1,261 @@
+"""Which exact form of a convolution to run, chosen by measurement and cached.
+
+`layers.upsample_conv` and `layers.downsample_conv` can compute the same
+values and gradients in several forms (XLA's own convolution and JAX's
+autodiff of it, a phase decomposition, custom VJPs from the adjoint
+convolution). Which is fastest depends on the backend (cuDNN on GPU, XLA:CPU
+on CPU, ...), the device, the shape and the dtype, so with `conv_impl='auto'`
+it is measured, not guessed from thresholds:
+
+- When: at trace time, the first time a layer with a given key is traced.
+  The layer's shapes are static there, so the key is exact (batch included),
+  and no shape list has to be known when the model is built (the same model
+  is traced at the train batch, the evaluation batch, twice the batch for the
+  shared encoder pass, ...). Each candidate is compiled as its own small
+  `jax.jit` function on concrete random inputs of the key's shape and timed
+  outside the surrounding trace (`jax.ensure_compile_time_eval`), so the
+  measurement never ends up in the traced program.
+- What: the layer's forward pass with its vector-Jacobian product for the
+  input and the kernel (what a train step runs). Candidates are compiled
+  first, then timed round-robin (`repeats` rounds, one call per candidate per
+  round, after one warm-up call) and compared by their median, so load from
+  other processes on a shared machine hits every candidate alike. A
+  candidate whose warm-up call alone takes `SLOW_FACTOR` times the best one
+  is dropped without further calls (some forms are pathologically slow on
+  XLA:CPU). Ties go to the earlier candidate. Running the candidates costs
+  milliseconds; compiling them dominates (a fraction of a second to a few
+  seconds each on a CPU), once per key and machine.
+- Key: the op, backend platform, device kind (on CPU: the CPU model and
+  count, `device_identity`), jax version, input and kernel shapes, stride
+  and dtype (`choice_key`).
+- Cache: one JSON file, `conv_impl_v1.json`, in `$PGA_JAX_CACHE_DIR`, else
+  `$XDG_CACHE_HOME/pga_jax`, else `~/.cache/pga_jax`. Written atomically (a
+  temporary file in the same folder, then `os.replace`), so a reader sees the
+  old or the new file, never half of one; concurrent writers can at worst
+  lose each other's new entries, which are then measured again. A corrupt or
+  unreadable file is replaced with a warning; an unwritable folder only costs
+  a warning (the choice is still used). Given the cache file, the choice is
+  deterministic: a cached key is never timed again.
+- In-process memo: `_MEMO` maps (cache file, key) to the choice, so a
+  process re-tracing the same layer neither re-reads the file nor, if the
+  file cannot be written, times the layer again (it would be free to choose
+  differently, which is harmless but wasteful). It is the module's only
+  mutable state; `choose(..., memo={})` bypasses it.
+- Several processes (multi-host SPMD): every form is exact, so a different
+  choice on another process would only change speed, not results; but
+  multi-controller JAX needs every process to compile the same program
+  (collectives in the same order). So with `jax.process_count() > 1` the
+  choice of process 0 is broadcast to all processes
+  (`multihost_utils.broadcast_one_to_all`), for every traced layer whether
+  cached or not, so the processes run the same collectives in the same order.
+
+Values never depend on the choice: every candidate is exact up to float
+rounding (tests/test_fast_paths.py compares each with `lax` and its autodiff).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from typing import Callable, Dict, Optional, Sequence
+
+import jax
+import numpy as np
+
+CACHE_ENV = 'PGA_JAX_CACHE_DIR'
+CACHE_FILE = 'conv_impl_v1.json'
+SLOW_FACTOR = 20.0
+REPEATS = 5
+
+# (cache file path, key) -> chosen form. See the module docstring.
+_MEMO: Dict[tuple, str] = {}
+
+
+def cache_dir(environ=None) -> str:
+  """$PGA_JAX_CACHE_DIR, else $XDG_CACHE_HOME/pga_jax, else ~/.cache/pga_jax."""
+  environ = os.environ if environ is None else environ
+  if environ.get(CACHE_ENV):
+    return environ[CACHE_ENV]
+  base = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'pga_jax')
+
+
+def cache_path(environ=None) -> str:
+  return os.path.join(cache_dir(environ), CACHE_FILE)
+
+
+def read_cache(path: str, warn: bool = True) -> dict:
+  """The cached choices {key: form}; {} (with a warning) if the file is corrupt."""
+  try:
+    with open(path) as f:
+      entries = json.load(f)
+  except FileNotFoundError:
+    return {}
+  except (OSError, ValueError) as err:
+    if warn:
+      warnings.warn(f'pga_jax: convolution choice cache {path} is unreadable ({err}); '
+                  'rebuilding it')
+    return {}
+  if not isinstance(entries, dict) or not all(
+      isinstance(k, str) and isinstance(v, str) for k, v in entries.items()):
+    if warn:
+      warnings.warn(f'pga_jax: convolution choice cache {path} does not hold a '
+                    '{key: form} object; rebuilding it')
+    return {}
+  return entries
+
+
+def write_cache(path: str, entries: dict) -> bool:
+  """Atomically replaces the cache file; False (with a warning) if it cannot."""
+  folder = os.path.dirname(path) or '.'
+  tmp = None
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.conv_impl.', suffix='.tmp', dir=folder)
+    with os.fdopen(fd, 'w') as f:
+      json.dump(entries, f, indent=1, sort_keys=True)
+      f.write('\n')
+    os.replace(tmp, path)
+    return True
+  except OSError as err:
+    if tmp is not None and os.path.exists(tmp):
+      os.unlink(tmp)
+    warnings.warn(f'pga_jax: cannot write the convolution choice cache {path} ({err}); '
+                  f'set {CACHE_ENV} to a writable folder to keep the measurements')
+    return False
+
+
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo, else `platform.processor()`) and
+  the number of CPUs the process may use, e.g. 'AMD EPYC, 2 CPUs'."""
+  name = ''
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.lower().startswith('model name'):
+          name = line.split(':', 1)[1].strip()
+          break
+  except OSError:
+    pass
+  name = name or platform.processor() or platform.machine() or 'unknown CPU'
+  try:
+    count = len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    count = os.cpu_count() or 0
+  return f'{name}, {count} CPUs'
+
+
+def device_identity(device=None) -> tuple:
+  """(platform, device kind) of `device` (default: the first device).
+
+  XLA:CPU calls every CPU 'cpu'; the CPU model and count are used instead,
+  so a cache shared between machines (an NFS home) keeps their choices apart.
+  """
+  device = device or jax.devices()[0]
+  kind = device.device_kind
+  if device.platform == 'cpu':
+    kind = f'{kind}: {cpu_model()}'
+  return device.platform, kind
+
+
+def choice_key(op: str, platform: str, device_kind: str, x_shape: Sequence[int],
+               kernel_shape: Sequence[int], stride: int, dtype) -> str:
+  """The cache key of one measured choice (a readable string)."""
+  return '|'.join([op, platform, device_kind, f'jax{jax.__version__}',
+                   'x' + 'x'.join(map(str, x_shape)), 'k' + 'x'.join(map(str, kernel_shape)),
+                   f's{stride}', str(np.dtype(dtype))])
+
+
+def time_candidates(fns: Dict[str, Callable[[], object]], repeats: int = REPEATS,
+                    slow_factor: float = SLOW_FACTOR,
+                    clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
+  """Median seconds of each zero-argument function (already compiled is best).
+
+  One warm-up call each (also timed: a candidate slower than `slow_factor`
+  times the fastest warm-up is dropped), then `repeats` round-robin rounds.
+  """
+  warm = {}
+  for name, fn in fns.items():
+    t0 = clock()
+    try:
+      jax.block_until_ready(fn())
+    except Exception as err:  # pylint: disable=broad-except  (e.g. out of memory)
+      warnings.warn(f'pga_jax: convolution form {name!r} failed while being timed ({err}); '
+                    'not using it')
+      warm[name] = float('inf')
+      continue
+    warm[name] = clock() - t0
+  best = min(warm.values())
+  kept = [n for n in fns if warm[n] < float('inf') and warm[n] <= slow_factor * best]
+  samples = {n: [] for n in kept}
+  for _ in range(repeats):
+    for name in kept:
+      t0 = clock()
+      jax.block_until_ready(fns[name]())
+      samples[name].append(clock() - t0)
+  result = {n: float('inf') for n in fns}
+  result.update({n: float(np.median(s)) for n, s in samples.items()})
+  return result
+
+
+def _agree(index: int) -> int:
+  """Process 0's `index` on every process (identity with one process)."""
+  if jax.process_count() == 1:
+    return index
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(multihost_utils.broadcast_one_to_all(np.int32(index)))
+
+
+def choices_made(memo: Optional[dict] = None) -> Dict[str, str]:
+  """{key: form} of every choice this process made (for reports)."""
+  memo = _MEMO if memo is None else memo
+  return {key: form for (_, key), form in sorted(memo.items())}
+
+
+def choose(key: str, candidates: Sequence[str],
+           make_timed: Callable[[str], Callable[[], object]],
+           path: Optional[str] = None, memo: Optional[dict] = None,
+           timer: Optional[Callable[[Dict[str, Callable]], Dict[str, float]]] = None) -> str:
+  """The fastest of `candidates` for `key`: from the memo, the cache file, or
+  measured now (then written to the cache).
+
+  make_timed(name) builds a zero-argument function running that candidate on
+  concrete inputs; it is only called when the key has to be measured.
+  timer: {name: function} -> {name: seconds} (default `time_candidates`).
+  """
+  if not candidates:
+    raise ValueError(f'no candidate forms for {key}')
+  if len(candidates) == 1:
+    return candidates[0]
+  path = cache_path() if path is None else path
+  memo = _MEMO if memo is None else memo
+  choice = memo.get((path, key))
+  if choice is None:
+    entries = read_cache(path)
+    choice = entries.get(key)
+    if choice not in candidates:
+      with jax.ensure_compile_time_eval():
+        fns = {}
+        for name in candidates:
+          try:
+            fns[name] = make_timed(name)
+          except Exception as err:  # pylint: disable=broad-except  (e.g. out of memory)
+            warnings.warn(f'pga_jax: convolution form {name!r} failed to compile for '
+                          f'timing ({err}); not using it')
+        times = (timer or time_candidates)(fns) if fns else {}
+      finite = [n for n in candidates if times.get(n, float('inf')) < float('inf')]
+      if finite:
+        choice = min(finite, key=lambda n: (times[n], candidates.index(n)))
+        # Other processes may have added entries meanwhile.
+        write_cache(path, dict(read_cache(path, warn=False), **{key: choice}))
+      else:
+        choice = candidates[0]
+        warnings.warn(f'pga_jax: no convolution form could be timed for {key}; using '
+                      f'{choice!r} (not cached)')
+  with jax.ensure_compile_time_eval():
+    choice = candidates[_agree(candidates.index(choice))]
+  memo[(path, key)] = choice
+  return choice

@@ -1,0 +1,304 @@
+"""Convolution forms chosen per backend by measurement (issue 18, item 1).
+
+- every form of the strided and transposed convolutions, and every model
+  `conv_impl`, gives lax's values and gradients;
+- the choice is measured once per key and then read from the cache file
+  (a second call does not time), the key names the device kind, a corrupt
+  cache is rebuilt with a warning, writes are atomic;
+- off CPU the candidates include XLA's own convolution;
+- `conv_impl` is a validated config field that reaches the model.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pga_jax import config as config_lib, methods
+from pga_jax.models import AutoEncoder, kernel_choice, layers
+
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def conv_transpose(x, w):
+  return jax.lax.conv_transpose(x, w, (2, 2), 'SAME', dimension_numbers=DN)
+
+
+def strided_conv(x, w):
+  return jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME', dimension_numbers=DN)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+  """Every test measures into its own cache file, with an empty memo."""
+  monkeypatch.setenv(kernel_choice.CACHE_ENV, str(tmp_path / 'cache'))
+  monkeypatch.setattr(kernel_choice, '_MEMO', {})
+  return kernel_choice.cache_path()
+
+
+def assert_vjp_matches(fn, reference, x, w, rtol=1e-4, atol=1e-4, msg=''):
+  expected, ref_vjp = jax.vjp(reference, x, w)
+  got, got_vjp = jax.vjp(fn, x, w)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=msg)
+  ct = jax.random.normal(jax.random.PRNGKey(9), expected.shape, expected.dtype)
+  for a, b in zip(got_vjp(ct), ref_vjp(ct)):
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=msg)
+
+
+@pytest.mark.parametrize('form', layers.UPSAMPLE_FORMS + ('auto',))
+@pytest.mark.parametrize('shape', [(7, 16, 8), (4, 8, 3), (5, 6, 1)])
+def test_every_upsample_form_gives_lax_values_and_gradients(form, shape):
+  size, cin, cout = shape
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
+  w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, cin, cout))
+  assert_vjp_matches(lambda a, b: layers.upsample_conv(a, b, 2, form), conv_transpose, x, w,
+                     msg=form)
+
+
+@pytest.mark.parametrize('form', layers.DOWNSAMPLE_FORMS + ('auto',))
+@pytest.mark.parametrize('shape', [(8, 3, 16), (14, 8, 4)])
+def test_every_downsample_form_gives_lax_values_and_gradients(form, shape):
+  size, cin, cout = shape
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
+  w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, cin, cout))
+  assert_vjp_matches(lambda a, b: layers.downsample_conv(a, b, 2, form), strided_conv, x, w,
+                     msg=form)
+
+
+@pytest.mark.parametrize('form', ['xla', 'phase'])
+def test_transposed_conv_forms(form):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 8))
+  w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 8, 6))
+  np.testing.assert_allclose(layers.transposed_conv(x, w, 2, form), conv_transpose(x, w),
+                             rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match='form'):
+    layers.transposed_conv(x, w, 2, 'nope')
+
+
+@pytest.mark.parametrize('conv_impl', ['auto', 'phase', 'adjoint'])
+def test_model_gradients_are_the_same_for_every_conv_impl(conv_impl):
+  """conv_32 (three strided convs, three transposed) with batch norm, against 'xla'."""
+  model = AutoEncoder('conv_32', 8, 3, use_bn=True, conv_impl=conv_impl)
+  plain = AutoEncoder('conv_32', 8, 3, use_bn=True, conv_impl='xla')
+  params = plain.init(jax.random.PRNGKey(0))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3, 32, 32, 3), minval=-1, maxval=1)
+
+  def loss(m, p):
+    return jnp.mean(jnp.square(m.encode_decode(p, m.encode(p['encoder'], x).mean)))
+  value, got = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
+  want_value, want = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  wants = jax.tree_util.tree_leaves(want)
+  scale = max(float(np.abs(w).max()) for w in wants)
+  for a, b in zip(jax.tree_util.tree_leaves(got), wants):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize('spelling', [dict(conv_impl='xla'),
+                                      dict(use_phase_decomposition=False)])
+def test_xla_conv_impl_is_plain_lax_so_forward_mode_works(spelling):
+  model = AutoEncoder('conv_mnist', 4, 1, **spelling)
+  params = model.init(jax.random.PRNGKey(0))
+  z = jax.random.normal(jax.random.PRNGKey(1), (2, 4))
+  _, tangent = jax.jvp(lambda z_: model.encode_decode(params, z_), (z,), (jnp.ones_like(z),))
+  assert tangent.shape == (2, 4) and bool(jnp.all(jnp.isfinite(tangent)))
+  # No custom VJP anywhere: every convolution is a plain lax convolution.
+  jaxpr = str(jax.make_jaxpr(lambda z_: model.encode_decode(params, z_))(z))
+  assert 'custom_vjp' not in jaxpr
+
+
+def test_candidates_include_xla_off_cpu_and_first():
+  x, k = (64, 7, 7, 128), (5, 5, 128, 64)
+  for platform in ('gpu', 'cuda', 'tpu', 'rocm'):
+    up = layers.candidate_forms('upsample', platform, x, k, 2)
+    assert up[0] == 'xla' and set(up) == {'xla', 'phase', 'adjoint', 'adjoint_xla'}
+    down = layers.candidate_forms('downsample', platform, (64, 14, 14, 64), k, 2)
+    assert down == ('xla', 'phase')
+  cpu = layers.candidate_forms('upsample', 'cpu', x, k, 2)
+  assert 'xla' in cpu and cpu[0] != 'xla'
+  # The adjoint forms need a kernel at least the stride; downsample a divisible input.
+  assert 'adjoint' not in layers.candidate_forms('upsample', 'gpu', x, (1, 1, 128, 64), 2)
+  assert layers.candidate_forms('downsample', 'gpu', (2, 7, 7, 3), k, 2) == ('xla',)
+  with pytest.raises(ValueError, match='op'):
+    layers.candidate_forms('sideways', 'cpu', x, k, 2)
+
+
+class CountingTimer:
+  """A timer that records what it was asked to time and makes `fastest` win."""
+
+  def __init__(self, fastest):
+    self.fastest, self.calls = fastest, []
+
+  def __call__(self, fns):
+    self.calls.append(sorted(fns))
+    for fn in fns.values():
+      jax.block_until_ready(fn())   # the candidates really run
+    return {n: (0.001 if n == self.fastest else 0.002) for n in fns}
+
+
+def test_choice_is_measured_once_then_read_from_the_cache(private_cache, monkeypatch):
+  timer = CountingTimer('phase')
+  monkeypatch.setattr(kernel_choice, 'time_candidates', timer)
+  args = ('upsample', (2, 4, 4, 8), (5, 5, 8, 3), 2, jnp.float32)
+  assert layers.measured_form(*args) == 'phase'
+  assert len(timer.calls) == 1 and set(timer.calls[0]) == {'xla', 'phase', 'adjoint',
+                                                           'adjoint_xla'}
+  entries = json.load(open(private_cache))
+  (key, form), = entries.items()
+  platform, kind = kernel_choice.device_identity()
+  assert form == 'phase' and f'|{platform}|{kind}|' in key and 'x2x4x4x8' in key
+  # Same process (memo), and a fresh process (empty memo: the file): no timing.
+  assert layers.measured_form(*args) == 'phase'
+  assert layers.measured_form(*args, memo={}) == 'phase'
+  assert len(timer.calls) == 1
+  # Another shape or dtype is another key.
+  layers.measured_form('upsample', (2, 4, 4, 8), (5, 5, 8, 3), 2, jnp.bfloat16)
+  assert len(timer.calls) == 2 and len(json.load(open(private_cache))) == 2
+
+
+def test_choice_is_keyed_by_device_kind(private_cache, monkeypatch):
+  timer = CountingTimer('adjoint')
+  monkeypatch.setattr(kernel_choice, 'time_candidates', timer)
+  args = ('upsample', (2, 4, 4, 8), (5, 5, 8, 3), 2, jnp.float32)
+  layers.measured_form(*args)
+  platform, kind = kernel_choice.device_identity()
+  monkeypatch.setattr(kernel_choice, 'device_identity', lambda: (platform, 'Another CPU'))
+  timer.fastest = 'xla'
+  assert layers.measured_form(*args) == 'xla'   # not the other device's 'adjoint'
+  assert len(timer.calls) == 2
+  kinds = sorted(k.split('|')[2] for k in json.load(open(private_cache)))
+  assert kinds == sorted(['Another CPU', kind])
+
+
+@pytest.mark.parametrize('garbage', ['{"half": "writ', '[1, 2, 3]', '{"k": 3}', '\x00\xff'])
+def test_a_corrupt_cache_is_rebuilt_with_a_warning(private_cache, monkeypatch, garbage):
+  os.makedirs(os.path.dirname(private_cache), exist_ok=True)
+  with open(private_cache, 'w', encoding='latin-1') as f:
+    f.write(garbage)
+  timer = CountingTimer('phase')
+  monkeypatch.setattr(kernel_choice, 'time_candidates', timer)
+  with pytest.warns(UserWarning, match='rebuilding'):
+    form = layers.measured_form('downsample', (2, 8, 8, 3), (5, 5, 3, 4), 2, jnp.float32)
+  assert form == 'phase' and len(timer.calls) == 1
+  entries = json.load(open(private_cache))   # valid JSON again, with the new entry
+  assert list(entries.values()) == ['phase']
+  assert os.listdir(os.path.dirname(private_cache)) == [kernel_choice.CACHE_FILE]  # no temp files
+
+
+def test_an_unwritable_cache_warns_and_still_chooses(tmp_path, monkeypatch):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a folder')
+  path = str(blocker / 'sub' / kernel_choice.CACHE_FILE)
+  with pytest.warns(UserWarning, match='cannot write'):
+    form = kernel_choice.choose('k', ('a', 'b'), lambda n: (lambda: None), path=path, memo={},
+                                timer=lambda fns: {'a': 2.0, 'b': 1.0})
+  assert form == 'b'
+
+
+def test_cached_choice_outside_the_candidates_is_measured_again(private_cache):
+  kernel_choice.write_cache(private_cache, {'k': 'gone'})
+  timed = []
+  form = kernel_choice.choose('k', ('a', 'b'), lambda n: (lambda: None), memo={},
+                              timer=lambda fns: timed.append(1) or {'a': 1.0, 'b': 2.0})
+  assert form == 'a' and timed == [1]
+
+
+def test_time_candidates_takes_medians_and_drops_pathological_forms():
+  ticks = iter(np.cumsum([0, 1.0, 0, 100.0] + [0, 3.0, 0, 2.0, 0, 4.0]
+                         + [0] * 10).tolist())
+  calls = {'fast': 0, 'slow': 0}
+
+  def make(name):
+    return lambda: calls.__setitem__(name, calls[name] + 1)
+  times = kernel_choice.time_candidates({'fast': make('fast'), 'slow': make('slow')},
+                                        repeats=3, slow_factor=20, clock=lambda: next(ticks))
+  assert times == {'fast': 3.0, 'slow': float('inf')}
+  assert calls == {'fast': 4, 'slow': 1}   # warm-up + 3 rounds; slow only warmed up
+
+
+def test_measurement_at_trace_time_stays_out_of_the_traced_program(monkeypatch):
+  timer = CountingTimer('adjoint')
+  monkeypatch.setattr(kernel_choice, 'time_candidates', timer)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 8))
+  w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 8, 3))
+  fn = lambda a, b: jnp.sum(jnp.sin(layers.upsample_conv(a, b)))
+  jaxpr = jax.make_jaxpr(jax.grad(fn, argnums=(0, 1)))(x, w)
+  assert len(timer.calls) == 1
+  # The chosen form's program only: no random inputs drawn, one custom VJP.
+  text = str(jaxpr)
+  assert 'random' not in text and 'threefry' not in text and 'custom_vjp' in text
+  got = jax.jit(jax.grad(fn, argnums=(0, 1)))(x, w)
+  want = jax.grad(lambda a, b: jnp.sum(jnp.sin(conv_transpose(a, b))), argnums=(0, 1))(x, w)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  assert len(timer.calls) == 1
+
+
+def test_cache_dir_honours_the_override_and_xdg(monkeypatch):
+  assert kernel_choice.cache_dir({kernel_choice.CACHE_ENV: '/x', 'XDG_CACHE_HOME': '/y'}) == '/x'
+  assert kernel_choice.cache_dir({'XDG_CACHE_HOME': '/y'}) == os.path.join('/y', 'pga_jax')
+  monkeypatch.setenv('HOME', '/home/someone')
+  assert kernel_choice.cache_dir({}) == '/home/someone/.cache/pga_jax'
+
+
+def test_conv_impl_is_a_validated_config_field_that_reaches_the_model():
+  config = config_lib.base_config('lpga')
+  assert config.conv_impl == 'auto'
+  config_lib.validate(config)
+  config.conv_impl = 'cudnn'
+  with pytest.raises(config_lib.ConfigError, match=r'config\.conv_impl: .*auto.*xla'):
+    config_lib.validate(config)
+  for impl in ('xla', 'phase', 'adjoint'):
+    config.conv_impl = impl
+    config_lib.validate(config)
+    model = methods.build_model(config, methods.build_method(config), 1)
+    assert model.conv_impl == impl
+  with pytest.raises(ValueError, match='conv_impl'):
+    AutoEncoder('conv_mnist', 4, 1, conv_impl='cudnn')
+
+
+def test_with_several_processes_every_process_takes_process_0s_choice(private_cache,
+                                                                       monkeypatch):
+  """Process 0's choice is broadcast for every traced layer, cached or not."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  broadcasts = []
+
+  def broadcast(value):   # process 0 chose candidate 1 ('b')
+    broadcasts.append(int(value))
+    return np.int32(1)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost_utils, 'broadcast_one_to_all', broadcast)
+  kernel_choice.write_cache(private_cache, {'k': 'a'})   # this process's own choice
+  for memo in ({}, {}):
+    assert kernel_choice.choose('k', ('a', 'b'), lambda n: (lambda: None), memo=memo,
+                                timer=lambda fns: pytest.fail('timed a cached key')) == 'b'
+  assert broadcasts == [0, 0]
+  assert kernel_choice.choices_made({(private_cache, 'k'): 'b'}) == {'k': 'b'}
+
+
+def test_init_measures_nothing(monkeypatch):
+  monkeypatch.setattr(kernel_choice, 'time_candidates',
+                      lambda fns: pytest.fail('model.init timed convolution forms'))
+  model = AutoEncoder('conv_32', 8, 3, conv_impl='auto')
+  params = jax.jit(model.init)(jax.random.PRNGKey(0))
+  plain = AutoEncoder('conv_32', 8, 3, conv_impl='xla').init(jax.random.PRNGKey(0))
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(plain)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_candidate_that_fails_is_skipped_with_a_warning(private_cache):
+  def make(name):
+    if name == 'a':
+      raise RuntimeError('RESOURCE_EXHAUSTED: out of memory')
+    return lambda: None
+  with pytest.warns(UserWarning, match="'a' failed"):
+    assert kernel_choice.choose('k', ('a', 'b'), make, memo={}) == 'b'
+  assert json.load(open(private_cache)) == {'k': 'b'}
+
+  def boom():
+    raise RuntimeError('failed at run time')
+  with pytest.warns(UserWarning, match="'a' failed while being timed"):
+    times = kernel_choice.time_candidates({'a': boom, 'b': lambda: None}, repeats=2)
+  assert times['a'] == float('inf') and times['b'] < float('inf')
