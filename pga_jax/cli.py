@@ -19,6 +19,8 @@ import sys
 
 from absl import app, logging
 
+from pga_jax import storage
+
 COMMANDS = ('train', 'sample', 'reconstruct', 'interpolate', 'evaluate', 'train_classifier', 'benchmark')
 
 
@@ -32,6 +34,8 @@ class _QuietLibraries:
     if record.levelno >= 30:
       return True
     path = record.pathname.replace(os.sep, '/')
+    if '/gcsfs/' in path:  # its failures reach pga_jax as exceptions, told in one line
+      return False
     return '/pga_jax/' in path or '/clu/' in path
 
 
@@ -42,6 +46,7 @@ def run():
     print(f'\nusage: pga {{{",".join(COMMANDS)}}} [--help] [flags]', file=sys.stderr)
     sys.exit(0 if len(sys.argv) >= 2 and sys.argv[1] in ('-h', '--help') else 2)
   command = sys.argv[1]
+  storage.configure_environment()  # before fsspec, etils or TensorStore read it
   module = importlib.import_module(f'pga_jax.commands.{command}')
   module.define_flags()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
