@@ -27,15 +27,17 @@ COMMANDS = ('train', 'sample', 'reconstruct', 'interpolate', 'evaluate', 'train_
 class _QuietLibraries:
   """absl log filter: INFO lines only from pga_jax and clu's metric writers.
 
-  orbax and tfds log every file they touch at INFO; warnings still pass.
+  orbax and tfds log every file they touch at INFO; warnings still pass,
+  except gcsfs's (it logs each failed request with a traceback; the failure
+  reaches pga_jax as an exception and is reported in one line).
   """
 
   def filter(self, record) -> bool:
-    if record.levelno >= 30:
-      return True
     path = record.pathname.replace(os.sep, '/')
     if '/gcsfs/' in path:  # its failures reach pga_jax as exceptions, told in one line
       return False
+    if record.levelno >= 30:
+      return True
     return '/pga_jax/' in path or '/clu/' in path
 
 

@@ -272,8 +272,11 @@ def check_writable(path: str, what: str = 'workdir') -> None:
       raise StorageError(f'cannot write to {what} {path!r} ({err.strerror or describe(err)}); '
                          f'choose a --{what} you can write to') from err
     cause = err.__cause__ if isinstance(err, StorageError) and err.__cause__ else err
+    lines = str(cause).strip().splitlines() or ['']
     if isinstance(err, FileNotFoundError):
       reason = f'bucket {bucket(path)!r} does not exist'
+    elif isinstance(cause, PermissionError) or lines[0].startswith('Forbidden'):
+      reason = f'permission denied on bucket {bucket(path)!r}: {lines[-1].strip()[:200]}'
     else:
       reason = describe(cause)
     raise StorageError(
