@@ -425,3 +425,47 @@ def test_a_bad_gs_workdir_is_one_line_before_training(emulator, tmp_path):
     assert run.last_step == 0
   assert list_objects(url, BUCKET) == before
   assert os.listdir(cwd) == []
+
+
+@pytest.mark.slow
+def test_tfds_data_prepared_in_gs_is_read_like_the_local_copy(emulator, tmp_path):
+  """fashion_mnist prepared locally (from Debian's files), copied into the bucket
+  with urllib, read from gs:// (through a temporary local copy) like the local one."""
+  url = emulator
+  create_bucket(url, BUCKET)
+  local = tmp_path / 'tfds'
+  script = '''
+import sys
+from pga_jax import storage
+storage.configure_environment()
+import numpy as np
+from pga_jax import data
+local, remote = sys.argv[1], sys.argv[2]
+a = data.load_split('fashion_mnist', 'test', local, allow_download=False)
+if remote != '-':
+  b = data.load_split('fashion_mnist', 'test', remote, allow_download=False)
+  assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+  print('equal', b.images.shape)
+  try:
+    data.load_split('fashion_mnist', 'test', remote + '_empty', allow_download=False)
+  except data.DatasetError as err:
+    print('error:', err)
+'''
+  env = dict(os.environ, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS='cpu',
+             TF_CPP_MIN_LOG_LEVEL='3')
+  build = subprocess.run([sys.executable, '-c', script, str(local), '-'], env=env,
+                         capture_output=True, text=True, timeout=600, check=False)
+  assert build.returncode == 0, build.stderr[-3000:]
+  for root, _, files in os.walk(local):
+    for name in files:
+      relative = os.path.relpath(os.path.join(root, name), local).replace(os.sep, '/')
+      with open(os.path.join(root, name), 'rb') as f:
+        put_object(url, BUCKET, f'tfds/{relative}', f.read())
+  assert any(n.startswith('tfds/fashion_mnist/') and n.endswith('dataset_info.json')
+             for n in list_objects(url, BUCKET, 'tfds/'))
+  result = subprocess.run([sys.executable, '-c', script, str(local), f'gs://{BUCKET}/tfds'],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'equal (10000, 28, 28, 1)' in result.stdout, result.stdout
+  assert (f"error: dataset 'fashion_mnist' is not prepared in gs://{BUCKET}/tfds_empty"
+          in result.stdout), result.stdout
