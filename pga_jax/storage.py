@@ -156,16 +156,6 @@ def isfile(path: str) -> bool:
     return fs.isfile(p)
 
 
-def listdir(path: str) -> List[str]:
-  """Names (not paths) in a directory, sorted."""
-  if not is_remote(path):
-    return sorted(os.listdir(path))
-  with _remote_errors(path):
-    fs, p = _fs(path)
-    return sorted(entry.rstrip('/').rsplit('/', 1)[-1]
-                  for entry in fs.ls(p, detail=False) if entry.rstrip('/') != p.rstrip('/'))
-
-
 def walk(path: str) -> Iterator[Tuple[str, List[str], List[str]]]:
   """os.walk for both (remote roots are yielded as gs:// URLs)."""
   if not is_remote(path):

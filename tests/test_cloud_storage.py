@@ -204,6 +204,40 @@ def test_storage_emulator_host_is_the_one_switch():
   assert environ['TENSORSTORE_GCS_HTTP_URL'] == 'http://h:1'
 
 
+def event_tags(path):
+  """{(step, tag)} of the summaries in a TensorBoard event file."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+  found = set()
+  for raw in tf.data.TFRecordDataset(str(path)):
+    event = event_pb2.Event.FromString(raw.numpy())
+    found |= {(event.step, value.tag) for value in event.summary.value}
+  return found
+
+
+def test_event_files_are_uploaded_on_flush_and_close(tmp_path):
+  """UploadingSummaryWriter against a local 'remote' directory (fsspec's local filesystem)."""
+  from pga_jax import event_logs  # pylint: disable=g-import-not-at-top
+  remote = tmp_path / 'remote'
+  remote.mkdir()
+  writer = event_logs.UploadingSummaryWriter(str(remote), upload_every=3600)
+  writer.write_scalars(1, {'loss': 0.5})
+  assert os.listdir(remote) == []  # not yet: uploads wait for a flush or the interval
+  writer.flush()
+  (name,) = os.listdir(remote)
+  assert name.startswith('events.out.tfevents') and event_tags(remote / name) == {(1, 'loss')}
+  writer.write_scalars(2, {'loss': 0.25})
+  writer.close()
+  assert os.listdir(remote) == [name]
+  assert event_tags(remote / name) == {(1, 'loss'), (2, 'loss')}
+  assert not os.path.exists(writer._local_dir)  # pylint: disable=protected-access
+  (tmp_path / 'eager').mkdir()
+  eager = event_logs.UploadingSummaryWriter(str(tmp_path / 'eager'), upload_every=0)
+  eager.write_scalars(1, {'x': 1.0})
+  assert len(os.listdir(tmp_path / 'eager')) == 1
+  eager.close()
+
+
 def test_paths_and_atomic_local_writes(tmp_path):
   assert storage.is_remote('gs://b/run') and not storage.is_remote('runs/gs')
   assert storage.join('gs://b/run/', 'checkpoints', '3') == 'gs://b/run/checkpoints/3'
@@ -278,7 +312,13 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
   steps = sorted({int(n.split('/')[3]) for n in objects if n.endswith('/commit_success.txt')
                   and n.count('/') == 4})
   assert steps == [NUM_STEPS - 5, NUM_STEPS], steps  # keep_checkpoints=2, older ones deleted
-  assert len([n for n in objects if 'events.out.tfevents' in n]) == 2  # one per process
+  events = sorted(n for n in objects if 'events.out.tfevents' in n)
+  assert len(events) == 2  # one per process
+  tags = set()
+  for i, name in enumerate(events):
+    (tmp_path / f'events{i}').write_bytes(get_object(url, BUCKET, name))
+    tags |= event_tags(tmp_path / f'events{i}')
+  assert {(stopped_at, 'loss'), (NUM_STEPS, 'loss'), (NUM_STEPS, 'samples')} <= tags
 
   # An unfinished write (no commit_success.txt) is not taken for a checkpoint.
   put_object(url, BUCKET, f'runs/lpga/checkpoints/{NUM_STEPS + 5}/state/_METADATA', b'{}')
