@@ -1,8 +1,10 @@
 """Local paths and gs:// URLs behind one small API.
 
-Every file pga_jax itself reads or writes (config.json, figures, evaluation
-JSON, TensorBoard events, data files) goes through this module: local paths
-through `os` and `open`, `gs://` URLs through fsspec's gcsfs. Orbax writes
+The files of a run directory (config.json, figures, evaluation JSON,
+TensorBoard events, `--out` files) and of the `idx`/`folder` datasets go
+through this module: local paths through `os` and `open`, `gs://` URLs
+through fsspec's gcsfs. (Caches such as the evaluation classifiers and
+--inception_weights stay local paths.) Orbax writes
 checkpoint arrays with TensorStore's own GCS driver and does its directory
 bookkeeping (steps, commit_success.txt markers, deletions) through
 etils.epath; tfds also uses etils.epath.

@@ -33,11 +33,10 @@ import pytest
 
 from pga_jax import storage
 from tests import helpers
-from tests.test_reliability import PgaProcess, assert_bitwise_equal, run_pga, the_error_line
+from tests.test_reliability import PgaProcess, assert_bitwise_equal, the_error_line
 
 BUCKET = 'pga-test'
 NUM_STEPS = 20
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIG_TEMPLATE = '''\
 from pga_jax import config as config_lib
