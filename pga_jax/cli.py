@@ -19,19 +19,25 @@ import sys
 
 from absl import app, logging
 
+from pga_jax import storage
+
 COMMANDS = ('train', 'sample', 'reconstruct', 'interpolate', 'evaluate', 'train_classifier', 'benchmark')
 
 
 class _QuietLibraries:
   """absl log filter: INFO lines only from pga_jax and clu's metric writers.
 
-  orbax and tfds log every file they touch at INFO; warnings still pass.
+  orbax and tfds log every file they touch at INFO; warnings still pass,
+  except gcsfs's (it logs each failed request with a traceback; the failure
+  reaches pga_jax as an exception and is reported in one line).
   """
 
   def filter(self, record) -> bool:
+    path = record.pathname.replace(os.sep, '/')
+    if '/gcsfs/' in path:  # its failures reach pga_jax as exceptions, told in one line
+      return False
     if record.levelno >= 30:
       return True
-    path = record.pathname.replace(os.sep, '/')
     return '/pga_jax/' in path or '/clu/' in path
 
 
@@ -42,6 +48,7 @@ def run():
     print(f'\nusage: pga {{{",".join(COMMANDS)}}} [--help] [flags]', file=sys.stderr)
     sys.exit(0 if len(sys.argv) >= 2 and sys.argv[1] in ('-h', '--help') else 2)
   command = sys.argv[1]
+  storage.configure_environment()  # before fsspec, etils or TensorStore read it
   module = importlib.import_module(f'pga_jax.commands.{command}')
   module.define_flags()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')

@@ -23,15 +23,21 @@ def load_run(workdir, step):
 
 
 def write_images(images, grid, out):
-  """Writes a .png grid or a .npz of uint8 images."""
+  """Writes a .png grid or a .npz of uint8 images (a local path or a gs:// URL)."""
+  import io  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pga_jax import figures  # pylint: disable=g-import-not-at-top
-  if out.endswith('.npz'):
-    np.savez_compressed(out, images=figures.to_uint8(images))
-  elif out.endswith('.png'):
-    figures.save_png(grid, out, scale=2)
-  else:
-    user_error(ValueError(f'--out={out!r}: use a .png or .npz file name'))
+  from pga_jax import figures, storage  # pylint: disable=g-import-not-at-top
+  try:
+    if out.endswith('.npz'):
+      encoded = io.BytesIO()
+      np.savez_compressed(encoded, images=figures.to_uint8(images))
+      storage.write_atomic(out, encoded.getvalue())
+    elif out.endswith('.png'):
+      figures.save_png(grid, out, scale=2)
+    else:
+      user_error(ValueError(f'--out={out!r}: use a .png or .npz file name'))
+  except OSError as err:
+    user_error(OSError(f'cannot write --out={out} ({storage.describe(err)})'))
   print(f'pga: wrote {out}')
 
 

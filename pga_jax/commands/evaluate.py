@@ -13,8 +13,6 @@ compares images of the test split with the train split's reference.
 """
 from __future__ import annotations
 
-import os
-
 from absl import flags
 
 from pga_jax.commands import common
@@ -61,7 +59,7 @@ def _dataset_config(f):
 
 def main(argv):
   del argv
-  from pga_jax import data  # pylint: disable=g-import-not-at-top
+  from pga_jax import data, event_logs, storage  # pylint: disable=g-import-not-at-top
   from pga_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from pga_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
@@ -97,19 +95,21 @@ def main(argv):
                                         seed=f.seed, step=step)
   except (evaluate.EvaluationError, data.DatasetError) as err:
     common.user_error(err)
-  results['workdir'] = os.path.abspath(f.workdir) if f.workdir else None
+  results['workdir'] = storage.absolute(f.workdir) if f.workdir else None
 
   path = f.json
   if path is None and f.workdir:
     tag = f'real_{f.real_split}' if f.real_split else f'step{step}'
-    path = os.path.join(f.workdir, 'eval', f'{f.features}_{tag}_n{f.num_samples}.json')
-  if path:
-    evaluate.write_json(results, path)
-  if f.workdir and f.tensorboard and not f.real_split:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    writer = metric_writers.create_default_writer(f.workdir)
-    writer.write_scalars(step, evaluate.scalar_summaries(results))
-    writer.flush()
+    path = storage.join(f.workdir, 'eval', f'{f.features}_{tag}_n{f.num_samples}.json')
+  try:
+    if path:
+      evaluate.write_json(results, path)
+    if f.workdir and f.tensorboard and not f.real_split:
+      writer = event_logs.create_writer(f.workdir)
+      writer.write_scalars(step, evaluate.scalar_summaries(results))
+      writer.close()
+  except OSError as err:
+    common.user_error(OSError(f'cannot write the results ({storage.describe(err)})'))
   print(evaluate.to_json(results))
   summary = ', '.join(f'{k} {results[k]:.4g}' for k in evaluate.SCALARS)
   print(f'pga: {f.features} features, {results["num_samples"]} '

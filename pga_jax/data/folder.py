@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import io
 import logging
 import os
 from typing import List, NamedTuple, Optional, Tuple, Union
@@ -18,6 +19,7 @@ from typing import List, NamedTuple, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from pga_jax import storage
 from pga_jax.data.errors import DatasetError
 
 _LOG = logging.getLogger(__name__)
@@ -49,12 +51,14 @@ class _BadFile(NamedTuple):
 
 
 def list_image_files(folder: str) -> List[str]:
-  """All non-hidden files under `folder`, recursively, sorted by path."""
+  """All non-hidden files under `folder` (local or gs://), recursively, sorted by path."""
   found = []
-  for root, dirs, files in os.walk(folder):
+  for root, dirs, files in storage.walk(folder):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    if any(part.startswith('.') for part in root[len(folder):].split('/')):
+      continue  # (remote listings are not pruned by `dirs`)
     found.extend(
-        os.path.join(root, name) for name in files if not name.startswith('.'))
+        storage.join(root, name) for name in files if not name.startswith('.'))
   return sorted(found)
 
 
@@ -65,11 +69,11 @@ def resolve_split_folder(data_dir: str, split: str) -> str:
   `data_dir` is organised by split folders (has train/test/validation
   sub-folders) and `split` is not among them.
   """
-  candidate = os.path.join(data_dir, split)
-  if os.path.isdir(candidate):
+  candidate = storage.join(data_dir, split)
+  if storage.isdir(candidate):
     return candidate
   present = [n for n in _SPLIT_FOLDER_NAMES
-             if os.path.isdir(os.path.join(data_dir, n))]
+             if storage.isdir(storage.join(data_dir, n))]
   if present:
     raise DatasetError(
         f"dataset 'folder': {data_dir!r} has split folders {present} but no "
@@ -114,9 +118,11 @@ def _read_one(path: str,
 
   Returns (pixels (size, size, C) uint8, channel count of the file); pixels
   are None when the channel count is neither 1 nor 3 (reported by the caller).
+  A gs:// file that cannot be fetched raises StorageError (it is not a bad file).
   """
+  source = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path
   try:
-    with Image.open(path) as image:
+    with Image.open(source) as image:
       image.load()
       channels, working_mode = mode_channels(image)
       if channels not in _OUTPUT_MODES:
@@ -180,7 +186,7 @@ def load_folder(folder: str, image_size: int, channels: Optional[int],
     DatasetError: missing or empty folder, a bad file (unless skipped), a
       channel count that does not match, or no readable image at all.
   """
-  if not os.path.isdir(folder):
+  if not storage.isdir(folder):
     raise DatasetError(
         f"dataset 'folder': {folder!r} is not a directory. Set data_dir to a "
         'folder of png/jpg images.')

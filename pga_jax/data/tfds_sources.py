@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 # reserve the memory JAX needs.
 tf.config.set_visible_devices([], 'GPU')
 
+from pga_jax import storage
 from pga_jax.data import fashion_mnist_offline
 from pga_jax.data.errors import DatasetError
 from pga_jax.data.sources import TFDS_SHAPES
@@ -195,5 +196,28 @@ def load_tfds_split(dataset: str, split: str, data_dir: Optional[str],
                     allow_download: bool = True
                     ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
   """Prepares (if needed) and reads one split of a tfds dataset."""
+  if data_dir and storage.is_remote(data_dir):
+    return _load_remote_split(dataset, split, data_dir)
   builder = prepare(dataset, data_dir, allow_download)
   return read_split(builder, dataset, split)
+
+
+def _load_remote_split(dataset: str, split: str, data_dir: str
+                       ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+  """Reads a split of a dataset prepared in a gs:// data_dir.
+
+  tf.data would read gs:// through TensorFlow's GCS filesystem, which cannot
+  be pointed at an emulator (see `pga_jax.storage`); the dataset's folder is
+  copied to a local temporary directory instead (the split is read whole
+  into memory anyway) and deleted after reading. It must be prepared
+  already: tfds does not prepare into gs:// here.
+  """
+  name = TFDS_DATASETS[dataset].tfds_name
+  with storage.local_copy(data_dir, name) as local_dir:
+    builder = tfds.builder(name, data_dir=local_dir)
+    if not builder.is_prepared():
+      raise DatasetError(
+          f'dataset {dataset!r} is not prepared in {data_dir}: prepare it in a local '
+          f'data_dir first (any `pga` command with --config.data_dir=DIR), then copy '
+          f'DIR/{name} to {storage.join(data_dir, name)} (`gcloud storage cp -r`).')
+    return read_split(builder, dataset, split)
