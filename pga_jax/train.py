@@ -45,16 +45,20 @@ class TrainResult:
 
 
 def ensure_writable(workdir: str) -> None:
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    # A unique name: concurrent readers/writers of the workdir must not collide.
-    fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=workdir)
-    os.close(fd)
-    os.remove(probe)
-  except OSError as err:
-    raise checkpointing.WorkdirError(
-        f'cannot write to workdir {workdir!r} ({err.strerror}); choose a --workdir you can '
-        'write to') from err
+  """Checks, before the first step, every directory the run writes: workdir, checkpoints, figures."""
+  for folder in (workdir, os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
+                 os.path.join(workdir, 'figures')):
+    try:
+      os.makedirs(folder, exist_ok=True)
+      # A unique name: concurrent readers/writers of the workdir must not collide.
+      fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=folder)
+      os.close(fd)
+      os.remove(probe)
+    except OSError as err:
+      what = 'workdir' if folder == workdir else 'the run directory'
+      raise checkpointing.WorkdirError(
+          f'cannot write to {what} {folder!r} ({err.strerror}); choose a --workdir you can '
+          'write to, or make that directory writable') from err
 
 
 def load_training_images(config) -> np.ndarray:

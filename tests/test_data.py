@@ -266,14 +266,15 @@ def test_folder_bad_files_fail_or_are_skipped(tmp_path, caplog):
   rng = np.random.default_rng(3)
   good = [save(random_image(rng, 20, 24), tmp_path / f'good{i}.png')
           for i in range(2)]
-  (tmp_path / 'notes.txt').write_text('not an image')
+  (tmp_path / 'notes.txt').write_text('not an image')  # not an image file name: ignored
+  (tmp_path / 'not_really.JPG').write_text('not an image')
   truncated = tmp_path / 'sub' / 'truncated.png'
   save(random_image(rng, 64, 64), truncated)
   truncated.write_bytes(truncated.read_bytes()[:200])
 
   with pytest.raises(DatasetError) as error:
     load_split('folder', 'train', str(tmp_path), image_size=8, channels=3)
-  assert 'notes.txt' in str(error.value)
+  assert 'not_really.JPG' in str(error.value) and 'notes.txt' not in str(error.value)
   assert 'skip_bad_files' in str(error.value)
 
   with caplog.at_level(logging.WARNING):

@@ -14,6 +14,7 @@ compares images of the test split with the train split's reference.
 from __future__ import annotations
 
 import os
+import tempfile
 
 from absl import flags
 
@@ -82,6 +83,12 @@ def main(argv):
   else:
     config, model, params, step = _dataset_config(f), None, None, None
 
+  path = f.json
+  if path is None and f.workdir:
+    tag = f'real_{f.real_split}' if f.real_split else f'step{step}'
+    path = os.path.join(f.workdir, 'eval', f'{f.features}_{tag}_n{f.num_samples}.json')
+  _check_outputs(f, path)
+
   try:
     evaluator = evaluate.evaluator_for_config(
         config, f.features, inception_weights=f.inception_weights,
@@ -99,10 +106,6 @@ def main(argv):
     common.user_error(err)
   results['workdir'] = os.path.abspath(f.workdir) if f.workdir else None
 
-  path = f.json
-  if path is None and f.workdir:
-    tag = f'real_{f.real_split}' if f.real_split else f'step{step}'
-    path = os.path.join(f.workdir, 'eval', f'{f.features}_{tag}_n{f.num_samples}.json')
   if path:
     evaluate.write_json(results, path)
   if f.workdir and f.tensorboard and not f.real_split:
@@ -116,6 +119,21 @@ def main(argv):
         f'{"images of " + f.real_split if f.real_split else "samples"}: {summary}')
   if path:
     print(f'pga: wrote {path}')
+
+
+def _check_outputs(f, path):
+  """Fails before any work if the JSON or the TensorBoard logs cannot be written."""
+  if path:
+    common.check_writable('json', path)
+  if f.workdir and f.tensorboard and not f.real_split:
+    try:
+      fd, probe = tempfile.mkstemp(prefix='.pga_write_test.', dir=f.workdir)
+      os.close(fd)
+      os.remove(probe)
+    except OSError as err:
+      common.user_error(ValueError(
+          f'cannot write TensorBoard logs to --workdir={f.workdir} ({err.strerror}); pass '
+          '--notensorboard (and --json=PATH elsewhere) or make the workdir writable'))
 
 
 def _shape(config):

@@ -153,7 +153,12 @@ def read_split(builder, dataset: str,
     label = example[label_key] if label_key else tf.constant(-1, tf.int64)
     return preprocess(example['image']), tf.cast(label, tf.int64)
 
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+  except ValueError as e:  # an unknown split name or a malformed slice
+    raise DatasetError(
+        f'dataset {dataset!r}: unknown split {split!r}; choose one of '
+        f'{sorted(builder.info.splits)} (or a slice such as \'train[:10%]\')') from e
   ds = ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(_READ_BATCH).prefetch(2)
   images, labels = [], []
