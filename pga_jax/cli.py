@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import os
 import re
 import sys
@@ -130,8 +131,11 @@ def _apply_method_defaults(flag_values) -> None:
   overrides = config_flags.get_override_values(flag_values['config'])
   if 'method' not in overrides:
     return
-  path = config_flags.get_config_filename(flag_values['config'])
-  file_config = config_flags.ConfigFileFlagParser('config', lock_config=False).parse(path)
+  path, *config_args = config_flags.get_config_filename(flag_values['config']).split(':', 1)
+  spec = importlib.util.spec_from_file_location('pga_config_file', path)
+  config_module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(config_module)  # again: the file as written, without the overrides
+  file_config = config_module.get_config(*config_args)
   try:
     changed = method_override.apply(flag_values.config, file_config, overrides)
   except config_lib.ConfigError as err:

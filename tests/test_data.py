@@ -393,6 +393,7 @@ def test_failed_tfds_download_becomes_a_dataset_error(tmp_path, monkeypatch):
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
                       no_network)
+  monkeypatch.setattr(tfds_sources, '_unreachable', lambda host: None)  # the server answers
   data_dir = str(tmp_path / 'tfds')
   with pytest.raises(DatasetError) as error:
     load_split('cifar10', 'train', data_dir)
@@ -400,6 +401,29 @@ def test_failed_tfds_download_becomes_a_dataset_error(tmp_path, monkeypatch):
   assert "'cifar10'" in message and data_dir in message
   assert 'simulated: no route to host' in message
   assert isinstance(error.value.__cause__, ConnectionError)
+
+
+def test_unreachable_download_server_fails_at_once_without_trying_tfds(tmp_path, monkeypatch):
+  import socket  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  hosts = []
+
+  def no_connection(address, timeout=None):
+    hosts.append(address)
+    raise socket.gaierror(-3, 'Temporary failure in name resolution')
+
+  def must_not_run(self, *args, **kwargs):
+    raise AssertionError('tfds download_and_prepare ran (and would retry for minutes)')
+
+  monkeypatch.setattr(socket, 'create_connection', no_connection)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', must_not_run)
+  data_dir = str(tmp_path / 'tfds')
+  with pytest.raises(DatasetError) as error:
+    load_split('mnist', 'train', data_dir)
+  message = str(error.value)
+  assert hosts == [('storage.googleapis.com', 443)]
+  assert 'cannot reach its download server storage.googleapis.com' in message
+  assert 'name resolution' in message and data_dir in message
 
 
 def test_missing_fashion_mnist_error_says_how_to_get_it(tmp_path, monkeypatch):
