@@ -393,6 +393,7 @@ def test_failed_tfds_download_becomes_a_dataset_error(tmp_path, monkeypatch):
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
                       no_network)
+  from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(tfds_sources, '_unreachable', lambda host: None)  # the server answers
   data_dir = str(tmp_path / 'tfds')
   with pytest.raises(DatasetError) as error:
@@ -488,8 +489,11 @@ def test_celeb_a_crop_resize_matches_numpy_bicubic():
     ('cifar10', (32, 32, 3), True),
     ('celeb_a', (218, 178, 3), False),
 ])
-def test_tfds_path_on_mocked_data(tmp_path, dataset, raw_shape, has_labels):
+def test_tfds_path_on_mocked_data(tmp_path, dataset, raw_shape, has_labels, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+  # mock_data replaces the download; the check that its server answers must pass offline too.
+  monkeypatch.setattr(tfds_sources, '_unreachable', lambda host: None)
   size, channels = dataset_info(dataset)
   with tfds.testing.mock_data(num_examples=5):
     split = load_split(dataset, 'train', str(tmp_path), image_size=size,
