@@ -74,7 +74,7 @@ def log_path(workdir: Optional[str], command: str) -> str:
     probe = os.path.join(workdir, LOG_FILE)
     if not os.path.exists(probe) or os.access(probe, os.W_OK):
       return os.path.abspath(probe)
-  return os.path.join(tempfile.gettempdir(), 'pga_jax', f'{command}-{os.getpid()}.log')
+  return os.path.join(tempfile.gettempdir(), 'pga_jax', f'{command}.log')
 
 
 def _log_thread_exception(args) -> None:

@@ -126,6 +126,10 @@ def test_an_unknown_command_is_named_with_a_suggestion():
   proc = pga('trian', timeout=60)
   the_error(proc, 2, "unknown command 'trian'", "did you mean 'train'?")
   assert 'usage: pga {train,' in proc.stderr
+  top = pga('--help', timeout=60)
+  assert top.returncode == 0 and 'pga train_classifier' in top.stdout, top.output[-2000:]
+  bare = pga(timeout=60)
+  assert bare.returncode == 2 and 'usage: pga {train,' in bare.stderr, bare.output[-2000:]
 
 
 # 3 and 8. Usage errors: one line, exit 2, before any work.

@@ -178,10 +178,15 @@ def assert_bitwise_equal(a, b, what):
 
 
 def tree_manifest(folder):
-  """{relative path: sha256} of every file under `folder` (to prove nothing changed)."""
+  """{relative path: sha256} of every file under `folder` (to prove nothing changed).
+
+  Leaves out the workdir's pga.log, which records every run, failed ones included.
+  """
   manifest = {}
   for root, _, files in os.walk(folder):
     for name in files:
+      if name == 'pga.log':
+        continue
       path = os.path.join(root, name)
       with open(path, 'rb') as f:
         manifest[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
