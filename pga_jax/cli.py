@@ -165,6 +165,11 @@ def parse_flags(argv):
                 f'`{rest[0]} --help`)')
   if 'config' in f and f['config'].present:
     _apply_method_defaults(f)
+    from pga_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    try:  # before anything is created or imported; the run checks again with its devices
+      config_lib.validate(f.config)
+    except config_lib.ConfigError as err:
+      usage_error(str(err))
   return rest
 
 

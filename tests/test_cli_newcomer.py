@@ -142,6 +142,8 @@ def test_flag_and_config_file_errors_are_one_line_with_exit_2(run, tmp_path):
                         '--config.latnet_dim=3'), 2,
                     '--config.latnet_dim', 'did you mean --config.latent_dim?')
   assert error.startswith('pga: error: --config.latnet_dim')  # the problem first
+  the_error(pga('train', f'--config={config}', f'--workdir={tmp_path}/w', '--config.latent_dim=0'),
+            2, 'config.latent_dim: must be an integer >= 1, got 0')
   the_error(pga('sample', f'--workdir={workdir}', '--num=abc', f'--out={tmp_path}/s.png'), 2,
             '--num=abc')
   the_error(pga('sample', f'--workdir={workdir}', f'--out={tmp_path}/s.png', 'extra'), 2,
