@@ -688,3 +688,22 @@ def test_fashion_mnist_file_verification_rejects_wrong_content(tmp_path):
   os.remove(tmp_path / 't10k-labels-idx1-ubyte.gz')
   with pytest.raises(DatasetError, match='t10k-labels-idx1-ubyte.gz'):
     fashion_mnist_offline.verify_local_files(str(tmp_path))
+
+
+def test_an_unknown_tfds_split_is_a_dataset_error_naming_the_splits():
+  from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+
+  class Builder:  # tfds's answer to a split it does not have (checked by hand on fashion_mnist)
+    data_dir = '/data/fashion_mnist/3.0.1'
+
+    class info:  # pylint: disable=invalid-name
+      splits = {'train': None, 'test': None}
+
+    def as_dataset(self, split, shuffle_files):
+      raise ValueError(f"Unknown split '{split}'. Should be one of ['train', 'test'].")
+
+  with pytest.raises(DatasetError) as error:
+    tfds_sources.read_split(Builder(), 'fashion_mnist', 'tset')
+  assert str(error.value) == (
+      "dataset 'fashion_mnist': unknown split 'tset'; choose one of ['test', 'train'] "
+      "(or a slice such as 'train[:10%]')")
