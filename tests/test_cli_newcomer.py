@@ -325,3 +325,38 @@ def test_readme_states_the_newcomer_facts():
   assert 'trains a classifier' in readme and '~/.cache/pga_jax/classifiers' in readme
   assert '--config.method=vpga --config.init_steps=0' in readme
   assert 'decoded points' in usage
+
+
+def test_method_override_rules_on_the_reference_configs():
+  """In-process companion of the CLI test: which fields follow the method, which are refused."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from pga_jax import config as config_lib, method_override  # pylint: disable=g-import-not-at-top
+
+  def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(
+        REPO, 'experiments', 'configs', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+  # mnist_lpga.py keeps every method field at LPGA's default: VAE's all come in.
+  file_config, config = load('mnist_lpga'), load('mnist_lpga')
+  config.method = 'vae'
+  changed = method_override.apply(config, file_config, {'method': 'vae'})
+  assert (config.optimizer.name, config.optimizer.learning_rate) == ('adam', 2e-4)
+  assert (config.beta, config.nll, config.zn_rec, config.init_steps) == (0.1, 0.0, 0.0, 0)
+  assert config.latent_dim == 32 and set(changed) >= {'optimizer.name', 'beta', 'nll'}
+  config_lib.validate(config)
+  # cifar10_lpga.py sets SGD's learning rate 0.2 for LPGA: Adam must not inherit it.
+  file_config, config = load('cifar10_lpga'), load('cifar10_lpga')
+  config.method = 'vae'
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'latent_dim=128.*optimizer\.learning_rate=0\.2 \(lpga: 0\.1, vae: '):
+    method_override.apply(config, file_config, {'method': 'vae'})
+  # Given on the command line (with the file's latent_dim and zn_rec, also LPGA-specific),
+  # they are the user's choice; the rest follows the VAE.
+  config.optimizer.learning_rate = 1e-3
+  method_override.apply(config, file_config, {'method': 'vae', 'optimizer.learning_rate': 1e-3,
+                                              'latent_dim': 128, 'zn_rec': 0.03})
+  assert (config.optimizer.name, config.optimizer.learning_rate) == ('adam', 1e-3)
+  assert (config.latent_dim, config.nll, config.beta) == (128, 0.0, 0.1)
