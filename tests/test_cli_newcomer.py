@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from PIL import Image
 
 from tests import helpers
 
@@ -202,7 +203,6 @@ def test_overriding_the_method_brings_its_reference_settings(tmp_path):
   folder = tmp_path / 'images'
   folder.mkdir()
   for i, image in enumerate(helpers.synthetic_digits(24)):  # figures take 20
-    from PIL import Image  # pylint: disable=g-import-not-at-top
     Image.fromarray(image).save(folder / f'{i:02d}.png')
   (folder / 'notes.txt').write_text('not an image: the folder dataset reads png/jpg only')
   config = write_config(tmp_path, str(folder), CONFIG.replace("'idx'", "'folder'"))
