@@ -45,22 +45,31 @@ class TrainResult:
 
 
 def ensure_writable(workdir: str) -> None:
-  if storage.is_remote(workdir):  # a bad bucket, permission or network: one line, now
+  """Checks, before the first step, every directory the run writes: workdir, checkpoints, figures.
+
+  A gs:// workdir has no directories to create: one probe object written and
+  deleted in it checks the bucket, the permission and the network (a failure
+  is one line, before any work), and nothing is created locally.
+  """
+  if storage.is_remote(workdir):
     try:
       storage.check_writable(workdir)
     except storage.StorageError as err:
       raise checkpointing.WorkdirError(str(err)) from err
     return
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    # A unique name: concurrent readers/writers of the workdir must not collide.
-    fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=workdir)
-    os.close(fd)
-    os.remove(probe)
-  except OSError as err:
-    raise checkpointing.WorkdirError(
-        f'cannot write to workdir {workdir!r} ({err.strerror}); choose a --workdir you can '
-        'write to') from err
+  for folder in (workdir, os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
+                 os.path.join(workdir, 'figures')):
+    try:
+      os.makedirs(folder, exist_ok=True)
+      # A unique name: concurrent readers/writers of the workdir must not collide.
+      fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=folder)
+      os.close(fd)
+      os.remove(probe)
+    except OSError as err:
+      what = 'workdir' if folder == workdir else 'the run directory'
+      raise checkpointing.WorkdirError(
+          f'cannot write to {what} {folder!r} ({err.strerror}); choose a --workdir you can '
+          'write to, or make that directory writable') from err
 
 
 def load_training_images(config) -> np.ndarray:

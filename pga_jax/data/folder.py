@@ -1,8 +1,8 @@
-"""A dataset made of a folder of image files (png, jpg, ... of any size).
+"""A dataset made of a folder of image files (png, jpg or jpeg, of any size).
 
-Every non-hidden file under the folder (recursively, in sorted order) is an
-image of the dataset; hidden files and folders (names starting with '.') are
-ignored. Each image is center-cropped to a square and resized to
+Every non-hidden .png, .jpg or .jpeg file under the folder (recursively, in
+sorted order, any letter case) is an image of the dataset; other files (notes,
+CSVs, ...) and hidden files and folders (names starting with '.') are ignored. Each image is center-cropped to a square and resized to
 `image_size` x `image_size` with PIL's bicubic filter. All images must have the
 channel count the config asks for (1 for grayscale, 3 for RGB): nothing is
 silently converted between grayscale and colour.
@@ -23,6 +23,8 @@ from pga_jax import storage
 from pga_jax.data.errors import DatasetError
 
 _LOG = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 
 # PIL mode -> (channel count, mode the pixels are converted to before resizing).
 _MODES = {
@@ -51,14 +53,15 @@ class _BadFile(NamedTuple):
 
 
 def list_image_files(folder: str) -> List[str]:
-  """All non-hidden files under `folder` (local or gs://), recursively, sorted by path."""
+  """All non-hidden png/jpg/jpeg files under `folder` (local or gs://), recursively, sorted."""
   found = []
   for root, dirs, files in storage.walk(folder):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
     if any(part.startswith('.') for part in root[len(folder):].split('/')):
       continue  # (remote listings are not pruned by `dirs`)
     found.extend(
-        storage.join(root, name) for name in files if not name.startswith('.'))
+        storage.join(root, name) for name in files
+        if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS))
   return sorted(found)
 
 
@@ -195,8 +198,8 @@ def load_folder(folder: str, image_size: int, channels: Optional[int],
   paths = list_image_files(folder)
   if not paths:
     raise DatasetError(
-        f"dataset 'folder': no files in {folder!r} (searched recursively, "
-        'hidden files ignored). Put png/jpg images there.')
+        f"dataset 'folder': no files in {folder!r} (searched recursively for "
+        '.png, .jpg and .jpeg; hidden files ignored). Put png/jpg images there.')
   inferred_from = None
   images, files, skipped = [], [], []
   with contextlib.closing(_read_all(paths, image_size, max_workers)) as results:
