@@ -88,7 +88,8 @@ def help_text(command: str, module, names) -> str:
         '"Configs"). --config.method=M brings method M\'s reference settings for the fields '
         'not given.')]
   lines += ['  --verbosity=N', wrap('Also show the libraries\' log lines on the console '
-                                    f'(they always go to {console.LOG_FILE} in the workdir).'),
+                                    f'(they always go to {console.LOG_FILE} in the workdir; '
+                                    'for a gs:// workdir, to <temp dir>/pga_jax/<command>.log).'),
             '', 'Exit status: 0 success or stopped by a signal, 1 a failure during the '
             'work, 2 a usage or input error.']
   return '\n'.join(lines)

@@ -69,7 +69,13 @@ class _LazyFileHandler(std_logging.FileHandler):
 
 
 def log_path(workdir: Optional[str], command: str) -> str:
-  """<workdir>/pga.log if the workdir exists and is writable, else one in the temp dir."""
+  """<workdir>/pga.log if the workdir exists and is writable, else one in the temp dir.
+
+  A gs:// workdir gets the one in the local temp dir (the log is appended to
+  line by line, which an object store cannot do; it is not uploaded).
+  """
+  if workdir and str(workdir).startswith('gs://'):
+    return os.path.join(tempfile.gettempdir(), 'pga_jax', f'{command}.log')
   if workdir and os.path.isdir(workdir) and os.access(workdir, os.W_OK):
     probe = os.path.join(workdir, LOG_FILE)
     if not os.path.exists(probe) or os.access(probe, os.W_OK):
