@@ -23,6 +23,7 @@ DETAIL_LOGGER = 'pga_detail'
 # clu modules whose INFO lines are the run's progress and per-term losses.
 _CLU_CONSOLE_MODULES = ('/clu/metric_writers/logging_writer.py', '/clu/platform/local.py')
 _CLU_DETAIL = ('[Hyperparameters]', 'Got images')
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)).replace(os.sep, '/') + '/'
 
 
 def verbose_requested(argv: Sequence[str]) -> bool:
@@ -40,11 +41,14 @@ def is_project_record(record: std_logging.LogRecord) -> bool:
   if record.name.startswith(DETAIL_LOGGER):
     return False
   path = record.pathname.replace(os.sep, '/')
-  if '/pga_jax/' in path or '/experiments/' in path:
+  # By the package's own folder: a checkout named pga_jax holds .venv (gcsfs, orbax, ...) too.
+  if path.startswith(_PACKAGE_DIR):
     return True
   if path.endswith(_CLU_CONSOLE_MODULES) and record.levelno < std_logging.WARNING:
     return not any(mark in str(record.msg) for mark in _CLU_DETAIL)
-  return False
+  if '/site-packages/' in path or '/dist-packages/' in path:
+    return False
+  return '/pga_jax/' in path or '/experiments/' in path
 
 
 class ProjectOnly(std_logging.Filter):
