@@ -12,13 +12,14 @@ loaded; `restore_latest_good` then falls back to the newest intact one and
 moves the damaged ones to `<workdir>/corrupt_checkpoints/` (never deletes
 them). Orbax writes each checkpoint to a temporary directory and renames it
 when complete, so a process killed mid-write leaves no half checkpoint behind;
-the trainer's manager removes such leftovers when it starts.
+the trainer's manager removes such leftovers when it starts. On gs:// (no
+renames) orbax writes the step's directory in place and marks it complete
+with a final `commit_success.txt`; a step without it is not a checkpoint.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from typing import List, Optional, Tuple
 
@@ -27,6 +28,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from pga_jax import storage
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -57,7 +60,7 @@ def checkpoint_manager(workdir: str, keep: int,
   """
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          cleanup_tmp_directories=cleanup_tmp)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+  return ocp.CheckpointManager(storage.absolute(storage.join(workdir, CHECKPOINT_DIR)),
                                options=options)
 
 
@@ -107,7 +110,7 @@ class CorruptCheckpointError(WorkdirError):
 
 
 def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
-  return os.path.join(str(manager.directory), str(step))
+  return storage.join(str(manager.directory), str(step))
 
 
 def _short(err: BaseException) -> str:
@@ -129,7 +132,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: Optional[int] 
   problem, if the checkpoint cannot be read or does not match its digest.
   """
   step = manager.latest_step() if step is None else step
-  has_digest = os.path.isdir(os.path.join(_step_dir(manager, step), DIGEST_ITEM))
+  has_digest = storage.isdir(storage.join(_step_dir(manager, step), DIGEST_ITEM))
   items = {'state': ocp.args.StandardRestore(abstract_state)}
   if has_digest:
     items['digest'] = ocp.args.JsonRestore()
@@ -150,17 +153,17 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: Optional[int] 
 
 def _quarantine(manager: ocp.CheckpointManager, workdir: str, steps: List[int]) -> List[str]:
   """Moves the directories of `steps` to <workdir>/corrupt_checkpoints/ (process 0)."""
-  target_dir = os.path.join(workdir, QUARANTINE_DIR)
+  target_dir = storage.join(workdir, QUARANTINE_DIR)
   moved = []
   for step in steps:
-    target = os.path.join(target_dir, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    target = storage.join(target_dir, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
     if jax.process_index() == 0:
-      os.makedirs(target_dir, exist_ok=True)
+      storage.makedirs(target_dir)
       suffix = 0
-      while os.path.exists(target + (f'-{suffix}' if suffix else '')):
+      while storage.exists(target + (f'-{suffix}' if suffix else '')):
         suffix += 1
       target += f'-{suffix}' if suffix else ''
-      os.replace(_step_dir(manager, step), target)
+      storage.move(_step_dir(manager, step), target)
     moved.append(target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -191,13 +194,13 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state, workdir:
       bad = ', '.join(str(s) for s, _ in failures)
       if quarantine:
         moved = _quarantine(manager, workdir, [s for s, _ in failures])
-        where = f'moved to {os.path.dirname(moved[0])} for inspection'
+        where = f'moved to {storage.dirname(moved[0])} for inspection'
       else:
         where = 'left in place'
       logging.warning('Checkpoint(s) %s could not be read (%s); resuming from step %d '
                       'instead (damaged checkpoint(s) %s).', bad, failures[0][1], step, where)
     return state, step
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  directory = storage.join(workdir, CHECKPOINT_DIR)
   if not failures:
     raise WorkdirError(f'no checkpoint in {directory}; train first with `pga train`.')
   raise WorkdirError(
@@ -211,12 +214,16 @@ def config_to_json(config) -> str:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = storage.join(workdir, CONFIG_FILE)
+  try:
+    found = storage.exists(path)
+  except OSError as err:
+    raise WorkdirError(f'cannot read the run config {path} ({_short(err)})') from err
+  if not found:
     raise WorkdirError(f'{path} not found: {workdir!r} is not a pga_jax run directory '
                        '(train one with `pga train --config=... --workdir=...`).')
   try:
-    with open(path) as f:
+    with storage.open(path) as f:
       return ml_collections.ConfigDict(json.load(f))
   except (OSError, ValueError, TypeError) as err:
     raise WorkdirError(f'cannot read the run config {path} ({_short(err)}); restore it from '
@@ -244,11 +251,7 @@ def write_config(workdir: str, config) -> None:
   """Writes the config atomically (process 0 only)."""
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config_to_json(config))
-  os.replace(tmp, path)
+  storage.write_atomic(storage.join(workdir, CONFIG_FILE), config_to_json(config))
 
 
 def load_trained(workdir: str, step: Optional[int] = None):
@@ -259,7 +262,7 @@ def load_trained(workdir: str, step: Optional[int] = None):
   manager = checkpoint_manager(workdir, config.keep_checkpoints)
   available = manager.all_steps()
   if not available:
-    raise WorkdirError(f'no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; '
+    raise WorkdirError(f'no checkpoint in {storage.join(workdir, CHECKPOINT_DIR)}; '
                        'train first with `pga train`.')
   if step is not None and step not in available:
     raise WorkdirError(f'no checkpoint for step {step} in {workdir}; available: {sorted(available)}')

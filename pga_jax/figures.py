@@ -1,10 +1,12 @@
 """Image grids as PNG: the paper's Figure 1 (samples) and Figure 2 (interpolations)."""
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
 from PIL import Image
+
+from pga_jax import storage
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -27,16 +29,15 @@ def grid(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: str, scale: int = 1) -> str:
+  """Writes the PNG atomically to a local path or a gs:// URL; returns the path."""
   if array.shape[-1] == 1:
     array = array[..., 0]
   image = Image.fromarray(array)
   if scale > 1:
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp.png'
-  image.save(tmp)
-  os.replace(tmp, path)
-  return path
+  encoded = io.BytesIO()
+  image.save(encoded, format='PNG')
+  return storage.write_atomic(path, encoded.getvalue())
 
 
 def sample_grid(samples: np.ndarray, rows: int = 10) -> np.ndarray:

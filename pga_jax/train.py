@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers, metrics as clu_metrics, periodic_actions
+from clu import metrics as clu_metrics, periodic_actions
 
-from pga_jax import checkpointing, config as config_lib, data, figures, methods, sampling
-from pga_jax import sharding, train_step as ts
+from pga_jax import checkpointing, config as config_lib, data, event_logs, figures, methods
+from pga_jax import sampling, sharding, storage, train_step as ts
 
 FIGURE_IMAGES = 100  # the reference's sample batch for figures
 
@@ -45,16 +45,31 @@ class TrainResult:
 
 
 def ensure_writable(workdir: str) -> None:
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    # A unique name: concurrent readers/writers of the workdir must not collide.
-    fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=workdir)
-    os.close(fd)
-    os.remove(probe)
-  except OSError as err:
-    raise checkpointing.WorkdirError(
-        f'cannot write to workdir {workdir!r} ({err.strerror}); choose a --workdir you can '
-        'write to') from err
+  """Checks, before the first step, every directory the run writes: workdir, checkpoints, figures.
+
+  A gs:// workdir has no directories to create: one probe object written and
+  deleted in it checks the bucket, the permission and the network (a failure
+  is one line, before any work), and nothing is created locally.
+  """
+  if storage.is_remote(workdir):
+    try:
+      storage.check_writable(workdir)
+    except storage.StorageError as err:
+      raise checkpointing.WorkdirError(str(err)) from err
+    return
+  for folder in (workdir, os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
+                 os.path.join(workdir, 'figures')):
+    try:
+      os.makedirs(folder, exist_ok=True)
+      # A unique name: concurrent readers/writers of the workdir must not collide.
+      fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=folder)
+      os.close(fd)
+      os.remove(probe)
+    except OSError as err:
+      what = 'workdir' if folder == workdir else 'the run directory'
+      raise checkpointing.WorkdirError(
+          f'cannot write to {what} {folder!r} ({err.strerror}); choose a --workdir you can '
+          'write to, or make that directory writable') from err
 
 
 def load_training_images(config) -> np.ndarray:
@@ -140,11 +155,12 @@ def write_figures(model, params, config, images: np.ndarray, workdir: str, step:
            'reconstructions': figures.reconstruction_grid(np.asarray(shown[:50]), recons[:50]),
            'interpolations': figures.interpolation_grid(np.asarray(shown[:10]), path,
                                                         np.asarray(shown[10:20]))}
-  out_dir = os.path.join(workdir, 'figures')
+  out_dir = storage.join(workdir, 'figures')
   paths = {}
   for name, grid in grids.items():
-    paths[name] = figures.save_png(grid, os.path.join(out_dir, f'{name}_{step:08d}.png'), scale=2)
-    figures.save_png(grid, os.path.join(out_dir, f'{name}_latest.png'), scale=2)
+    paths[name] = figures.save_png(grid, storage.join(out_dir, f'{name}_{step:08d}.png'),
+                                   scale=2)
+    figures.save_png(grid, storage.join(out_dir, f'{name}_latest.png'), scale=2)
   writer.write_images(step, {k: v[None] for k, v in grids.items()})
   return paths
 
@@ -191,7 +207,7 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
 
   step_fn = jit_train_step(loss_fn, optimizer, state_shardings, dp)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  writer = event_logs.create_writer(workdir, just_logging=not is_main)
   if not resuming:
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
@@ -256,7 +272,7 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
     try:
       checkpointing.wait_until_finished(manager)  # a failed write: CheckpointWriteError
     finally:
-      writer.flush()
+      writer.close()  # flushed (and, for gs://, uploaded)
       if bar is not None:
         bar.close()
   return TrainResult(state, step, preempted, last_metrics, figure_paths)

@@ -266,14 +266,15 @@ def test_folder_bad_files_fail_or_are_skipped(tmp_path, caplog):
   rng = np.random.default_rng(3)
   good = [save(random_image(rng, 20, 24), tmp_path / f'good{i}.png')
           for i in range(2)]
-  (tmp_path / 'notes.txt').write_text('not an image')
+  (tmp_path / 'notes.txt').write_text('not an image')  # not an image file name: ignored
+  (tmp_path / 'not_really.JPG').write_text('not an image')
   truncated = tmp_path / 'sub' / 'truncated.png'
   save(random_image(rng, 64, 64), truncated)
   truncated.write_bytes(truncated.read_bytes()[:200])
 
   with pytest.raises(DatasetError) as error:
     load_split('folder', 'train', str(tmp_path), image_size=8, channels=3)
-  assert 'notes.txt' in str(error.value)
+  assert 'not_really.JPG' in str(error.value) and 'notes.txt' not in str(error.value)
   assert 'skip_bad_files' in str(error.value)
 
   with caplog.at_level(logging.WARNING):
@@ -392,6 +393,8 @@ def test_failed_tfds_download_becomes_a_dataset_error(tmp_path, monkeypatch):
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
                       no_network)
+  from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tfds_sources, '_unreachable', lambda host: None)  # the server answers
   data_dir = str(tmp_path / 'tfds')
   with pytest.raises(DatasetError) as error:
     load_split('cifar10', 'train', data_dir)
@@ -399,6 +402,29 @@ def test_failed_tfds_download_becomes_a_dataset_error(tmp_path, monkeypatch):
   assert "'cifar10'" in message and data_dir in message
   assert 'simulated: no route to host' in message
   assert isinstance(error.value.__cause__, ConnectionError)
+
+
+def test_unreachable_download_server_fails_at_once_without_trying_tfds(tmp_path, monkeypatch):
+  import socket  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  hosts = []
+
+  def no_connection(address, timeout=None):
+    hosts.append(address)
+    raise socket.gaierror(-3, 'Temporary failure in name resolution')
+
+  def must_not_run(self, *args, **kwargs):
+    raise AssertionError('tfds download_and_prepare ran (and would retry for minutes)')
+
+  monkeypatch.setattr(socket, 'create_connection', no_connection)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', must_not_run)
+  data_dir = str(tmp_path / 'tfds')
+  with pytest.raises(DatasetError) as error:
+    load_split('mnist', 'train', data_dir)
+  message = str(error.value)
+  assert hosts == [('storage.googleapis.com', 443)]
+  assert 'cannot reach its download server storage.googleapis.com' in message
+  assert 'name resolution' in message and data_dir in message
 
 
 def test_missing_fashion_mnist_error_says_how_to_get_it(tmp_path, monkeypatch):
@@ -463,8 +489,11 @@ def test_celeb_a_crop_resize_matches_numpy_bicubic():
     ('cifar10', (32, 32, 3), True),
     ('celeb_a', (218, 178, 3), False),
 ])
-def test_tfds_path_on_mocked_data(tmp_path, dataset, raw_shape, has_labels):
+def test_tfds_path_on_mocked_data(tmp_path, dataset, raw_shape, has_labels, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+  # mock_data replaces the download; the check that its server answers must pass offline too.
+  monkeypatch.setattr(tfds_sources, '_unreachable', lambda host: None)
   size, channels = dataset_info(dataset)
   with tfds.testing.mock_data(num_examples=5):
     split = load_split(dataset, 'train', str(tmp_path), image_size=size,
@@ -659,3 +688,22 @@ def test_fashion_mnist_file_verification_rejects_wrong_content(tmp_path):
   os.remove(tmp_path / 't10k-labels-idx1-ubyte.gz')
   with pytest.raises(DatasetError, match='t10k-labels-idx1-ubyte.gz'):
     fashion_mnist_offline.verify_local_files(str(tmp_path))
+
+
+def test_an_unknown_tfds_split_is_a_dataset_error_naming_the_splits():
+  from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+
+  class Builder:  # tfds's answer to a split it does not have (checked by hand on fashion_mnist)
+    data_dir = '/data/fashion_mnist/3.0.1'
+
+    class info:  # pylint: disable=invalid-name
+      splits = {'train': None, 'test': None}
+
+    def as_dataset(self, split, shuffle_files):
+      raise ValueError(f"Unknown split '{split}'. Should be one of ['train', 'test'].")
+
+  with pytest.raises(DatasetError) as error:
+    tfds_sources.read_split(Builder(), 'fashion_mnist', 'tset')
+  assert str(error.value) == (
+      "dataset 'fashion_mnist': unknown split 'tset'; choose one of ['test', 'train'] "
+      "(or a slice such as 'train[:10%]')")

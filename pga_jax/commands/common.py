@@ -3,14 +3,61 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 from absl import flags
 
 
 def user_error(err: Exception) -> None:
-  """One line on stderr naming the problem, exit status 2, no traceback."""
+  """One line on stderr naming the problem, exit status 2 (usage or input), no traceback."""
   print(f'pga: error: {err}', file=sys.stderr)
   sys.exit(2)
+
+
+def work_error(err: Exception) -> None:
+  """One line on stderr naming the problem, exit status 1 (a failure during the work)."""
+  print(f'pga: error: {err}', file=sys.stderr)
+  sys.exit(1)
+
+
+def check_count(flag: str, value: int, minimum: int = 1) -> None:
+  """A count flag below `minimum` is a usage error."""
+  if value < minimum:
+    user_error(ValueError(f'--{flag} must be >= {minimum}, got {value}'))
+
+
+def check_writable(flag: str, path: str) -> None:
+  """Fails at once, naming `flag`, if the file `path` (local or gs://) cannot be written."""
+  from pga_jax import storage  # pylint: disable=g-import-not-at-top
+  if storage.is_remote(path):  # a probe object in its folder: bucket, permission, network
+    try:
+      if storage.isdir(path):
+        raise IsADirectoryError(21, 'Is a directory')
+      storage.check_writable(storage.dirname(path), what='its folder')
+    except storage.StorageError as err:
+      user_error(ValueError(f'--{flag}={path}: {err}'))
+    except OSError as err:
+      user_error(ValueError(f'--{flag}={path}: cannot write there ({err.strerror}); '
+                            'choose a path you can write to'))
+    return
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    if os.path.isdir(path):
+      raise IsADirectoryError(21, 'Is a directory')
+    os.makedirs(folder, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix='.pga_write_test.', dir=folder)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as err:
+    user_error(ValueError(f'--{flag}={path}: cannot write there ({err.strerror}); '
+                          'choose a path you can write to'))
+
+
+def check_out(out: str) -> None:
+  """--out: a .png or .npz file name in a place that can be written."""
+  if not out.endswith(('.png', '.npz')):
+    user_error(ValueError(f'--out={out!r}: use a .png or .npz file name'))
+  check_writable('out', out)
 
 
 def load_run(workdir, step):
@@ -23,19 +70,24 @@ def load_run(workdir, step):
 
 
 def write_images(images, grid, out):
-  """Writes a .png grid or a .npz of uint8 images."""
+  """Writes a .png grid or a .npz of uint8 images (a local path or a gs:// URL)."""
+  import io  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pga_jax import figures  # pylint: disable=g-import-not-at-top
-  if out.endswith('.npz'):
-    np.savez_compressed(out, images=figures.to_uint8(images))
-  elif out.endswith('.png'):
-    figures.save_png(grid, out, scale=2)
-  else:
-    user_error(ValueError(f'--out={out!r}: use a .png or .npz file name'))
+  from pga_jax import figures, storage  # pylint: disable=g-import-not-at-top
+  check_out(out)
+  try:
+    if out.endswith('.npz'):
+      encoded = io.BytesIO()
+      np.savez_compressed(encoded, images=figures.to_uint8(images))
+      storage.write_atomic(out, encoded.getvalue())
+    else:
+      figures.save_png(grid, out, scale=2)
+  except OSError as err:
+    work_error(ValueError(f'--out={out}: writing failed ({storage.describe(err)})'))
   print(f'pga: wrote {out}')
 
 
-def data_images(config, num, split):
+def data_images(config, num, split, what='--num'):
   """The first `num` images of a split of the run's dataset, in [-1, 1]."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pga_jax import config as config_lib, data  # pylint: disable=g-import-not-at-top
@@ -45,6 +97,9 @@ def data_images(config, num, split):
                              channels=channels).images
   except data.DatasetError as err:
     user_error(err)
+  if len(images) < num:
+    user_error(ValueError(f'{what} needs {num} images but split {split!r} of dataset '
+                          f'{config.dataset!r} has {len(images)}; ask for fewer'))
   return images[:num].astype(np.float32) / 127.5 - 1.0
 
 

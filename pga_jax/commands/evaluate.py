@@ -14,6 +14,7 @@ compares images of the test split with the train split's reference.
 from __future__ import annotations
 
 import os
+import tempfile
 
 from absl import flags
 
@@ -61,7 +62,7 @@ def _dataset_config(f):
 
 def main(argv):
   del argv
-  from pga_jax import data  # pylint: disable=g-import-not-at-top
+  from pga_jax import data, event_logs, storage  # pylint: disable=g-import-not-at-top
   from pga_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from pga_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
@@ -82,6 +83,12 @@ def main(argv):
   else:
     config, model, params, step = _dataset_config(f), None, None, None
 
+  path = f.json
+  if path is None and f.workdir:
+    tag = f'real_{f.real_split}' if f.real_split else f'step{step}'
+    path = storage.join(f.workdir, 'eval', f'{f.features}_{tag}_n{f.num_samples}.json')
+  _check_outputs(f, path)
+
   try:
     evaluator = evaluate.evaluator_for_config(
         config, f.features, inception_weights=f.inception_weights,
@@ -97,25 +104,45 @@ def main(argv):
                                         seed=f.seed, step=step)
   except (evaluate.EvaluationError, data.DatasetError) as err:
     common.user_error(err)
-  results['workdir'] = os.path.abspath(f.workdir) if f.workdir else None
+  results['workdir'] = storage.absolute(f.workdir) if f.workdir else None
 
-  path = f.json
-  if path is None and f.workdir:
-    tag = f'real_{f.real_split}' if f.real_split else f'step{step}'
-    path = os.path.join(f.workdir, 'eval', f'{f.features}_{tag}_n{f.num_samples}.json')
-  if path:
-    evaluate.write_json(results, path)
-  if f.workdir and f.tensorboard and not f.real_split:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    writer = metric_writers.create_default_writer(f.workdir)
-    writer.write_scalars(step, evaluate.scalar_summaries(results))
-    writer.flush()
+  try:
+    if path:
+      evaluate.write_json(results, path)
+    if f.workdir and f.tensorboard and not f.real_split:
+      writer = event_logs.create_writer(f.workdir)
+      writer.write_scalars(step, evaluate.scalar_summaries(results))
+      writer.close()
+  except OSError as err:  # checked before the work: this failed during it (exit status 1)
+    common.work_error(OSError(f'cannot write the results ({storage.describe(err)})'))
   print(evaluate.to_json(results))
   summary = ', '.join(f'{k} {results[k]:.4g}' for k in evaluate.SCALARS)
   print(f'pga: {f.features} features, {results["num_samples"]} '
         f'{"images of " + f.real_split if f.real_split else "samples"}: {summary}')
   if path:
     print(f'pga: wrote {path}')
+
+
+def _check_outputs(f, path):
+  """Fails before any work if the JSON or the TensorBoard logs cannot be written."""
+  from pga_jax import storage  # pylint: disable=g-import-not-at-top
+  if path:
+    common.check_writable('json', path)
+  if f.workdir and f.tensorboard and not f.real_split:
+    if storage.is_remote(f.workdir):  # a probe object: bucket, permission, network
+      try:
+        storage.check_writable(f.workdir)
+      except storage.StorageError as err:
+        common.user_error(ValueError(f'TensorBoard logs: {err}'))
+      return
+    try:
+      fd, probe = tempfile.mkstemp(prefix='.pga_write_test.', dir=f.workdir)
+      os.close(fd)
+      os.remove(probe)
+    except OSError as err:
+      common.user_error(ValueError(
+          f'cannot write TensorBoard logs to --workdir={f.workdir} ({err.strerror}); pass '
+          '--notensorboard (and --json=PATH elsewhere) or make the workdir writable'))
 
 
 def _shape(config):

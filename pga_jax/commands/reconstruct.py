@@ -16,6 +16,8 @@ def main(argv):
   del argv
   from pga_jax import figures, sampling  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
+  common.check_count('num', f.num)
+  common.check_out(f.out)
   config, model, params, _ = common.load_run(f.workdir, f.step)
   images = common.data_images(config, f.num, f.split)
   recons = sampling.reconstruct(model, params, images)

@@ -17,6 +17,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from pga_jax import figures, sampling  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
+  common.check_count('num', f.num)
+  common.check_out(f.out)
   config, model, params, _ = common.load_run(f.workdir, f.step)
   reference = sampling.reference_latents(model, config.batch_size, config.seed)
   images = sampling.sample(model, params, jax.random.PRNGKey(f.seed), f.num, reference)

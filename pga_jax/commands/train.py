@@ -72,8 +72,10 @@ def main(argv):
     evaluate_fn = evaluate.training_evaluate_fn(f.config) if f.config.eval_every else None
     result = train.train_and_evaluate(f.config, f.workdir, stop_event=stop,
                                       evaluate_fn=evaluate_fn)
+  except (checkpointing.CheckpointWriteError, train.NonFiniteError) as err:
+    common.work_error(err)  # failed during the work: exit status 1
   except (config_lib.ConfigError, data.DatasetError, checkpointing.WorkdirError,
-          train.NonFiniteError, evaluate.EvaluationError) as err:
+          evaluate.EvaluationError) as err:
     common.user_error(err)
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:

@@ -36,7 +36,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import checksums as tfds_checksums
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-from pga_jax.data import idx
+from pga_jax.data import idx, tfds_quiet
 from pga_jax.data.errors import DatasetError
 
 ENV_VAR = 'PGA_FASHION_MNIST_DIR'
@@ -162,8 +162,9 @@ def build_from_local_files(data_dir: Optional[str], directory: str) -> None:
   # Extracted copies of the .gz files are only needed during the build.
   with tempfile.TemporaryDirectory(prefix='pga_fashion_mnist_') as download_dir:
     try:
-      builder.download_and_prepare(download_dir=download_dir,
-                                   download_config=config)
+      with tfds_quiet.quiet_build('fashion_mnist', builder.data_dir):
+        builder.download_and_prepare(download_dir=download_dir,
+                                     download_config=config)
     except Exception as e:  # tfds raises many types; all mean "build failed".
       if not tfds.builder('fashion_mnist', data_dir=data_dir).is_prepared():
         raise DatasetError(

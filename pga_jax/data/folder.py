@@ -1,8 +1,8 @@
-"""A dataset made of a folder of image files (png, jpg, ... of any size).
+"""A dataset made of a folder of image files (png, jpg or jpeg, of any size).
 
-Every non-hidden file under the folder (recursively, in sorted order) is an
-image of the dataset; hidden files and folders (names starting with '.') are
-ignored. Each image is center-cropped to a square and resized to
+Every non-hidden .png, .jpg or .jpeg file under the folder (recursively, in
+sorted order, any letter case) is an image of the dataset; other files (notes,
+CSVs, ...) and hidden files and folders (names starting with '.') are ignored. Each image is center-cropped to a square and resized to
 `image_size` x `image_size` with PIL's bicubic filter. All images must have the
 channel count the config asks for (1 for grayscale, 3 for RGB): nothing is
 silently converted between grayscale and colour.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import io
 import logging
 import os
 from typing import List, NamedTuple, Optional, Tuple, Union
@@ -18,9 +19,12 @@ from typing import List, NamedTuple, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from pga_jax import storage
 from pga_jax.data.errors import DatasetError
 
 _LOG = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 
 # PIL mode -> (channel count, mode the pixels are converted to before resizing).
 _MODES = {
@@ -49,12 +53,15 @@ class _BadFile(NamedTuple):
 
 
 def list_image_files(folder: str) -> List[str]:
-  """All non-hidden files under `folder`, recursively, sorted by path."""
+  """All non-hidden png/jpg/jpeg files under `folder` (local or gs://), recursively, sorted."""
   found = []
-  for root, dirs, files in os.walk(folder):
+  for root, dirs, files in storage.walk(folder):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    if any(part.startswith('.') for part in root[len(folder):].split('/')):
+      continue  # (remote listings are not pruned by `dirs`)
     found.extend(
-        os.path.join(root, name) for name in files if not name.startswith('.'))
+        storage.join(root, name) for name in files
+        if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS))
   return sorted(found)
 
 
@@ -65,11 +72,11 @@ def resolve_split_folder(data_dir: str, split: str) -> str:
   `data_dir` is organised by split folders (has train/test/validation
   sub-folders) and `split` is not among them.
   """
-  candidate = os.path.join(data_dir, split)
-  if os.path.isdir(candidate):
+  candidate = storage.join(data_dir, split)
+  if storage.isdir(candidate):
     return candidate
   present = [n for n in _SPLIT_FOLDER_NAMES
-             if os.path.isdir(os.path.join(data_dir, n))]
+             if storage.isdir(storage.join(data_dir, n))]
   if present:
     raise DatasetError(
         f"dataset 'folder': {data_dir!r} has split folders {present} but no "
@@ -114,9 +121,11 @@ def _read_one(path: str,
 
   Returns (pixels (size, size, C) uint8, channel count of the file); pixels
   are None when the channel count is neither 1 nor 3 (reported by the caller).
+  A gs:// file that cannot be fetched raises StorageError (it is not a bad file).
   """
+  source = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path
   try:
-    with Image.open(path) as image:
+    with Image.open(source) as image:
       image.load()
       channels, working_mode = mode_channels(image)
       if channels not in _OUTPUT_MODES:
@@ -180,7 +189,7 @@ def load_folder(folder: str, image_size: int, channels: Optional[int],
     DatasetError: missing or empty folder, a bad file (unless skipped), a
       channel count that does not match, or no readable image at all.
   """
-  if not os.path.isdir(folder):
+  if not storage.isdir(folder):
     raise DatasetError(
         f"dataset 'folder': {folder!r} is not a directory. Set data_dir to a "
         'folder of png/jpg images.')
@@ -189,8 +198,8 @@ def load_folder(folder: str, image_size: int, channels: Optional[int],
   paths = list_image_files(folder)
   if not paths:
     raise DatasetError(
-        f"dataset 'folder': no files in {folder!r} (searched recursively, "
-        'hidden files ignored). Put png/jpg images there.')
+        f"dataset 'folder': no files in {folder!r} (searched recursively for "
+        '.png, .jpg and .jpeg; hidden files ignored). Put png/jpg images there.')
   inferred_from = None
   images, files, skipped = [], [], []
   with contextlib.closing(_read_all(paths, image_size, max_workers)) as results:

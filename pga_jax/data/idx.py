@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from pga_jax import storage
 from pga_jax.data.errors import DatasetError
 
 # IDX type code -> numpy dtype (big-endian, as the format stores it).
@@ -48,9 +49,8 @@ def gunzip(raw: bytes, source: str) -> bytes:
 
 
 def read_file_bytes(path: str) -> bytes:
-  """Returns the content of `path`, gunzipped if its name ends in `.gz`."""
-  with open(path, 'rb') as f:
-    raw = f.read()
+  """Returns the content of `path` (local or gs://), gunzipped if its name ends in `.gz`."""
+  raw = storage.read_bytes(path)
   return gunzip(raw, path) if path.endswith('.gz') else raw
 
 
@@ -98,8 +98,8 @@ def read_idx(path: str) -> np.ndarray:
 def find_idx_file(directory: str, stem: str) -> Optional[str]:
   """Returns `directory/stem` or `directory/stem.gz`, whichever exists."""
   for name in (stem, stem + '.gz'):
-    path = os.path.join(directory, name)
-    if os.path.isfile(path):
+    path = storage.join(directory, name)
+    if storage.isfile(path):
       return path
   return None
 

@@ -16,11 +16,11 @@ folder reader are imported when their datasets are loaded.
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from pga_jax import storage
 from pga_jax.data import idx as idx_lib
 from pga_jax.data.errors import DatasetError
 
@@ -94,7 +94,12 @@ def _require_data_dir(dataset: str, data_dir: Optional[str]) -> str:
     raise DatasetError(
         f'dataset {dataset!r} reads files from data_dir, but data_dir is not '
         'set. Set it to the folder holding the data.')
-  if not os.path.isdir(data_dir):
+  try:
+    found = storage.isdir(data_dir)
+  except storage.StorageError as err:
+    raise DatasetError(f'dataset {dataset!r}: cannot read data_dir {data_dir} ({err}); '
+                       'check the path, your credentials and the network.') from err
+  if not found:
     raise DatasetError(
         f'dataset {dataset!r}: data_dir {data_dir!r} does not exist or is not a '
         'directory.')
@@ -153,19 +158,23 @@ def load_split(dataset: str, split: str, data_dir: Optional[str],
     ValueError: unknown dataset, or a required option missing.
   """
   _check_dataset_name(dataset)
-  if dataset == 'folder':
-    result = _load_folder(split, _require_data_dir(dataset, data_dir),
-                          image_size, channels, skip_bad_files)
-  elif dataset == 'idx':
-    result = _load_idx(split, _require_data_dir(dataset, data_dir))
-  else:
-    _check_requested_shape(dataset, *TFDS_SHAPES[dataset], image_size,
-                           channels)  # before loading anything
-    # Imported here: TensorFlow is only needed for the tfds datasets.
-    from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
-    images, labels = tfds_sources.load_tfds_split(dataset, split, data_dir,
-                                                  allow_download)
-    result = Split(images, labels)
+  try:  # a gs:// data_dir that cannot be read: one DatasetError
+    if dataset == 'folder':
+      result = _load_folder(split, _require_data_dir(dataset, data_dir),
+                            image_size, channels, skip_bad_files)
+    elif dataset == 'idx':
+      result = _load_idx(split, _require_data_dir(dataset, data_dir))
+    else:
+      _check_requested_shape(dataset, *TFDS_SHAPES[dataset], image_size,
+                             channels)  # before loading anything
+      # Imported here: TensorFlow is only needed for the tfds datasets.
+      from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+      images, labels = tfds_sources.load_tfds_split(dataset, split, data_dir,
+                                                    allow_download)
+      result = Split(images, labels)
+  except storage.StorageError as err:
+    raise DatasetError(f'dataset {dataset!r}: cannot read from data_dir {data_dir} ({err}); '
+                       'check the path, your credentials and the network.') from err
   _check_requested_shape(dataset, result.images.shape[1],
                          result.images.shape[3], image_size, channels)
   return result

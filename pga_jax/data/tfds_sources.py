@@ -8,6 +8,7 @@ the reference implementation).
 """
 from __future__ import annotations
 
+import socket
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -18,7 +19,8 @@ import tensorflow_datasets as tfds
 # reserve the memory JAX needs.
 tf.config.set_visible_devices([], 'GPU')
 
-from pga_jax.data import fashion_mnist_offline
+from pga_jax import storage
+from pga_jax.data import fashion_mnist_offline, tfds_quiet
 from pga_jax.data.errors import DatasetError
 from pga_jax.data.sources import TFDS_SHAPES
 
@@ -32,18 +34,30 @@ CELEB_A_SIZE = 64
 
 
 class TfdsSpec(NamedTuple):
-  """How one dataset is read: its tfds name and the key of its labels."""
+  """How one dataset is read: its tfds name, the key of its labels, where tfds downloads it."""
   tfds_name: str
   label_key: Optional[str]
+  download_host: str
 
 
-# Output shapes are in `sources.TFDS_SHAPES`.
+# Output shapes are in `sources.TFDS_SHAPES`. Download hosts: the URLs in tfds's builders.
 TFDS_DATASETS: Dict[str, TfdsSpec] = {
-    'mnist': TfdsSpec('mnist', 'label'),
-    'fashion_mnist': TfdsSpec('fashion_mnist', 'label'),
-    'cifar10': TfdsSpec('cifar10', 'label'),
-    'celeb_a': TfdsSpec('celeb_a', None),  # 40 attributes, no class label
+    'mnist': TfdsSpec('mnist', 'label', 'storage.googleapis.com'),
+    'fashion_mnist': TfdsSpec('fashion_mnist', 'label',
+                              'fashion-mnist.s3-website.eu-central-1.amazonaws.com'),
+    'cifar10': TfdsSpec('cifar10', 'label', 'www.cs.toronto.edu'),
+    'celeb_a': TfdsSpec('celeb_a', None, 'drive.google.com'),  # 40 attributes, no class label
 }
+_CONNECT_TIMEOUT = 10.0  # seconds
+
+
+def _unreachable(host: str) -> Optional[str]:
+  """None if a connection to host:443 opens, else why not (one line)."""
+  try:
+    socket.create_connection((host, 443), timeout=_CONNECT_TIMEOUT).close()
+  except OSError as err:
+    return f'{type(err).__name__}: {err.strerror or err}'
+  return None
 
 _READ_BATCH = 1024
 
@@ -103,8 +117,14 @@ def _download_and_prepare(builder, dataset: str, allow_download: bool) -> None:
   if not allow_download:
     raise DatasetError(missing_data_message(
         dataset, builder.data_dir, 'downloading is disabled'))
+  host = TFDS_DATASETS[dataset].download_host
+  unreachable = _unreachable(host)
+  if unreachable:  # fail now rather than after tfds's retries (minutes)
+    raise DatasetError(missing_data_message(
+        dataset, builder.data_dir, f'cannot reach its download server {host} ({unreachable})'))
   try:
-    builder.download_and_prepare()
+    with tfds_quiet.quiet_build(dataset, builder.data_dir):
+      builder.download_and_prepare()
   except Exception as e:  # network, checksum, missing module, ...
     cause = f'{type(e).__name__}: {e}'
     if isinstance(e, ModuleNotFoundError) and e.name:
@@ -153,7 +173,12 @@ def read_split(builder, dataset: str,
     label = example[label_key] if label_key else tf.constant(-1, tf.int64)
     return preprocess(example['image']), tf.cast(label, tf.int64)
 
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+  except ValueError as e:  # an unknown split name or a malformed slice
+    raise DatasetError(
+        f'dataset {dataset!r}: unknown split {split!r}; choose one of '
+        f'{sorted(builder.info.splits)} (or a slice such as \'train[:10%]\')') from e
   ds = ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(_READ_BATCH).prefetch(2)
   images, labels = [], []
@@ -195,5 +220,28 @@ def load_tfds_split(dataset: str, split: str, data_dir: Optional[str],
                     allow_download: bool = True
                     ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
   """Prepares (if needed) and reads one split of a tfds dataset."""
+  if data_dir and storage.is_remote(data_dir):
+    return _load_remote_split(dataset, split, data_dir)
   builder = prepare(dataset, data_dir, allow_download)
   return read_split(builder, dataset, split)
+
+
+def _load_remote_split(dataset: str, split: str, data_dir: str
+                       ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+  """Reads a split of a dataset prepared in a gs:// data_dir.
+
+  tf.data would read gs:// through TensorFlow's GCS filesystem, which cannot
+  be pointed at an emulator (see `pga_jax.storage`); the dataset's folder is
+  copied to a local temporary directory instead (the split is read whole
+  into memory anyway) and deleted after reading. It must be prepared
+  already: tfds does not prepare into gs:// here.
+  """
+  name = TFDS_DATASETS[dataset].tfds_name
+  with storage.local_copy(data_dir, name) as local_dir:
+    builder = tfds.builder(name, data_dir=local_dir)
+    if not builder.is_prepared():
+      raise DatasetError(
+          f'dataset {dataset!r} is not prepared in {data_dir}: prepare it in a local '
+          f'data_dir first (any `pga` command with --config.data_dir=DIR), then copy '
+          f'DIR/{name} to {storage.join(data_dir, name)} (`gcloud storage cp -r`).')
+    return read_split(builder, dataset, split)

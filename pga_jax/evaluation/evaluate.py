@@ -278,11 +278,6 @@ def to_json(results: dict) -> str:
 
 
 def write_json(results: dict, path: str) -> str:
-  """Writes the results atomically; returns the path."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(to_json(results) + '\n')
-  os.replace(tmp, path)
-  return path
+  """Writes the results atomically (a local path or a gs:// URL); returns the path."""
+  from pga_jax import storage  # pylint: disable=g-import-not-at-top
+  return storage.write_atomic(path, to_json(results) + '\n')
