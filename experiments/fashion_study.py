@@ -39,6 +39,8 @@ flags.DEFINE_integer('steps', 1500, 'Training steps per run (the same for every 
 flags.DEFINE_list('seeds', ['0'], 'Seeds; mean ± std over them.')
 flags.DEFINE_list('methods', list(METHODS), 'Methods to run.')
 flags.DEFINE_float('warmup_fraction', 1 / 3, 'LPGA/LVPGA warm-up as a fraction of the steps.')
+flags.DEFINE_integer('warmup_ramp_steps', 0, 'LPGA/LVPGA: raise the terms over this many steps '
+                     'after the warm-up (0: all at once, the reference).')
 flags.DEFINE_integer('num_samples', 5000, 'Samples per evaluation.')
 flags.DEFINE_string('workroot', 'runs/study', 'Where the runs live.')
 flags.DEFINE_string('out', 'docs/study', 'Where tables and figures go.')
@@ -55,7 +57,8 @@ flags.DEFINE_integer('eval_every', 0, 'Evaluate (domain features, --num_samples 
 
 def study_config(method: str, seed: int, steps: int, warmup_fraction: float,
                  dataset: str = 'fashion_mnist', data_dir=None, batch_size: int = 64,
-                 overrides: dict = None, eval_every: int = 0, num_samples: int = 5000):
+                 overrides: dict = None, eval_every: int = 0, num_samples: int = 5000,
+                 warmup_ramp_steps: int = 0):
   config = config_lib.base_config(method)
   config.dataset = dataset
   config.data_dir = data_dir
@@ -65,6 +68,7 @@ def study_config(method: str, seed: int, steps: int, warmup_fraction: float,
   config.num_steps = steps
   if config.init_steps:
     config.init_steps = int(steps * warmup_fraction)
+    config.warmup_ramp_steps = warmup_ramp_steps
   config.log_every = max(1, min(100, steps // 10))
   config.sample_every = steps
   config.checkpoint_every = max(1, min(500, steps))
@@ -92,7 +96,7 @@ def run_study(f) -> dict:
       for seed in map(int, f.seeds):
         configs[f'{method}_s{seed}'] = study_config(
             method, seed, f.steps, f.warmup_fraction, f.dataset, f.data_dir, f.batch_size,
-            overrides, f.eval_every, f.num_samples)
+            overrides, f.eval_every, f.num_samples, f.warmup_ramp_steps)
   evaluators = {}
 
   def evaluator_for(config):

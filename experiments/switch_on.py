@@ -51,6 +51,8 @@ flags.DEFINE_string('dataset', 'fashion_mnist', 'Dataset.')
 flags.DEFINE_string('data_dir', None, 'Data directory (idx / folder datasets).')
 flags.DEFINE_multi_string('override', [], 'FIELD=VALUE config overrides (Python literals).')
 flags.DEFINE_string('out', 'runs/switch_on', 'Output folder.')
+flags.DEFINE_list('compare', [], 'Instead of training: LABEL=FOLDER pairs of earlier runs to '
+                  'plot side by side (L_r, code norms, encoder gradient norm) into --out.')
 
 SATURATED = 0.999
 
@@ -163,9 +165,43 @@ def plot(rows: list, init_steps: int, path: str) -> None:
   fig.savefig(path, dpi=110)
 
 
+def plot_comparison(runs: dict, path: str) -> None:
+  """L_r, mean code norm and encoder gradient norm of several runs against step."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  panels = [('rec', 'L_r', 'log'), ('code_norm_mean', 'mean ||f(x)||', 'log'),
+            ('grad_norm_encoder', 'encoder gradient norm', 'log')]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
+  for ax, (key, title, scale) in zip(axes, panels):
+    for label, rows in runs.items():
+      ax.plot([r['step'] for r in rows], [r[key] for r in rows], '.-', ms=2, lw=0.8,
+              label=label)
+    ax.set_title(title, fontsize=9)
+    ax.set_yscale(scale)
+    ax.set_xlabel('step')
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+
+
+def read_rows(folder: str) -> list:
+  with open(os.path.join(folder, 'steps.jsonl')) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 def main(argv):
   del argv
   args = flags.FLAGS
+  if args.compare:
+    runs = {}
+    for pair in args.compare:
+      label, _, folder = pair.partition('=')
+      runs[label] = [r for r in read_rows(folder) if all(np.isfinite(list(r.values())))]
+    plot_comparison(runs, args.out)
+    print('wrote', args.out)
+    return
   config = make_config(args)
   config_lib.validate(config)
   os.makedirs(args.out, exist_ok=True)
