@@ -42,7 +42,14 @@ class _RefuseTensorFlow(importlib.abc.MetaPathFinder):
     return None
 
 
-sys.meta_path.insert(0, _RefuseTensorFlow())
+def refuse_tensorflow() -> None:
+  """From now on, importing TensorFlow, tfds, TensorBoard or clu raises.
+
+  Called by the stages (`main`), not on import: a test process that imports
+  this module for its tables must keep its TensorFlow.
+  """
+  if not any(isinstance(f, _RefuseTensorFlow) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RefuseTensorFlow())
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -230,7 +237,9 @@ def stage_benchmark(out_dir: str, arch: str, dtype: str, dry_run: bool) -> dict:
     if arch == 'resnet_32':
       # Its 512-wide 3x3 convolutions at 32x32 make one LPGA step at batch 2
       # several hundred GFLOP: minutes on a CPU. The dry run times its AE step.
-      argv += ['--config.method=ae']
+      # The config file is LPGA's: keep its latent size and learning rate.
+      argv += ['--config.method=ae', '--config.latent_dim=128',
+               '--config.optimizer.learning_rate=0.2', '--config.zn_rec=0.0']
   else:
     argv += ['--config.batch_size=64', '--steps=20', '--warmup=3']
   log(' '.join(argv))
@@ -336,6 +345,7 @@ def stage_summary(out_dir: str) -> dict:
 
 
 def main(argv) -> int:
+  refuse_tensorflow()
   if len(argv) < 3 or argv[1] not in ('env', 'tests', 'benchmark', 'train', 'summary'):
     print(__doc__, file=sys.stderr)
     return 2

@@ -27,6 +27,7 @@ CORE_PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'chex', 'orbax-checkpoint')
 def test_core_modules_import_without_tensorflow_or_pillow():
   code = ('import sys\n'
           'from experiments import accelerator_check as a\n'
+          'a.refuse_tensorflow()\n'
           "a.REFUSED = a.REFUSED + ('PIL', 'matplotlib')\n"
           'import pga_jax.models, pga_jax.losses, pga_jax.methods, pga_jax.train_step\n'
           'import pga_jax.benchmark, pga_jax.data, pga_jax.config, pga_jax.cli\n'

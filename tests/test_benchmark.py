@@ -53,7 +53,7 @@ def test_benchmark_of_the_lpga_step(monkeypatch):
   for field in benchmark.RESULT_FIELDS:
     assert result[field] is not None, field
   assert (result['method'], result['arch'], result['batch_size']) == ('lpga', 'conv_mnist', BATCH)
-  assert result['at_step'] == config.init_steps  # after the warm-up: every term on
+  assert result['at_step'] == config.init_steps + 1  # after the warm-up: every term on
   assert result['num_timed_steps'] == 4 and result['last_step_finite']
   median = result['step_ms_median']
   assert result['step_ms_p10'] <= median <= result['step_ms_p90']

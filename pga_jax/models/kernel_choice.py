@@ -44,10 +44,12 @@ it is measured, not guessed from thresholds:
 - Several processes (multi-host SPMD): every form is exact, so a different
   choice on another process would only change speed, not results; but
   multi-controller JAX needs every process to compile the same program
-  (collectives in the same order). So with `jax.process_count() > 1` the
-  choice of process 0 is broadcast to all processes
-  (`multihost_utils.broadcast_one_to_all`), for every traced layer whether
-  cached or not, so the processes run the same collectives in the same order.
+  (collectives in the same order), and the choice is made while tracing,
+  where no collective can run to agree on it. So with
+  `jax.process_count() > 1` nothing is measured or read from the cache:
+  every process takes the first candidate, the same list on every process
+  of one backend (XLA's own convolution off CPU). Set `conv_impl` to force
+  another form on a pod.
 
 Values never depend on the choice: every candidate is exact up to float
 rounding (tests/test_fast_paths.py compares each with `lax` and its autodiff).
@@ -201,14 +203,6 @@ def time_candidates(fns: Dict[str, Callable[[], object]], repeats: int = REPEATS
   return result
 
 
-def _agree(index: int) -> int:
-  """Process 0's `index` on every process (identity with one process)."""
-  if jax.process_count() == 1:
-    return index
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return int(multihost_utils.broadcast_one_to_all(np.int32(index)))
-
-
 def choices_made(memo: Optional[dict] = None) -> Dict[str, str]:
   """{key: form} of every choice this process made (for reports)."""
   memo = _MEMO if memo is None else memo
@@ -228,8 +222,8 @@ def choose(key: str, candidates: Sequence[str],
   """
   if not candidates:
     raise ValueError(f'no candidate forms for {key}')
-  if len(candidates) == 1:
-    return candidates[0]
+  if len(candidates) == 1 or jax.process_count() > 1:
+    return candidates[0]   # several processes: see the module docstring
   path = cache_path() if path is None else path
   memo = _MEMO if memo is None else memo
   choice = memo.get((path, key))
@@ -255,7 +249,5 @@ def choose(key: str, candidates: Sequence[str],
         choice = candidates[0]
         warnings.warn(f'pga_jax: no convolution form could be timed for {key}; using '
                       f'{choice!r} (not cached)')
-  with jax.ensure_compile_time_eval():
-    choice = candidates[_agree(candidates.index(choice))]
   memo[(path, key)] = choice
   return choice
