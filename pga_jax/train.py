@@ -219,6 +219,7 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
     bar = tqdm.tqdm(total=config.num_steps, initial=start, unit='step', dynamic_ncols=True)
 
   monitor = BadStepMonitor(config.max_bad_steps)
+  logging.info('Training from step %d to %d in %s', start, config.num_steps, workdir)
   pending, last_metrics, figure_paths = [], {}, {}
   step, preempted = start, False
   t_window = time.time()

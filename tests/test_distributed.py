@@ -285,7 +285,7 @@ def test_two_processes_with_two_devices_each_train_like_one_device(scratch, idx_
   # A stop signal (preemption) that reaches process 1 only, once training has
   # started: both processes stop after the same step and write one checkpoint.
   out0, out1 = run_processes(commands('--config.num_steps=50'), [env, env], str(d / 'stop'),
-                             signal_when=(1, '[Hyperparameters]', signal.SIGTERM))
+                             signal_when=(1, 'Training from step', signal.SIGTERM))
   stopped = re.search(r'training stopped early \(resume with the same command\) at step (\d+)',
                       out0)
   assert stopped and int(stopped.group(1)) < K, out0
