@@ -408,6 +408,8 @@ def lpga_step():
   loss_fn, model, _ = methods.make_loss_fn(config, channels=1)
   optimizer = ts.make_optimizer(config)
   state = ts.init_train_state(model, optimizer, jax.random.PRNGKey(0))
+  # Past the warm-up: the terms are on from step init_steps + 1 (the reference's switch).
+  state = state._replace(step=jnp.asarray(1, jnp.int32))
   images = jnp.asarray(helpers.synthetic_digits(4)[..., None] / 127.5 - 1.0, jnp.float32)
   return jax.jit(ts.make_train_step(loss_fn, optimizer)), state, images
 
