@@ -148,9 +148,3 @@ class SharedPasses:
     centre = self._once('centre', lambda: self._model.encode(
         jax.tree_util.tree_map(sg, self._params['encoder']), self._decoded()[1]).mean)
     return centre if dec == 'live' else sg(centre)
-
-  def encode_decode_frozen_encoder(self, params: dict, latents: jax.Array) -> jax.Array:
-    return self._model.encode_decode_frozen_encoder(params, latents)
-
-  def encode_decode(self, params: dict, latents: jax.Array) -> jax.Array:
-    return self._model.encode_decode(params, latents)
