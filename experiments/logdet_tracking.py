@@ -89,7 +89,7 @@ def load_images(config, num: int, split: str) -> np.ndarray:
   if images.shape[0] < 2:
     raise data.DatasetError(f'split {split!r} of {config.dataset!r} has {images.shape[0]} '
                             'image(s); at least 2 are needed')
-  return images.astype(np.float32) / 127.5 - 1.0
+  return data.scale_images(images)
 
 
 def sphere_perturbations(seed: int, ks: Sequence[int], num: int, latent_dim: int

@@ -130,8 +130,8 @@ def save_interpolation_grid(workdir: str, out_path: str, pairs: int = 8,
   from pga_jax import config as config_lib, data, figures, sampling  # pylint: disable=g-import-not-at-top
   config, model, params, _ = checkpointing.load_trained(workdir)
   size, _, channels = config_lib.image_shape(config)
-  images = data.load_split(config.dataset, split, config.data_dir, image_size=size,
-                           channels=channels).images[:2 * pairs].astype(np.float32) / 127.5 - 1
+  images = data.scale_images(data.load_split(config.dataset, split, config.data_dir,
+                                             image_size=size, channels=channels).images[:2 * pairs])
   a, b = images[:pairs], images[pairs:]
   path = sampling.interpolate(model, params, a, b, steps=9)
   return figures.save_png(figures.interpolation_grid(a, path, b), out_path, scale=2)

@@ -71,7 +71,7 @@ def _apply_override(config, text: str) -> None:
   node[leaf] = parsed
 
 
-def make_config(argv_flags) -> 'ml_collections.ConfigDict':
+def make_config(argv_flags):
   config = quickstart.get_config()
   if argv_flags.method != config.method:
     config = config_lib.base_config(argv_flags.method)

@@ -20,8 +20,8 @@ feeds it synthetic images of the config's shape and reports
 The step is timed at `config.init_steps + 1` (after the warm-up, when every term
 is on) unless `at_step` says otherwise: the steady state of a run.
 
-`peer_command` interleaves an external command (e.g. the PyTorch peer of
-issue 5) with our timing blocks: each round runs the command, then a block of
+`peer_command` interleaves an external command (e.g. the PyTorch peer,
+`../shared/bench/torch_peer.py`) with our timing blocks: each round runs the command, then a block of
 our steps, and the ratio of images/s is taken per round. On a shared machine
 only such same-session ratios are meaningful.
 
@@ -53,7 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pga_jax import config as config_lib
-from pga_jax import data, methods, sharding
+from pga_jax import data, sharding
+from pga_jax.data import synthetic
 from pga_jax import train_step as ts
 from pga_jax.models import AutoEncoder, kernel_choice
 
@@ -78,20 +79,7 @@ def summarize(seconds) -> dict:
           'num_timed_steps': int(ms.size)}
 
 
-def synthetic_images(num: int, shape: tuple, seed: int = 0) -> np.ndarray:
-  """uint8 (num, S, S, C) images: a few smooth blobs each, like digits or faces
-  at a glance, so training on them stays finite (unlike pure noise at lr 0.4)."""
-  size, _, channels = shape
-  rs = np.random.RandomState(seed)
-  yy, xx = np.mgrid[:size, :size].astype(np.float32)
-  out = np.zeros((num, size, size, channels), np.float32)
-  for i in range(num):
-    for _ in range(3):
-      cy, cx = rs.uniform(0.2, 0.8, 2) * size
-      r = rs.uniform(0.07, 0.18) * size
-      blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-      out[i] += blob[..., None] * rs.uniform(0.3, 1.0, channels)
-  return np.clip(out * 255, 0, 255).astype(np.uint8)
+synthetic_images = synthetic.blob_images  # what the benchmark trains on
 
 
 def _block(tree):
@@ -134,18 +122,6 @@ class BuiltStep:
     return [time.perf_counter() - t0]
 
 
-def _jit_train_step(loss_fn, optimizer, state_shardings, dp):
-  """The step as `pga_jax.train.jit_train_step` jits it (one SPMD program, state
-  donated), without importing the train loop's logging stack (TensorFlow via
-  clu), which would dominate the process's memory. tests/test_benchmark.py
-  checks both give the same state."""
-  step = ts.make_train_step(loss_fn, optimizer)
-  if hasattr(dp, 'traced'):
-    step = dp.traced(step)
-  return jax.jit(step, in_shardings=(state_shardings, dp.batch),
-                 out_shardings=(state_shardings, dp.replicated), donate_argnums=0)
-
-
 def _memory_stats(compiled) -> dict:
   try:
     m = compiled.memory_analysis()
@@ -178,20 +154,16 @@ def build_step(config, at_step: Optional[int] = None, seed: int = 0) -> BuiltSte
   dp = sharding.data_parallel()
   config_lib.validate(config, dp.num_devices)
   shape = config_lib.image_shape(config)
-  loss_fn, model, _ = methods.make_loss_fn(config, shape[-1])
-  optimizer = ts.make_optimizer(config)
-  init_fn = lambda rng: ts.init_train_state(model, optimizer, rng)
-  rng = jax.random.PRNGKey(config.seed)
-  abstract = jax.eval_shape(init_fn, rng)
-  state_shardings = jax.tree_util.tree_map(lambda _: dp.replicated, abstract)
-  state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
+  setup = ts.train_setup(config)
+  state_shardings = jax.tree_util.tree_map(lambda _: dp.replicated, ts.abstract_state(setup))
+  state = ts.create_train_state(setup, config.seed, state_shardings)
   start = int(config.init_steps) + 1 if at_step is None else int(at_step)
   state = state._replace(step=jax.device_put(jnp.asarray(start, jnp.int32), dp.replicated))
   # A batch as the train loop gets it: the data pipeline over (synthetic) uint8 images.
   source = data.BatchSource(synthetic_images(config.batch_size, shape, seed), config.batch_size,
                             seed, jax.process_index(), jax.process_count())
   batch = dp.global_batch(source.batch_at(0))
-  step_fn = _jit_train_step(loss_fn, optimizer, state_shardings, dp)
+  step_fn = ts.jit_train_step(setup.loss_fn, setup.optimizer, state_shardings, dp)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
@@ -390,8 +362,8 @@ def decoder_benchmark(arch: str = 'conv_mnist', batch_size: int = 64, latent_dim
   rng = jax.random.PRNGKey(seed)
   latents = jax.random.normal(jax.random.fold_in(rng, 1), (batch_size, latent_dim))
   variants = {}
-  for name, phase in (('conv_transpose', False), ('phase_decomposition', True)):
-    model = AutoEncoder(arch, latent_dim, channels, use_phase_decomposition=phase, dtype=dtype)
+  for name, conv_impl in (('conv_transpose', 'xla'), ('phase_decomposition', 'phase')):
+    model = AutoEncoder(arch, latent_dim, channels, conv_impl=conv_impl, dtype=dtype)
     params = model.init(rng)['decoder']  # same names and shapes: same weights
     cot = jax.random.normal(jax.random.fold_in(rng, 2), (batch_size,) + model.image_shape)
 

@@ -255,9 +255,11 @@ def write_config(workdir: str, config) -> None:
 
 
 def load_trained(workdir: str, step: Optional[int] = None):
-  """(config, model, params) of the run in `workdir`, on this host's first device."""
-  # Imported here: checkpointing is imported by the trainer, which these import.
-  from pga_jax import config as config_lib, methods, train_step as ts  # pylint: disable=g-import-not-at-top
+  """(config, model, params, step) of the run in `workdir`, on this host's
+  first device: the checkpoint of `step`, or the newest intact one."""
+  # Imported here: train_step imports methods and the models, which the
+  # trainer's other light users of checkpointing do not need.
+  from pga_jax import train_step as ts  # pylint: disable=g-import-not-at-top
   config = load_config(workdir)
   manager = checkpoint_manager(workdir, config.keep_checkpoints)
   available = manager.all_steps()
@@ -266,16 +268,11 @@ def load_trained(workdir: str, step: Optional[int] = None):
                        'train first with `pga train`.')
   if step is not None and step not in available:
     raise WorkdirError(f'no checkpoint for step {step} in {workdir}; available: {sorted(available)}')
-  _, _, channels = config_lib.image_shape(config)
-  _, model, _ = methods.make_loss_fn(config, channels)
-  optimizer = ts.make_optimizer(config)
-  abstract = jax.eval_shape(lambda r: ts.init_train_state(model, optimizer, r),
-                            jax.random.PRNGKey(0))
+  setup = ts.train_setup(config)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+  target = ts.abstract_state(setup, lambda _: device)
   if step is None:  # the newest intact one (damaged newer ones are reported, not moved)
     state, _ = restore_latest_good(manager, target, workdir, quarantine=False)
   else:
     state = restore(manager, target, step)
-  return config, model, state.params, int(state.step)
+  return config, setup.model, state.params, int(state.step)

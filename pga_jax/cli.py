@@ -194,7 +194,7 @@ def guarded(main, command: str, verbose: bool):
     if command != 'benchmark':  # the benchmark runs without TensorFlow (accelerator check)
       with console.native_stderr_to(None if verbose else log_file):
         try:
-          import tensorflow  # pylint: disable=g-import-not-at-top,unused-import  (its start-up lines)
+          import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (its start-up lines)
         except ImportError:
           pass  # a command that needs it says so
     try:

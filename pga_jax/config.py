@@ -11,11 +11,12 @@ import numbers
 
 import ml_collections
 
+from pga_jax.data import catalog
 from pga_jax.models import ARCHITECTURES
 from pga_jax.models.layers import CONV_IMPLS
 
 METHOD_NAMES = ('ae', 'vae', 'lpga', 'vpga', 'lvpga')
-DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'celeb_a', 'folder', 'idx')
+DATASETS = catalog.DATASETS
 OPTIMIZERS = ('sgd', 'adam')
 COEFFICIENTS = ('zn_rec', 'zh_rec', 'nll', 'vrec', 'vkld', 'beta')
 
@@ -114,13 +115,10 @@ def paper_config(dataset: str, method: str, epochs: int = None) -> ml_collection
   return config
 
 
-DATASET_SHAPES = {'mnist': (28, 1), 'fashion_mnist': (28, 1), 'cifar10': (32, 3),
-                  'celeb_a': (64, 3)}
-
-
 def image_shape(config) -> tuple:
-  """(size, size, channels) of the config's images."""
-  size, channels = DATASET_SHAPES.get(config.dataset, (config.image_size, config.channels))
+  """(size, size, channels) of the config's images (`data.catalog`: a tfds
+  dataset's own shape, else the config's image_size and channels)."""
+  size, channels = catalog.dataset_info(config.dataset, config.image_size, config.channels)
   return (size, size, channels)
 
 
@@ -213,7 +211,7 @@ def validate(config, device_count: int = 1) -> None:
     _fail('data_dir', f'must be a folder name (a string), got {config.data_dir!r}')
   if config.dataset in ('folder', 'idx') and not config.data_dir:
     _fail('data_dir', f'dataset {config.dataset!r} needs data_dir, the folder holding the files')
-  if config.dataset not in DATASET_SHAPES:
+  if config.dataset not in catalog.TFDS_SHAPES:
     _check_int(config, 'image_size', 1)
     if not _is_int(config.channels) or config.channels not in (1, 3):
       _fail('channels', f'must be 1 or 3, got {config.channels!r}')

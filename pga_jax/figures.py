@@ -7,11 +7,8 @@ import numpy as np
 from PIL import Image
 
 from pga_jax import storage
+from pga_jax.data.pipeline import to_uint8  # pylint: disable=unused-import  (figures.to_uint8)
 
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats to uint8 pixels."""
-  return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def grid(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import os
 import tempfile
 import uuid
@@ -183,6 +184,15 @@ def open(path: str, mode: str = 'r'):  # pylint: disable=redefined-builtin
   with _remote_errors(path):
     fs, p = _fs(path)
     return fs.open(p, mode)
+
+
+def sha256(path: str) -> str:
+  """Hex sha256 of a file's bytes (read in 4 MiB blocks)."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 22), b''):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def read_bytes(path: str) -> bytes:

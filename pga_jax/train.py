@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 from clu import metrics as clu_metrics, periodic_actions
 
-from pga_jax import checkpointing, config as config_lib, data, event_logs, figures, methods
+from pga_jax import checkpointing, config as config_lib, data, event_logs, figures
 from pga_jax import sampling, sharding, storage, train_step as ts
 
 FIGURE_IMAGES = 100  # the reference's sample batch for figures
@@ -87,20 +87,6 @@ def load_training_images(config) -> np.ndarray:
   return split.images
 
 
-def jit_train_step(loss_fn, optimizer, state_shardings, dp: sharding.DataParallel):
-  """The train step as one SPMD program over `dp.mesh`.
-
-  The batch comes in sharded over 'data', the state replicated (and donated);
-  XLA inserts the all-reduces for the global-batch means (losses, batch-norm
-  statistics, gradients); `dp.traced` lets terms split their batch-sized
-  random draws like the batch. tests/test_distributed.py checks the compiled HLO.
-  """
-  return jax.jit(dp.traced(ts.make_train_step(loss_fn, optimizer)),
-                 in_shardings=(state_shardings, dp.batch),
-                 out_shardings=(state_shardings, dp.replicated),
-                 donate_argnums=0)
-
-
 def local_copy(tree):
   """A host numpy copy of a replicated pytree (works on every host of a pod)."""
   return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
@@ -148,7 +134,7 @@ def write_figures(model, params, config, images: np.ndarray, workdir: str, step:
   reference = sampling.reference_latents(model, config.batch_size, config.seed)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)  # same latents every time
   samples = sampling.sample(model, params, rng, FIGURE_IMAGES, reference)
-  shown = jnp.asarray(images[:FIGURE_IMAGES].astype(np.float32) / 127.5 - 1.0)
+  shown = jnp.asarray(data.scale_images(images[:FIGURE_IMAGES]))
   recons = sampling.reconstruct(model, params, shown)
   path = sampling.interpolate(model, params, shown[:10], shown[10:20], steps=9)
   grids = {'samples': figures.sample_grid(samples),
@@ -187,25 +173,19 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
   images = load_training_images(config)
   batches = data.BatchSource(images, config.batch_size, config.seed,
                              jax.process_index(), jax.process_count())
-  _, _, channels = config_lib.image_shape(config)
-  loss_fn, model, _ = methods.make_loss_fn(config, channels)
-  optimizer = ts.make_optimizer(config)
-
-  init_fn = lambda rng: ts.init_train_state(model, optimizer, rng)
-  rng = jax.random.PRNGKey(config.seed)
-  abstract = jax.eval_shape(init_fn, rng)
-  state_shardings = jax.tree_util.tree_map(lambda _: dp.replicated, abstract)
+  setup = ts.train_setup(config)
+  model = setup.model
+  state_shardings = jax.tree_util.tree_map(lambda _: dp.replicated, ts.abstract_state(setup))
   if resuming:
-    target = jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
+    target = ts.abstract_state(setup, lambda _: dp.replicated)
     # The newest checkpoint that reads back intact; damaged newer ones are moved aside.
     state, _ = checkpointing.restore_latest_good(manager, target, workdir)
     logging.info('Resumed from step %d in %s', int(state.step), workdir)
   else:
-    state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
+    state = ts.create_train_state(setup, config.seed, state_shardings)
     checkpointing.write_config(workdir, config)
 
-  step_fn = jit_train_step(loss_fn, optimizer, state_shardings, dp)
+  step_fn = ts.jit_train_step(setup.loss_fn, setup.optimizer, state_shardings, dp)
 
   writer = event_logs.create_writer(workdir, just_logging=not is_main)
   if not resuming:

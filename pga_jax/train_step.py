@@ -1,17 +1,27 @@
-"""Train state and the pure train step.
+"""Train state and the pure train step, built the one way every caller uses.
 
 `train_step(state, images) -> (state, metrics)` is one function of its
-inputs, jitted once by the trainer. The step's random key is derived from the
-run's key and the step number, so a resumed run draws the same numbers as an
-uninterrupted one.
+inputs, jitted once (`jit_train_step`). The step's random key is derived from
+the run's key and the step number, so a resumed run draws the same numbers as
+an uninterrupted one.
+
+`train_setup(config)` gives the model, the loss and the optimizer of a config,
+`abstract_state` / `create_train_state` its state: the trainer, `pga
+benchmark` and `checkpointing.load_trained` all build their state here. This
+module imports neither TensorFlow nor clu (the benchmark and the accelerator
+check rely on that).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import functools
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from pga_jax import config as config_lib
+from pga_jax import methods
 
 
 class TrainState(NamedTuple):
@@ -37,6 +47,55 @@ def init_train_state(model, optimizer: optax.GradientTransformation,
   params = model.init(init_rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), rng=run_rng)
+
+
+class TrainSetup(NamedTuple):
+  """What a config's training needs besides data: its model, its routed loss
+  (`methods.make_loss_fn`), its optimizer, and `init_fn(rng) -> TrainState`."""
+  model: Any
+  loss_fn: Callable
+  optimizer: optax.GradientTransformation
+  init_fn: Callable[[jax.Array], TrainState]
+
+
+def train_setup(config) -> TrainSetup:
+  """The model, loss, optimizer and state initialiser of `config`."""
+  _, _, channels = config_lib.image_shape(config)
+  loss_fn, model, _ = methods.make_loss_fn(config, channels)
+  optimizer = make_optimizer(config)
+  return TrainSetup(model, loss_fn, optimizer,
+                    functools.partial(init_train_state, model, optimizer))
+
+
+def abstract_state(setup: TrainSetup, sharding_of: Optional[Callable] = None) -> TrainState:
+  """The state's shapes and dtypes (no computation); with `sharding_of(leaf)`,
+  each leaf carries that sharding (the target of a checkpoint restore)."""
+  abstract = jax.eval_shape(setup.init_fn, jax.random.PRNGKey(0))
+  if sharding_of is None:
+    return abstract
+  return jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding_of(a)), abstract)
+
+
+def create_train_state(setup: TrainSetup, seed: int, shardings) -> TrainState:
+  """A fresh state from the run's seed, laid out as `shardings` (a pytree
+  matching the state) says."""
+  return jax.jit(setup.init_fn, out_shardings=shardings)(jax.random.PRNGKey(seed))
+
+
+def jit_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
+                   state_shardings, dp):
+  """The train step as one SPMD program over `dp.mesh` (`sharding.DataParallel`).
+
+  The batch comes in sharded over 'data', the state replicated (and donated);
+  XLA inserts the all-reduces for the global-batch means (losses, batch-norm
+  statistics, gradients); `dp.traced` lets terms split their batch-sized
+  random draws like the batch. tests/test_distributed.py checks the compiled HLO.
+  """
+  return jax.jit(dp.traced(make_train_step(loss_fn, optimizer)),
+                 in_shardings=(state_shardings, dp.batch),
+                 out_shardings=(state_shardings, dp.replicated),
+                 donate_argnums=0)
 
 
 def all_finite(tree) -> jax.Array:

@@ -72,17 +72,13 @@ def save_params(path: str, params) -> None:
 def trainer_parts(config):
   """What `train.train_and_evaluate` builds: dp, model, optimizer, loss, shardings."""
   import jax  # pylint: disable=g-import-not-at-top
-  from pga_jax import config as config_lib, methods, sharding, train_step as ts  # pylint: disable=g-import-not-at-top
+  from pga_jax import config as config_lib, sharding, train_step as ts  # pylint: disable=g-import-not-at-top
   dp = sharding.data_parallel()
   config_lib.validate(config, dp.num_devices)
-  _, _, channels = config_lib.image_shape(config)
-  loss_fn, model, _ = methods.make_loss_fn(config, channels)
-  optimizer = ts.make_optimizer(config)
-  init_fn = lambda r: ts.init_train_state(model, optimizer, r)
-  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
-  shardings = jax.tree_util.tree_map(lambda _: dp.replicated, abstract)
-  target = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  setup = ts.train_setup(config)
+  shardings = jax.tree_util.tree_map(lambda _: dp.replicated, ts.abstract_state(setup))
+  target = ts.abstract_state(setup, lambda _: dp.replicated)
+  loss_fn, optimizer, init_fn = setup.loss_fn, setup.optimizer, setup.init_fn
   return dict(dp=dp, loss_fn=loss_fn, optimizer=optimizer, init_fn=init_fn,
               shardings=shardings, target=target)
 
@@ -90,7 +86,7 @@ def trainer_parts(config):
 def run_job(job: dict, config_overrides: dict, idx_dir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pga_jax import checkpointing, data, train  # pylint: disable=g-import-not-at-top
+  from pga_jax import checkpointing, data, train, train_step as ts  # pylint: disable=g-import-not-at-top
 
   mode = job['mode']
   result = {'mode': mode}
@@ -125,7 +121,7 @@ def run_job(job: dict, config_overrides: dict, idx_dir: str) -> dict:
 
   elif mode == 'hlo':
     parts = trainer_parts(config)
-    step_fn = train.jit_train_step(parts['loss_fn'], parts['optimizer'], parts['shardings'],
+    step_fn = ts.jit_train_step(parts['loss_fn'], parts['optimizer'], parts['shardings'],
                                    parts['dp'])
     size, _, channels = train.config_lib.image_shape(config)
     images = jax.ShapeDtypeStruct((config.batch_size, size, size, channels), np.float32,
@@ -143,7 +139,7 @@ def run_job(job: dict, config_overrides: dict, idx_dir: str) -> dict:
     dp = parts['dp']
     state = jax.jit(parts['init_fn'], out_shardings=parts['shardings'])(
         jax.random.PRNGKey(config.seed))
-    step_fn = train.jit_train_step(parts['loss_fn'], parts['optimizer'], parts['shardings'], dp)
+    step_fn = ts.jit_train_step(parts['loss_fn'], parts['optimizer'], parts['shardings'], dp)
     batches = data.BatchSource(train.load_training_images(config), config.batch_size,
                                config.seed, jax.process_index(), jax.process_count())
     warmup, steps = job.get('warmup', 3), job['num_steps']

@@ -1,10 +1,9 @@
 """Small fixtures shared by the training tests: tiny configs and synthetic data."""
-import os
 
 import numpy as np
 
 from pga_jax import config as config_lib
-from pga_jax.data import idx
+from pga_jax.data import idx, synthetic
 
 
 def write_idx_images(folder: str, images: np.ndarray, prefix: str = 'train') -> None:
@@ -13,15 +12,8 @@ def write_idx_images(folder: str, images: np.ndarray, prefix: str = 'train') -> 
 
 
 def synthetic_digits(n: int, seed: int = 0) -> np.ndarray:
-  """Blurry random blobs: structured enough to train on, cheap to make."""
-  rs = np.random.RandomState(seed)
-  yy, xx = np.mgrid[:28, :28]
-  images = np.zeros((n, 28, 28))
-  for i in range(n):
-    for _ in range(3):
-      cy, cx, r = rs.uniform(6, 22), rs.uniform(6, 22), rs.uniform(2, 5)
-      images[i] += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-  return np.clip(images * 255, 0, 255).astype(np.uint8)
+  """uint8 (n, 28, 28) blob images (`pga_jax.data.synthetic.blob_images`)."""
+  return synthetic.blob_images(n, (28, 28, 1), seed)[..., 0]
 
 
 def tiny_config(data_dir: str, method: str = 'lpga', **overrides):

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from pga_jax import data
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +97,7 @@ def test_logdet_tracking_exact_and_eq6_estimate_over_checkpoints(idx_dir, tmp_pa
   # Independently: jacrev of h = f o g on one latent, in float64, and numpy's slogdet.
   config, model, params, step = checkpointing.load_trained(workdir, steps[0])
   assert step == steps[0] and not config.use_bn
-  images = helpers.synthetic_digits(48, seed=1)[:16, :, :, None].astype(np.float32) / 127.5 - 1
+  images = data.scale_images(helpers.synthetic_digits(48, seed=1)[:16, :, :, None])
   latent = np.asarray(model.encode(params['encoder'], images).mean[0], np.float64)
   with enable_x64():
     params64 = jax.tree_util.tree_map(lambda p: np.asarray(p, np.float64), params)

@@ -16,6 +16,7 @@ import pytest
 
 from pga_jax import config as config_lib, methods, train_step as ts
 from pga_jax.models import AutoEncoder, layers
+from pga_jax import data
 from tests import helpers
 
 B, H = 8, 4
@@ -230,7 +231,7 @@ def test_bfloat16_compute_is_close_to_float32_with_float32_parameters(method_nam
   config16, bf16_fn, model16, _ = make(method_name, True, compute_dtype='bfloat16')
   assert model16.dtype == jnp.bfloat16 and model32.dtype is None
   params = model32.init(jax.random.PRNGKey(0))
-  x = jnp.asarray(helpers.synthetic_digits(32)[..., None] / 127.5 - 1.0, jnp.float32)
+  x = jnp.asarray(data.scale_images(helpers.synthetic_digits(32)[..., None]))
   rng = jax.random.PRNGKey(4)
   for term in methods.active_terms(method, config32):
     def value(p, model, term=term):
@@ -307,10 +308,10 @@ def test_transposed_conv_dispatch_equals_lax_conv_transpose(shape):
   np.testing.assert_allclose(layers.transposed_conv(x, w, 2), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_model_gradients_do_not_depend_on_the_fast_backward_passes():
+def test_model_gradients_do_not_depend_on_the_custom_backward_passes():
   """conv_64 encoder and decoder with the custom VJPs against plain lax autodiff."""
   fast = AutoEncoder('conv_64', 8, 3, use_bn=True)
-  plain = AutoEncoder('conv_64', 8, 3, use_bn=True, use_phase_decomposition=False)
+  plain = AutoEncoder('conv_64', 8, 3, use_bn=True, conv_impl='xla')
   params = fast.init(jax.random.PRNGKey(0))
   x = jax.random.uniform(jax.random.PRNGKey(1), (3, 64, 64, 3), minval=-1, maxval=1)
 

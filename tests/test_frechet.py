@@ -5,8 +5,6 @@ torchvision, pytorch-fid); imported unconditionally so that a missing install
 makes this file ERROR instead of being skipped.
 """
 
-import sys
-import types
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """Each loss function: values against numpy (float64), gradients by finite differences."""
-import math
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,6 @@ import pytest
 
 from pga_jax import config as config_lib
 from pga_jax import losses, methods, train_step as ts
-from pga_jax.models import AutoEncoder
 
 sg = jax.lax.stop_gradient
 B, H = 8, 4
@@ -145,7 +144,6 @@ def test_warmup_ramp_raises_the_coefficients_linearly_after_init_steps():
                                                         warmup_ramp_steps=4)
   rng = jax.random.PRNGKey(5)
   rec_only, _ = loss_fn(params, images, rng, jnp.asarray(100))
-  full = None
   for step, share in ((101, 0.25), (102, 0.5), (103, 0.75), (104, 1.0), (500, 1.0)):
     loss, metrics = loss_fn(params, images, rng, jnp.asarray(step))
     weighted = sum(config[c] * float(metrics[n]) for n, c in

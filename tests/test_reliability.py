@@ -32,7 +32,7 @@ import optax
 import pytest
 from PIL import Image
 
-from pga_jax import checkpointing, config as config_lib, methods, train, train_step as ts
+from pga_jax import checkpointing, config as config_lib, data, methods, train, train_step as ts
 from tests import helpers
 
 NUM_STEPS = 14
@@ -410,7 +410,7 @@ def lpga_step():
   state = ts.init_train_state(model, optimizer, jax.random.PRNGKey(0))
   # Past the warm-up: the terms are on from step init_steps + 1 (the reference's switch).
   state = state._replace(step=jnp.asarray(1, jnp.int32))
-  images = jnp.asarray(helpers.synthetic_digits(4)[..., None] / 127.5 - 1.0, jnp.float32)
+  images = jnp.asarray(data.scale_images(helpers.synthetic_digits(4)[..., None]))
   return jax.jit(ts.make_train_step(loss_fn, optimizer)), state, images
 
 

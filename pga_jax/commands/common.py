@@ -89,7 +89,6 @@ def write_images(images, grid, out):
 
 def data_images(config, num, split, what='--num'):
   """The first `num` images of a split of the run's dataset, in [-1, 1]."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from pga_jax import config as config_lib, data  # pylint: disable=g-import-not-at-top
   size, _, channels = config_lib.image_shape(config)
   try:
@@ -100,7 +99,7 @@ def data_images(config, num, split, what='--num'):
   if len(images) < num:
     user_error(ValueError(f'{what} needs {num} images but split {split!r} of dataset '
                           f'{config.dataset!r} has {len(images)}; ask for fewer'))
-  return images[:num].astype(np.float32) / 127.5 - 1.0
+  return data.scale_images(images[:num])
 
 
 def define_run_flags():

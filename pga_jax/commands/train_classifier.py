@@ -12,6 +12,7 @@ import json
 from absl import flags
 
 from pga_jax.commands import common
+from pga_jax.data import catalog
 
 
 def define_flags():
@@ -41,10 +42,10 @@ def main(argv):
     size, _, channels = config_lib.image_shape(config)
   else:
     dataset, data_dir = f.dataset, f.data_dir
-    if dataset not in config_lib.DATASET_SHAPES:
+    if dataset not in catalog.TFDS_SHAPES:
       common.user_error(ValueError(f'--dataset={dataset!r}: choose one of '
-                                   f'{sorted(config_lib.DATASET_SHAPES)} (other data: --workdir)'))
-    size, channels = config_lib.DATASET_SHAPES[dataset]
+                                   f'{sorted(catalog.TFDS_SHAPES)} (other data: --workdir)'))
+    size, channels = catalog.TFDS_SHAPES[dataset]
   try:
     train_split = evaluate.load_split(dataset, 'train', data_dir, size, channels)
     test_split = evaluate.load_split(dataset, 'test', data_dir, size, channels)

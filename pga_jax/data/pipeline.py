@@ -31,8 +31,13 @@ def _check_non_negative_int(name: str, value) -> int:
 
 
 def scale_images(images: np.ndarray) -> np.ndarray:
-  """uint8 pixels -> float32 in [-1, 1]: x / 127.5 - 1."""
-  return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+  """uint8 pixels -> float32 in [-1, 1]: x / 127.5 - 1 (the reference's scaling)."""
+  return np.asarray(images).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats -> uint8 pixels, rounded and clipped (the inverse of `scale_images`)."""
+  return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 class BatchSource:

@@ -16,26 +16,16 @@ folder reader are imported when their datasets are loaded.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from pga_jax import storage
 from pga_jax.data import idx as idx_lib
+# The dataset table lives in `catalog` (tfds_sources reads it too); re-exported here.
+from pga_jax.data.catalog import DATASETS, FILE_DATASETS, TFDS_SHAPES, dataset_info  # noqa: F401
+from pga_jax.data.catalog import check_dataset_name as _check_dataset_name
 from pga_jax.data.errors import DatasetError
-
-# Datasets read through tfds -> (image_size, channels) of what load_split
-# returns. (Kept here, not in tfds_sources, so that importing this module does
-# not import TensorFlow.)
-TFDS_SHAPES = {
-    'mnist': (28, 1),
-    'fashion_mnist': (28, 1),
-    'cifar10': (32, 3),
-    'celeb_a': (64, 3),
-}
-FILE_DATASETS = ('folder', 'idx')
-DATASETS = tuple(TFDS_SHAPES) + FILE_DATASETS
-
 
 class Split(NamedTuple):
   """One split in memory.
@@ -47,32 +37,6 @@ class Split(NamedTuple):
   images: np.ndarray
   labels: Optional[np.ndarray]
   num_skipped: int = 0
-
-
-def dataset_info(dataset: str, image_size: Optional[int] = None,
-                 channels: Optional[int] = None) -> Tuple[int, int]:
-  """(image_size, channels) of what `load_split(dataset, ...)` returns.
-
-  For 'folder' and 'idx' the shape is the config's: pass its image_size and
-  channels (both required for them).
-
-  Raises:
-    ValueError: unknown dataset, or 'folder'/'idx' without image_size and
-      channels.
-  """
-  _check_dataset_name(dataset)
-  if dataset in TFDS_SHAPES:
-    return TFDS_SHAPES[dataset]
-  if image_size is None or channels is None:
-    raise ValueError(
-        f"dataset {dataset!r} takes its image size and channels from the "
-        f'config; pass image_size and channels (got {image_size}, {channels}).')
-  return image_size, channels
-
-
-def _check_dataset_name(dataset: str) -> None:
-  if dataset not in DATASETS:
-    raise ValueError(f'unknown dataset {dataset!r}; choose one of {DATASETS}')
 
 
 def _check_requested_shape(dataset: str, size: int, count: int,

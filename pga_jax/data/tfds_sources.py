@@ -22,7 +22,7 @@ tf.config.set_visible_devices([], 'GPU')
 from pga_jax import storage
 from pga_jax.data import fashion_mnist_offline, tfds_quiet
 from pga_jax.data.errors import DatasetError
-from pga_jax.data.sources import TFDS_SHAPES
+from pga_jax.data.catalog import TFDS_SHAPES
 
 # The 178x218 aligned CelebA images (height 218, width 178): center crop
 # 108x108 at offsets ((218-108)//2, (178-108)//2), bicubic resize to 64x64.

@@ -47,6 +47,8 @@ import numpy as np
 import optax
 from absl import logging
 
+from pga_jax.data.pipeline import scale_images
+
 FORMAT_VERSION = 1
 INFO_FILE = 'classifier.json'
 PARAMS_DIR = 'params'
@@ -117,8 +119,7 @@ def params_identity(spec: ClassifierSpec, num_classes: int, params) -> str:
   return h.hexdigest()
 
 
-def _scale(images: np.ndarray) -> np.ndarray:
-  return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+_scale = scale_images
 
 
 @dataclasses.dataclass

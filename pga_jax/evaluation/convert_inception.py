@@ -22,13 +22,13 @@ Mapping (torch -> flax), names otherwise unchanged:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from pga_jax import storage
 from pga_jax.evaluation import inception
 
 _BN_NAMES = {
@@ -109,14 +109,6 @@ def load_torch_state_dict(path: str) -> Mapping[str, Any]:
     return state
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert(torch_weights: str, out: str) -> str:
     """Convert ``torch_weights`` (.pth) to ``out`` (.npz). Returns ``out``."""
     torch_weights = os.fspath(torch_weights)
@@ -124,7 +116,7 @@ def convert(torch_weights: str, out: str) -> str:
     if os.path.basename(torch_weights) == inception.FID_WEIGHTS_FILENAME:
         # Torch hub convention: the name carries the first hex digits of the sha256.
         expected_prefix = inception.FID_WEIGHTS_FILENAME.rsplit("-", 1)[-1].split(".")[0]
-        digest = _sha256(torch_weights)
+        digest = storage.sha256(torch_weights)
         if not digest.startswith(expected_prefix):
             print(
                 f"WARNING: sha256 of {torch_weights} is {digest}, expected a prefix of "

@@ -23,7 +23,6 @@ random subsets of min(1000, ...) points of each.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -33,6 +32,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from pga_jax import storage
+from pga_jax.data.pipeline import scale_images, to_uint8
 from pga_jax.evaluation import classifier as classifier_lib
 from pga_jax.evaluation import metrics, reference_stats
 
@@ -86,14 +87,6 @@ def domain_network(dataset: str, train_split, test_split, *, cache_dir: str,
   return FeatureNetwork('domain', clf.identity, clf.features, info)
 
 
-def _file_sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 22), b''):
-      h.update(block)
-  return h.hexdigest()
-
-
 def inception_network(weights_path: Optional[str], flag: str = '--inception_weights'
                       ) -> FeatureNetwork:
   """The FID Inception network from converted weights (see convert_inception)."""
@@ -112,7 +105,7 @@ def inception_network(weights_path: Optional[str], flag: str = '--inception_weig
     first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
     raise EvaluationError(f'cannot use the FID Inception weights {weights_path!r}: '
                           f'{first_line}') from err
-  identity = _file_sha256(weights_path)
+  identity = storage.sha256(weights_path)
   info = {'kind': 'inception', 'identity': identity,
           'weights': os.path.abspath(weights_path), 'feature_dim': inception.FEATURE_DIM}
   return FeatureNetwork('inception', identity,
@@ -208,8 +201,7 @@ def evaluator_for_config(config, features: Optional[str] = None, **kwargs) -> Ev
 
 def quantize(images: np.ndarray) -> np.ndarray:
   """[-1, 1] floats rounded to the 256 levels of 8-bit images (as saved samples are)."""
-  pixels = np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255)
-  return pixels / np.float32(127.5) - np.float32(1.0)
+  return scale_images(to_uint8(images))
 
 
 def sample_features(evaluator: Evaluator, model, params, config, num_samples: int, seed: int,

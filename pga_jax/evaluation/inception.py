@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Tuple, Union
 
 import flax.linen as nn
 import jax

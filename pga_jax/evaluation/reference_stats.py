@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 from absl import logging
 
+from pga_jax.data.pipeline import scale_images
 from pga_jax.evaluation import frechet
 
 FORMAT_VERSION = 1
@@ -115,7 +116,7 @@ def reference_statistics(images: np.ndarray, feature_fn: Callable[[np.ndarray], 
   start = time.time()
   features = []
   for i in range(0, len(images), chunk):
-    batch = images[i:i + chunk].astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    batch = scale_images(images[i:i + chunk])
     features.append(np.asarray(feature_fn(batch), np.float32))
   features = np.concatenate(features)
   mu, sigma = frechet.feature_statistics(features)

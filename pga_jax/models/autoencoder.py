@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from pga_jax.models import dcgan, layers, resnet
 
 ARCHITECTURES = {
-    # name: (native image size, builder of (encoder, decoder))
+    # name: native image size (networks: dcgan.py, resnet.py; built by the methods below)
     'conv_mnist': 28,
     'conv_32': 32,
     'conv_64': 64,
@@ -43,8 +43,7 @@ class AutoEncoder:
   and device (cached, `pga_jax.models.kernel_choice`; may be a custom VJP,
   reverse mode only), 'xla' XLA's own convolutions and JAX's autodiff
   everywhere (`jax.jvp` / `jacfwd` work), 'phase' / 'adjoint' force those
-  forms. `use_phase_decomposition=False` is the older spelling of 'xla' and
-  overrides `conv_impl`.
+  forms.
   """
   arch: str
   latent_dim: int
@@ -52,7 +51,6 @@ class AutoEncoder:
   use_bn: bool = False
   with_logvar: bool = False
   dtype: Optional[jnp.dtype] = None
-  use_phase_decomposition: bool = True
   conv_impl: str = 'auto'
 
   def __post_init__(self):
@@ -61,11 +59,6 @@ class AutoEncoder:
     if self.conv_impl not in layers.CONV_IMPLS:
       raise ValueError(f'unknown conv_impl {self.conv_impl!r}; choose one of '
                        f'{layers.CONV_IMPLS}')
-
-  @property
-  def effective_conv_impl(self) -> str:
-    """`conv_impl`, or 'xla' when built with use_phase_decomposition=False."""
-    return self.conv_impl if self.use_phase_decomposition else 'xla'
 
   @property
   def image_size(self) -> int:
@@ -83,7 +76,7 @@ class AutoEncoder:
     spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32,
             'conv_64': dcgan.CONV_64}[self.arch]
     return dcgan.DcganEncoder(spec, self.latent_dim, self.use_bn, self.with_logvar,
-                              dtype=self.dtype, conv_impl=self.effective_conv_impl)
+                              dtype=self.dtype, conv_impl=self.conv_impl)
 
   @property
   def decoder(self) -> nn.Module:
@@ -92,7 +85,7 @@ class AutoEncoder:
     spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32,
             'conv_64': dcgan.CONV_64}[self.arch]
     return dcgan.DcganDecoder(spec, self.channels, self.use_bn, dtype=self.dtype,
-                              conv_impl=self.effective_conv_impl)
+                              conv_impl=self.conv_impl)
 
   def init(self, rng: jax.Array) -> dict:
     """Glorot-uniform weights, zero biases (log-variance bias 2*log(0.1))."""

@@ -94,7 +94,6 @@ class DcganEncoder(nn.Module):
   with_logvar: bool = False
   dim: int = 64
   dtype: Optional[jnp.dtype] = None
-  fast_backward: bool = True
   conv_impl: str = 'auto'   # layers.layer_forms
 
   @nn.compact
@@ -102,7 +101,7 @@ class DcganEncoder(nn.Module):
     h = x.astype(self.dtype or x.dtype)
     for i, (mult, has_bn) in enumerate(self.spec.enc_convs):
       h = layers.conv(self.dim * mult, dtype=self.dtype, name=f'conv{i}',
-                      fast_backward=self.fast_backward, conv_impl=self.conv_impl)(h)
+                      conv_impl=self.conv_impl)(h)
       h = layers.maybe_batch_norm(h, self.use_bn and has_bn, stat_rows, f'bn_conv{i}')
       h = layers.leaky_relu(h)
     h = layers.flatten(h)
@@ -121,7 +120,6 @@ class DcganDecoder(nn.Module):
   use_bn: bool = False
   dim: int = 64
   dtype: Optional[jnp.dtype] = None
-  use_phase_decomposition: bool = True
   conv_impl: str = 'auto'   # layers.layer_forms
 
   @nn.compact
@@ -141,12 +139,10 @@ class DcganDecoder(nn.Module):
     h = nn.relu(h)
     h = h.reshape(h.shape[0], spec.dec_start, spec.dec_start, start_channels)
     for i, (mult, has_bn) in enumerate(spec.dec_deconvs):
-      h = layers.UpConv(self.dim * mult, dtype=self.dtype,
-                        use_phase_decomposition=self.use_phase_decomposition,
-                        conv_impl=self.conv_impl, name=f'deconv{i}')(h)
+      h = layers.UpConv(self.dim * mult, dtype=self.dtype, conv_impl=self.conv_impl,
+                        name=f'deconv{i}')(h)
       h = layers.maybe_batch_norm(h, self.use_bn and has_bn, stat_rows, f'bn_deconv{i}')
       h = nn.relu(h)
-    h = layers.UpConv(self.channels, dtype=self.dtype,
-                      use_phase_decomposition=self.use_phase_decomposition,
-                      conv_impl=self.conv_impl, name='to_image')(h)
+    h = layers.UpConv(self.channels, dtype=self.dtype, conv_impl=self.conv_impl,
+                      name='to_image')(h)
     return jnp.tanh(h.astype(layers.at_least_float32(h.dtype)))

@@ -436,14 +436,12 @@ class UpConv(nn.Module):
   `conv_impl` (see `layer_forms`): 'auto' (default) runs the form measured
   fastest for the shape on this device; 'xla' computes it with
   `lax.conv_transpose` and JAX's own autodiff (forward-mode capable);
-  'phase' and 'adjoint' force those forms. `use_phase_decomposition=False`
-  is the older spelling of conv_impl='xla'.
+  'phase' and 'adjoint' force those forms.
   """
 
   features: int
   kernel_size: int = 5
   stride: int = 2
-  use_phase_decomposition: bool = True
   dtype: Optional[jnp.dtype] = None
   conv_impl: str = 'auto'
 
@@ -455,7 +453,7 @@ class UpConv(nn.Module):
     bias = self.param('bias', zeros, (self.features,), jnp.float32)
     dtype = self.dtype or x.dtype
     x = x.astype(dtype)
-    mode = layer_forms(self.conv_impl if self.use_phase_decomposition else 'xla')[0]
+    mode = layer_forms(self.conv_impl)[0]
     if mode == 'adjoint' and not _adjoint_applies(kernel.shape, self.stride):
       mode = 'phase'
     y = upsample_conv(x, kernel.astype(dtype), self.stride, mode)
@@ -476,13 +474,11 @@ class Conv(nn.Module):
   """`flax.linen.Conv` with 'SAME' padding (same parameters and computation),
   whose bias is added by `add_bias`. `conv_impl` (see `layer_forms`): how a
   strided convolution's backward pass is computed ('auto': measured; 'xla':
-  JAX's own autodiff, jvp works); a stride-1 convolution is always lax's.
-  `fast_backward=False` is the older spelling of conv_impl='xla'."""
+  JAX's own autodiff, jvp works); a stride-1 convolution is always lax's."""
   features: int
   kernel_size: int = 5
   strides: int = 2
   dtype: Optional[jnp.dtype] = None
-  fast_backward: bool = True
   conv_impl: str = 'auto'
 
   @nn.compact
@@ -493,7 +489,7 @@ class Conv(nn.Module):
     bias = self.param('bias', zeros, (self.features,), jnp.float32)
     dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    mode = layer_forms(self.conv_impl if self.fast_backward else 'xla')[1]
+    mode = layer_forms(self.conv_impl)[1]
     if mode != 'xla' and not _downsample_applies(x.shape, kernel.shape, self.strides):
       mode = 'xla'
     y = downsample_conv(x, kernel, self.strides, mode)
@@ -519,10 +515,9 @@ class Dense(nn.Module):
 
 def conv(features: int, kernel_size: int = 5, strides: int = 2,
          dtype: Optional[jnp.dtype] = None, name: Optional[str] = None,
-         fast_backward: bool = True, conv_impl: str = 'auto') -> Conv:
+         conv_impl: str = 'auto') -> Conv:
   """The reference's conv layer: 'SAME' padding, Glorot-uniform, zero bias."""
-  return Conv(features, kernel_size, strides, dtype=dtype, fast_backward=fast_backward,
-              conv_impl=conv_impl, name=name)
+  return Conv(features, kernel_size, strides, dtype=dtype, conv_impl=conv_impl, name=name)
 
 
 def dense(features: int, dtype: Optional[jnp.dtype] = None,
