@@ -1,12 +1,14 @@
 # One command each: `make quickstart` (install + train LPGA on Fashion-MNIST),
-# `make test` (install + run the test suite). Both install everything first.
+# `make test` (install + the unit tier of the tests, a few minutes),
+# `make test-all` (install + formatting/lint check + every test; what CI runs).
+# All install everything first.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_WORKERS ?= 2
 
-.PHONY: install data quickstart test accelerator-wheels accelerator-dry-run
+.PHONY: install data quickstart test test-all lint format accelerator-wheels accelerator-dry-run
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +27,23 @@ data:
 quickstart: install
 	$(VENV)/bin/pga train --config=experiments/configs/quickstart.py --workdir=runs/quickstart
 
+# The unit tier: everything but the tests marked slow (training subprocesses,
+# several processes, the experiment runners and study scripts, the emulator).
 test: install
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow"
+
+# Every test, after the formatting and lint check.
+test-all: install lint
 	$(PY) -m pytest -n $(TEST_WORKERS)
+
+# ruff (pyproject.toml): `make format` rewrites, `make lint` only checks.
+lint: install
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+
+format: install
+	$(VENV)/bin/ruff format --quiet .
+	$(VENV)/bin/ruff check --quiet --fix .
 
 # Pure-Python wheels for experiments/accelerator_check.sh on an offline node
 # (requirements-accelerator.txt). Then copy the repository with the folder:

@@ -17,6 +17,7 @@ module level, so the refusal is in place before jax, flax or pga_jax load.
 Every stage writes OUT_DIR/<stage>[_<arch>_<dtype>].json; `summary` gathers
 them into OUT_DIR/summary.json. See accelerator_check.sh for the whole run.
 """
+
 from __future__ import annotations
 
 import importlib.abc
@@ -37,8 +38,10 @@ class _RefuseTensorFlow(importlib.abc.MetaPathFinder):
     del path, target
     if fullname.split('.')[0] in REFUSED:
       REFUSED_ATTEMPTS.append(fullname)
-      raise ImportError(f'accelerator_check: {fullname} must not be imported on this path '
-                        '(the accelerator check runs without TensorFlow)')
+      raise ImportError(
+        f'accelerator_check: {fullname} must not be imported on this path '
+        '(the accelerator check runs without TensorFlow)'
+      )
     return None
 
 
@@ -51,15 +54,16 @@ def refuse_tensorflow() -> None:
   if not any(isinstance(f, _RefuseTensorFlow) for f in sys.meta_path):
     sys.meta_path.insert(0, _RefuseTensorFlow())
 
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 ARCHS = {  # arch: the experiments/configs file whose settings it is benchmarked with
-    'conv_mnist': 'mnist_lpga.py',
-    'conv_32': 'cifar10_lpga.py',
-    'conv_64': 'celeba_lpga.py',
-    'resnet_32': 'cifar10_lpga.py',
+  'conv_mnist': 'mnist_lpga.py',
+  'conv_32': 'cifar10_lpga.py',
+  'conv_64': 'celeba_lpga.py',
+  'resnet_32': 'cifar10_lpga.py',
 }
 DTYPES = ('float32', 'bfloat16')
 
@@ -70,15 +74,15 @@ DTYPES = ('float32', 'bfloat16')
 # unit. Approximate (clocks and board power vary); the measured matmul peak
 # in environment.json is the practical reference on the machine itself.
 PEAK_FLOPS = (
-    (r'H100.*PCIe', {'float32': 51e12, 'tf32': 378e12, 'bfloat16': 756e12}),
-    (r'H100|H200|GH200', {'float32': 67e12, 'tf32': 495e12, 'bfloat16': 989e12}),
-    (r'A100', {'float32': 19.5e12, 'tf32': 156e12, 'bfloat16': 312e12}),
-    (r'A30\b', {'float32': 10.3e12, 'tf32': 82e12, 'bfloat16': 165e12}),
-    (r'L40S', {'float32': 91.6e12, 'tf32': 183e12, 'bfloat16': 362e12}),
-    (r'\bL4\b', {'float32': 30.3e12, 'tf32': 60e12, 'bfloat16': 121e12}),
-    (r'\bA10\b', {'float32': 31.2e12, 'tf32': 62.5e12, 'bfloat16': 125e12}),
-    (r'V100', {'float32': 15.7e12, 'tf32': None, 'bfloat16': None}),
-    (r'\bT4\b', {'float32': 8.1e12, 'tf32': None, 'bfloat16': None}),
+  (r'H100.*PCIe', {'float32': 51e12, 'tf32': 378e12, 'bfloat16': 756e12}),
+  (r'H100|H200|GH200', {'float32': 67e12, 'tf32': 495e12, 'bfloat16': 989e12}),
+  (r'A100', {'float32': 19.5e12, 'tf32': 156e12, 'bfloat16': 312e12}),
+  (r'A30\b', {'float32': 10.3e12, 'tf32': 82e12, 'bfloat16': 165e12}),
+  (r'L40S', {'float32': 91.6e12, 'tf32': 183e12, 'bfloat16': 362e12}),
+  (r'\bL4\b', {'float32': 30.3e12, 'tf32': 60e12, 'bfloat16': 121e12}),
+  (r'\bA10\b', {'float32': 31.2e12, 'tf32': 62.5e12, 'bfloat16': 125e12}),
+  (r'V100', {'float32': 15.7e12, 'tf32': None, 'bfloat16': None}),
+  (r'\bT4\b', {'float32': 8.1e12, 'tf32': None, 'bfloat16': None}),
 )
 
 
@@ -91,8 +95,10 @@ def table_peak(device_kind: str):
 
 
 def tensorflow_report() -> dict:
-  return {'tensorflow_imported': any(m.split('.')[0] == 'tensorflow' for m in sys.modules),
-          'refused_imports': sorted(set(REFUSED_ATTEMPTS))}
+  return {
+    'tensorflow_imported': any(m.split('.')[0] == 'tensorflow' for m in sys.modules),
+    'refused_imports': sorted(set(REFUSED_ATTEMPTS)),
+  }
 
 
 def write(out_dir: str, name: str, result: dict) -> str:
@@ -114,11 +120,13 @@ def log(message: str) -> None:
 # Stages.
 # --------------------------------------------------------------------------
 
+
 def measured_matmul_peak(dtype: str, size: int, repeats: int = 5) -> float:
   """FLOP/s of a size^3 matmul in `dtype` at default precision (median)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32).astype(dtype)
   matmul = jax.jit(jnp.matmul)
   jax.block_until_ready(matmul(a, a))
@@ -127,7 +135,7 @@ def measured_matmul_peak(dtype: str, size: int, repeats: int = 5) -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(matmul(a, a))
     samples.append(time.perf_counter() - t0)
-  return 2 * size ** 3 / float(np.median(samples))
+  return 2 * size**3 / float(np.median(samples))
 
 
 def stage_env(out_dir: str, dry_run: bool) -> dict:
@@ -135,49 +143,79 @@ def stage_env(out_dir: str, dry_run: bool) -> dict:
   import importlib.util  # pylint: disable=g-import-not-at-top
   import platform  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+
   versions = {}
-  for package in ('jax', 'jaxlib', 'flax', 'optax', 'chex', 'orbax-checkpoint',
-                  'ml_collections', 'numpy', 'pytest'):
+  for package in (
+    'jax',
+    'jaxlib',
+    'flax',
+    'optax',
+    'chex',
+    'orbax-checkpoint',
+    'ml_collections',
+    'numpy',
+    'pytest',
+  ):
     try:
       versions[package] = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
       versions[package] = None
-  missing = [m for m in ('ml_collections', 'pytest')
-             if importlib.util.find_spec(m) is None]
+  missing = [m for m in ('ml_collections', 'pytest') if importlib.util.find_spec(m) is None]
   if missing:
-    raise RuntimeError(f'{", ".join(missing)} not importable; pass --wheels DIR with the '
-                       'wheels of `make accelerator-wheels`')
+    raise RuntimeError(
+      f'{", ".join(missing)} not importable; pass --wheels DIR with the '
+      'wheels of `make accelerator-wheels`'
+    )
   device = jax.devices()[0]
   if not dry_run and device.platform == 'cpu':
-    raise RuntimeError('JAX found no accelerator (default backend: cpu); check the CUDA '
-                       'install with `python -c "import jax; print(jax.devices())"` or '
-                       'pass --dry-run')
+    raise RuntimeError(
+      'JAX found no accelerator (default backend: cpu); check the CUDA '
+      'install with `python -c "import jax; print(jax.devices())"` or '
+      'pass --dry-run'
+    )
   size = 512 if dry_run else 8192
   peaks = {d: measured_matmul_peak(d, size) for d in DTYPES}
   import pga_jax  # pylint: disable=g-import-not-at-top
-  return {'python': platform.python_version(), 'versions': versions,
-          'pga_jax_file': pga_jax.__file__,
-          'backend': jax.default_backend(), 'platform': device.platform,
-          'device_kind': device.device_kind, 'device_count': jax.device_count(),
-          'devices': [str(d) for d in jax.devices()],
-          'matmul_size': size, 'measured_matmul_flops_per_sec': peaks,
-          'table_peak_flops_per_sec': table_peak(device.device_kind),
-          'dry_run': dry_run,
-          'env': {k: os.environ.get(k) for k in ('JAX_PLATFORMS', 'CUDA_VISIBLE_DEVICES',
-                                                 'XLA_FLAGS', 'PGA_JAX_CACHE_DIR',
-                                                 'JAX_DEFAULT_MATMUL_PRECISION')}}
+
+  return {
+    'python': platform.python_version(),
+    'versions': versions,
+    'pga_jax_file': pga_jax.__file__,
+    'backend': jax.default_backend(),
+    'platform': device.platform,
+    'device_kind': device.device_kind,
+    'device_count': jax.device_count(),
+    'devices': [str(d) for d in jax.devices()],
+    'matmul_size': size,
+    'measured_matmul_flops_per_sec': peaks,
+    'table_peak_flops_per_sec': table_peak(device.device_kind),
+    'dry_run': dry_run,
+    'env': {
+      k: os.environ.get(k)
+      for k in (
+        'JAX_PLATFORMS',
+        'CUDA_VISIBLE_DEVICES',
+        'XLA_FLAGS',
+        'PGA_JAX_CACHE_DIR',
+        'JAX_DEFAULT_MATMUL_PRECISION',
+      )
+    },
+  }
 
 
 # Dry run: a few fast tests (CPU, a loaded machine); the real run: the files.
 DRY_RUN_TESTS = (
-    'tests/test_kernel_choice.py::test_candidates_include_xla_off_cpu_and_first',
-    'tests/test_kernel_choice.py::test_every_downsample_form_gives_lax_values_and_gradients'
-    '[shape0-phase]',
-    'tests/test_fast_paths.py::test_transposed_conv_dispatch_equals_lax_conv_transpose'
-    '[shape3]',
+  'tests/test_kernel_choice.py::test_candidates_include_xla_off_cpu_and_first',
+  'tests/test_kernel_choice.py::test_every_downsample_form_gives_lax_values_and_gradients'
+  '[shape0-phase]',
+  'tests/test_fast_paths.py::test_transposed_conv_dispatch_equals_lax_conv_transpose[shape3]',
 )
-TEST_FILES = ('tests/test_kernel_choice.py', 'tests/test_fast_paths.py',
-              'tests/test_layers.py', 'tests/test_losses.py')
+TEST_FILES = (
+  'tests/test_kernel_choice.py',
+  'tests/test_fast_paths.py',
+  'tests/test_layers.py',
+  'tests/test_losses.py',
+)
 # Needs the train loop (pga_jax.train imports clu, which imports TensorFlow).
 DESELECTED = ('tests/test_fast_paths.py::test_the_train_loop_compiles_its_step_once',)
 
@@ -199,9 +237,13 @@ class _Outcomes:
 
 def stage_tests(out_dir: str, dry_run: bool) -> dict:
   import pytest  # pylint: disable=g-import-not-at-top
+
   selection = list(DRY_RUN_TESTS if dry_run else TEST_FILES)
-  args = selection + [f'--deselect={d}' for d in DESELECTED] + [
-      '-q', '-p', 'no:cacheprovider', f'--rootdir={REPO}', '-c', os.path.join(REPO, 'setup.cfg')]
+  args = (
+    selection
+    + [f'--deselect={d}' for d in DESELECTED]
+    + ['-q', '-p', 'no:cacheprovider', f'--rootdir={REPO}', '-c', os.path.join(REPO, 'setup.cfg')]
+  )
   outcomes = _Outcomes()
   cwd = os.getcwd()
   os.chdir(REPO)
@@ -210,23 +252,37 @@ def stage_tests(out_dir: str, dry_run: bool) -> dict:
   finally:
     os.chdir(cwd)
   import jax  # pylint: disable=g-import-not-at-top
+
   counts = {}
   for entry in outcomes.tests.values():
     counts[entry['outcome']] = counts.get(entry['outcome'], 0) + 1
-  return {'pytest_args': args, 'exit_status': status, 'passed': status == 0,
-          'counts': counts, 'tests': outcomes.tests, 'backend': jax.default_backend(),
-          'matmul_precision': os.environ.get('JAX_DEFAULT_MATMUL_PRECISION')}
+  return {
+    'pytest_args': args,
+    'exit_status': status,
+    'passed': status == 0,
+    'counts': counts,
+    'tests': outcomes.tests,
+    'backend': jax.default_backend(),
+    'matmul_precision': os.environ.get('JAX_DEFAULT_MATMUL_PRECISION'),
+  }
 
 
 def stage_benchmark(out_dir: str, arch: str, dtype: str, dry_run: bool) -> dict:
   """`pga benchmark` itself (pga_jax.cli.run), then its JSON with the peaks."""
   from pga_jax import cli  # pylint: disable=g-import-not-at-top
+
   path = os.path.join(out_dir, f'benchmark_{arch}_{dtype}.json')
   if os.path.exists(path):
     os.remove(path)
-  argv = ['pga', 'benchmark', f'--config={os.path.join(REPO, "experiments", "configs", ARCHS[arch])}',
-          f'--config.arch={arch}', f'--config.compute_dtype={dtype}', f'--json={path}',
-          '--ae_ratio=false']
+  argv = [
+    'pga',
+    'benchmark',
+    f'--config={os.path.join(REPO, "experiments", "configs", ARCHS[arch])}',
+    f'--config.arch={arch}',
+    f'--config.compute_dtype={dtype}',
+    f'--json={path}',
+    '--ae_ratio=false',
+  ]
   if dry_run:
     argv += ['--config.batch_size=2', '--steps=1', '--warmup=0']
     if arch != 'conv_mnist':
@@ -238,8 +294,12 @@ def stage_benchmark(out_dir: str, arch: str, dtype: str, dry_run: bool) -> dict:
       # Its 512-wide 3x3 convolutions at 32x32 make one LPGA step at batch 2
       # several hundred GFLOP: minutes on a CPU. The dry run times its AE step.
       # The config file is LPGA's: keep its latent size and learning rate.
-      argv += ['--config.method=ae', '--config.latent_dim=128',
-               '--config.optimizer.learning_rate=0.2', '--config.zn_rec=0.0']
+      argv += [
+        '--config.method=ae',
+        '--config.latent_dim=128',
+        '--config.optimizer.learning_rate=0.2',
+        '--config.zn_rec=0.0',
+      ]
   else:
     argv += ['--config.batch_size=64', '--steps=20', '--warmup=3']
   log(' '.join(argv))
@@ -262,10 +322,11 @@ def stage_benchmark(out_dir: str, arch: str, dtype: str, dry_run: bool) -> dict:
     achieved = result.get('flops_per_sec')
     measured = env['measured_matmul_flops_per_sec'].get(dtype)
     result['measured_matmul_flops_per_sec'] = measured
-    result['fraction_of_measured_matmul_peak'] = (achieved / measured
-                                                  if achieved and measured else None)
+    result['fraction_of_measured_matmul_peak'] = (
+      achieved / measured if achieved and measured else None
+    )
     table = env.get('table_peak_flops_per_sec') or {}
-    for unit in ((dtype, 'tf32') if dtype == 'float32' else (dtype,)):
+    for unit in (dtype, 'tf32') if dtype == 'float32' else (dtype,):
       peak = table.get(unit)
       result[f'table_peak_{unit}_flops_per_sec'] = peak
       result[f'fraction_of_table_peak_{unit}'] = achieved / peak if achieved and peak else None
@@ -277,6 +338,7 @@ def write_idx(folder: str, images) -> None:
   import gzip  # pylint: disable=g-import-not-at-top
   import struct  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   os.makedirs(folder, exist_ok=True)
   n, rows, cols = images.shape
   with gzip.open(os.path.join(folder, 'train-images-idx3-ubyte.gz'), 'wb') as f:
@@ -292,6 +354,7 @@ def stage_train(out_dir: str, dry_run: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pga_jax import benchmark, config as config_lib, data  # pylint: disable=g-import-not-at-top
+
   # Dry run: batch 2 like the dry-run benchmarks, so they share the measured
   # convolution forms (kernel_cache).
   steps, batch, num_images = (10, 2, 256) if dry_run else (2000, 64, 10000)
@@ -302,8 +365,7 @@ def stage_train(out_dir: str, dry_run: bool) -> dict:
   config.batch_size, config.num_steps, config.init_steps = batch, steps, steps // 4
   images = data.load_split('idx', 'train', idx_dir, image_size=28, channels=1).images
   built = benchmark.build_step(config, at_step=0)
-  source = data.BatchSource(images, batch, config.seed, jax.process_index(),
-                            jax.process_count())
+  source = data.BatchSource(images, batch, config.seed, jax.process_index(), jax.process_count())
   history, state, t_first, t0 = [], built.state, None, time.perf_counter()
   for step, local in source.iterate(0, steps):
     state, metrics = built.step_fn(state, built.dp.global_batch(local))
@@ -316,13 +378,21 @@ def stage_train(out_dir: str, dry_run: bool) -> dict:
   jax.block_until_ready(state)
   seconds = time.perf_counter() - t_first
   losses = [h['loss'] for h in history]
-  return {'method': 'lpga', 'arch': config.arch, 'batch_size': batch, 'steps': steps,
-          'init_steps': config.init_steps, 'data': f'IDX, {num_images} synthetic digits',
-          'first_step_s_including_compile': first_step_s,
-          'images_per_sec': batch * (steps - 1) / seconds,
-          'steps_per_sec': (steps - 1) / seconds, 'history': history,
-          'all_finite': bool(np.all(np.isfinite(losses))),
-          'final_step': int(jax.device_get(state.step)), 'backend': jax.default_backend()}
+  return {
+    'method': 'lpga',
+    'arch': config.arch,
+    'batch_size': batch,
+    'steps': steps,
+    'init_steps': config.init_steps,
+    'data': f'IDX, {num_images} synthetic digits',
+    'first_step_s_including_compile': first_step_s,
+    'images_per_sec': batch * (steps - 1) / seconds,
+    'steps_per_sec': (steps - 1) / seconds,
+    'history': history,
+    'all_finite': bool(np.all(np.isfinite(losses))),
+    'final_step': int(jax.device_get(state.step)),
+    'backend': jax.default_backend(),
+  }
 
 
 def stage_summary(out_dir: str) -> dict:
@@ -331,17 +401,32 @@ def stage_summary(out_dir: str) -> dict:
     if name.endswith('.json') and name != 'summary.json':
       with open(os.path.join(out_dir, name)) as f:
         result = json.load(f)
-      stages[name[:-5]] = {k: result.get(k) for k in (
-          'status', 'error', 'passed', 'counts', 'images_per_sec', 'flops_per_sec',
-          'fraction_of_measured_matmul_peak', 'fraction_of_table_peak_float32',
-          'fraction_of_table_peak_tf32', 'fraction_of_table_peak_bfloat16', 'device_kind',
-          'tensorflow_imported', 'refused_imports') if k in result}
+      stages[name[:-5]] = {
+        k: result.get(k)
+        for k in (
+          'status',
+          'error',
+          'passed',
+          'counts',
+          'images_per_sec',
+          'flops_per_sec',
+          'fraction_of_measured_matmul_peak',
+          'fraction_of_table_peak_float32',
+          'fraction_of_table_peak_tf32',
+          'fraction_of_table_peak_bfloat16',
+          'device_kind',
+          'tensorflow_imported',
+          'refused_imports',
+        )
+        if k in result
+      }
   failed = sorted(n for n, s in stages.items() if s.get('status') != 'ok')
-  return {'stages': stages, 'failed_stages': failed,
-          'tensorflow_imported_anywhere': any(s.get('tensorflow_imported') for s in
-                                              stages.values()),
-          'passed': not failed and not any(s.get('tensorflow_imported') for s in
-                                           stages.values())}
+  return {
+    'stages': stages,
+    'failed_stages': failed,
+    'tensorflow_imported_anywhere': any(s.get('tensorflow_imported') for s in stages.values()),
+    'passed': not failed and not any(s.get('tensorflow_imported') for s in stages.values()),
+  }
 
 
 def main(argv) -> int:
@@ -376,8 +461,12 @@ def main(argv) -> int:
     result['status'] = 'ok' if ok else 'failed'
   except Exception as err:  # pylint: disable=broad-except  (recorded in the JSON)
     import traceback  # pylint: disable=g-import-not-at-top
-    result = {'status': 'error', 'error': f'{type(err).__name__}: {err}',
-              'traceback': traceback.format_exc()}
+
+    result = {
+      'status': 'error',
+      'error': f'{type(err).__name__}: {err}',
+      'traceback': traceback.format_exc(),
+    }
     log(f'{name}: {result["error"]}')
   result['stage_seconds'] = time.perf_counter() - t0
   result['dry_run'] = dry_run

@@ -11,6 +11,7 @@ in 28x28, as MNIST was made. Deterministic given --seed.
 
 Then train on them with `--config.dataset=idx --config.data_dir=OUT`.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,19 +36,28 @@ def render_digit(digit: int, rs: np.random.RandomState) -> np.ndarray:
   font = ImageFont.load_default(size=size)
   canvas = Image.new('L', (96, 96), 0)
   draw = ImageDraw.Draw(canvas)
-  draw.text((48, 48), str(digit), fill=255, font=font, anchor='mm',
-            stroke_width=int(rs.randint(0, 4)), stroke_fill=255)
+  draw.text(
+    (48, 48),
+    str(digit),
+    fill=255,
+    font=font,
+    anchor='mm',
+    stroke_width=int(rs.randint(0, 4)),
+    stroke_fill=255,
+  )
   shear = rs.uniform(-0.3, 0.3)
-  canvas = canvas.transform(canvas.size, Image.AFFINE, (1, shear, -shear * 48, 0, 1, 0),
-                            resample=Image.BILINEAR)
+  canvas = canvas.transform(
+    canvas.size, Image.AFFINE, (1, shear, -shear * 48, 0, 1, 0), resample=Image.BILINEAR
+  )
   canvas = canvas.rotate(rs.uniform(-15, 15), resample=Image.BILINEAR)
   box = canvas.getbbox()
   if box is None:
     return np.zeros((28, 28), np.uint8)
   glyph = canvas.crop(box)
   scale = 20.0 / max(glyph.size)
-  glyph = glyph.resize((max(1, round(glyph.size[0] * scale)), max(1, round(glyph.size[1] * scale))),
-                       Image.LANCZOS)
+  glyph = glyph.resize(
+    (max(1, round(glyph.size[0] * scale)), max(1, round(glyph.size[1] * scale))), Image.LANCZOS
+  )
   glyph = glyph.filter(ImageFilter.GaussianBlur(rs.uniform(0.0, 0.7)))
   pixels = np.asarray(glyph, np.float64)
   rows, cols = np.indices(pixels.shape)
@@ -57,7 +67,7 @@ def render_digit(digit: int, rs: np.random.RandomState) -> np.ndarray:
   out = np.zeros((28, 28))
   h, w = pixels.shape
   ys, xs = slice(max(top, 0), min(top + h, 28)), slice(max(left, 0), min(left + w, 28))
-  out[ys, xs] = pixels[ys.start - top:ys.stop - top, xs.start - left:xs.stop - left]
+  out[ys, xs] = pixels[ys.start - top : ys.stop - top, xs.start - left : xs.stop - left]
   return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -71,8 +81,10 @@ def make_digits(n: int, seed: int):
 def main(argv):
   del argv
   args = flags.FLAGS
-  for split, n, seed in (('train', args.num_train, args.seed),
-                         ('t10k', args.num_test, args.seed + 1)):
+  for split, n, seed in (
+    ('train', args.num_train, args.seed),
+    ('t10k', args.num_test, args.seed + 1),
+  ):
     images, labels = make_digits(n, seed)
     idx.write_uint8_split(args.out, split, images, labels)
     print(f'wrote {n} {split} images to {args.out}')

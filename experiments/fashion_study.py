@@ -13,6 +13,7 @@ same command continues where it stopped. Writes `results.json`, `results.md`
 (mean ± std over seeds of domain FID, precision, recall, KID on
 --num_samples samples) and a sample grid per method under --out.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,35 +31,55 @@ METHODS = ('ae', 'vae', 'lpga', 'vpga', 'lvpga')
 # The tuning sweep: the same number of values around the reference setting for
 # the VAE's beta and for each PGA method's main coefficient.
 SWEEP = {
-    'vae': ('beta', (0.02, 0.05, 0.1)),
-    'lpga': ('nll', (0.0075, 0.015, 0.03)),
-    'vpga': ('vkld', (0.01, 0.02, 0.04)),
+  'vae': ('beta', (0.02, 0.05, 0.1)),
+  'lpga': ('nll', (0.0075, 0.015, 0.03)),
+  'vpga': ('vkld', (0.01, 0.02, 0.04)),
 }
 
 flags.DEFINE_integer('steps', 1500, 'Training steps per run (the same for every method).')
 flags.DEFINE_list('seeds', ['0'], 'Seeds; mean ± std over them.')
 flags.DEFINE_list('methods', list(METHODS), 'Methods to run.')
 flags.DEFINE_float('warmup_fraction', 1 / 3, 'LPGA/LVPGA warm-up as a fraction of the steps.')
-flags.DEFINE_integer('warmup_ramp_steps', 0, 'LPGA/LVPGA: raise the terms over this many steps '
-                     'after the warm-up (0: all at once, the reference).')
+flags.DEFINE_integer(
+  'warmup_ramp_steps',
+  0,
+  'LPGA/LVPGA: raise the terms over this many steps '
+  'after the warm-up (0: all at once, the reference).',
+)
 flags.DEFINE_integer('num_samples', 5000, 'Samples per evaluation.')
 flags.DEFINE_string('workroot', 'runs/study', 'Where the runs live.')
 flags.DEFINE_string('out', 'docs/study', 'Where tables and figures go.')
-flags.DEFINE_string('overrides', '{}', 'JSON {method: {field: value}} applied to configs '
-                    '(e.g. the values the sweep chose).')
+flags.DEFINE_string(
+  'overrides',
+  '{}',
+  'JSON {method: {field: value}} applied to configs (e.g. the values the sweep chose).',
+)
 flags.DEFINE_bool('sweep', False, 'Run the tuning sweep (SWEEP) instead of the study.')
 flags.DEFINE_string('dataset', 'fashion_mnist', 'Dataset (tests use a small IDX one).')
 flags.DEFINE_string('data_dir', None, 'Data directory for the dataset.')
 flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
-flags.DEFINE_integer('eval_every', 0, 'Evaluate (domain features, --num_samples samples) every '
-                     'this many steps during training and record the curve in each run\'s '
-                     'eval_curve.jsonl; 0: only at the end.')
+flags.DEFINE_integer(
+  'eval_every',
+  0,
+  'Evaluate (domain features, --num_samples samples) every '
+  "this many steps during training and record the curve in each run's "
+  'eval_curve.jsonl; 0: only at the end.',
+)
 
 
-def study_config(method: str, seed: int, steps: int, warmup_fraction: float,
-                 dataset: str = 'fashion_mnist', data_dir=None, batch_size: int = 64,
-                 overrides: dict = None, eval_every: int = 0, num_samples: int = 5000,
-                 warmup_ramp_steps: int = 0):
+def study_config(
+  method: str,
+  seed: int,
+  steps: int,
+  warmup_fraction: float,
+  dataset: str = 'fashion_mnist',
+  data_dir=None,
+  batch_size: int = 64,
+  overrides: dict = None,
+  eval_every: int = 0,
+  num_samples: int = 5000,
+  warmup_ramp_steps: int = 0,
+):
   config = config_lib.base_config(method)
   config.dataset = dataset
   config.data_dir = data_dir
@@ -91,12 +112,23 @@ def run_study(f) -> dict:
       for value in values:
         extra = {method: dict(overrides.get(method, {}), **{field: value})}
         configs[f'sweep_{method}_{field}{value}'] = study_config(
-            method, 0, f.steps, f.warmup_fraction, f.dataset, f.data_dir, f.batch_size, extra)
+          method, 0, f.steps, f.warmup_fraction, f.dataset, f.data_dir, f.batch_size, extra
+        )
     else:
       for seed in map(int, f.seeds):
         configs[f'{method}_s{seed}'] = study_config(
-            method, seed, f.steps, f.warmup_fraction, f.dataset, f.data_dir, f.batch_size,
-            overrides, f.eval_every, f.num_samples, f.warmup_ramp_steps)
+          method,
+          seed,
+          f.steps,
+          f.warmup_fraction,
+          f.dataset,
+          f.data_dir,
+          f.batch_size,
+          overrides,
+          f.eval_every,
+          f.num_samples,
+          f.warmup_ramp_steps,
+        )
   evaluators = {}
 
   def evaluator_for(config):
@@ -112,8 +144,15 @@ def tabulate(results: dict, sweep: bool) -> str:
   rows = []
   if sweep:
     for name, r in sorted(results.items()):
-      rows.append([name.replace('sweep_', ''), f"{r['fid']:.3g}", f"{r['precision']:.3f}",
-                   f"{r['recall']:.3f}", f"{r['kid']:.4f}"])
+      rows.append(
+        [
+          name.replace('sweep_', ''),
+          f'{r["fid"]:.3g}',
+          f'{r["precision"]:.3f}',
+          f'{r["recall"]:.3f}',
+          f'{r["kid"]:.4f}',
+        ]
+      )
     return runner.markdown_table(rows, ['run', 'FID', 'precision', 'recall', 'KID'])
   by_method = {}
   for name, r in results.items():
@@ -122,9 +161,11 @@ def tabulate(results: dict, sweep: bool) -> str:
     if method not in by_method:
       continue
     rs = by_method[method]
-    rows.append([method.upper()] + [runner.mean_std([r[k] for r in rs])
-                                    for k in ('fid', 'precision', 'recall', 'kid')]
-                + [str(len(rs))])
+    rows.append(
+      [method.upper()]
+      + [runner.mean_std([r[k] for r in rs]) for k in ('fid', 'precision', 'recall', 'kid')]
+      + [str(len(rs))]
+    )
   return runner.markdown_table(rows, ['method', 'FID', 'precision', 'recall', 'KID', 'seeds'])
 
 
@@ -135,8 +176,10 @@ def main(argv):
   stem = 'sweep' if f.sweep else 'results'
   table = tabulate(results, f.sweep)
   runner.write_text(os.path.join(f.out, f'{stem}.md'), table)
-  runner.write_text(os.path.join(f.out, f'{stem}.json'),
-                    json.dumps(results, indent=2, sort_keys=True, default=float))
+  runner.write_text(
+    os.path.join(f.out, f'{stem}.json'),
+    json.dumps(results, indent=2, sort_keys=True, default=float),
+  )
   if not f.sweep:
     for method in f.methods:
       workdir = os.path.join(f.workroot, f'{method}_s{f.seeds[0]}')

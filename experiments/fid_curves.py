@@ -11,6 +11,7 @@ Writes the PNG (FID against step, one line per run; precision and recall
 below), a JSON of the curves beside it, and prints a markdown table of the
 metrics at each run's last evaluated step (mean ± std over seeds).
 """
+
 from __future__ import annotations
 
 import glob
@@ -27,8 +28,11 @@ flags.DEFINE_string('workroot', 'runs/study10k', 'Folder holding the runs (METHO
 flags.DEFINE_string('out', 'docs/study/fid_curves.png', 'Output PNG (a .json is written beside).')
 flags.DEFINE_list('methods', ['vae', 'lpga', 'vpga', 'lvpga'], 'Methods, in plotting order.')
 
-METRICS = (('fid', 'domain FID', 'log'), ('precision', 'precision', 'linear'),
-           ('recall', 'recall', 'linear'))
+METRICS = (
+  ('fid', 'domain FID', 'log'),
+  ('precision', 'precision', 'linear'),
+  ('recall', 'recall', 'linear'),
+)
 
 
 def load_curves(workroot: str, methods) -> dict:
@@ -50,18 +54,22 @@ def summary_table(curves: dict, methods) -> str:
     if not finals:
       continue
     steps = sorted({int(r['step']) for r in finals})
-    rows.append([method.upper(), '/'.join(map(str, steps))]
-                + [runner.mean_std([r[k] for r in finals]) for k in ('fid', 'precision',
-                                                                     'recall', 'kid')]
-                + [str(len(finals))])
-  return runner.markdown_table(rows, ['method', 'step', 'FID', 'precision', 'recall', 'KID',
-                                      'seeds'])
+    rows.append(
+      [method.upper(), '/'.join(map(str, steps))]
+      + [runner.mean_std([r[k] for r in finals]) for k in ('fid', 'precision', 'recall', 'kid')]
+      + [str(len(finals))]
+    )
+  return runner.markdown_table(
+    rows, ['method', 'step', 'FID', 'precision', 'recall', 'KID', 'seeds']
+  )
 
 
 def plot(curves: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
   for ax, (key, title, scale) in zip(axes, METRICS):
     for name, rows in curves.items():
@@ -81,11 +89,15 @@ def main(argv):
   f = flags.FLAGS
   curves = load_curves(f.workroot, f.methods)
   if not curves:
-    raise SystemExit(f'fid_curves: no eval_curve.jsonl under {f.workroot}; train the runs with '
-                     'experiments/fashion_study.py --eval_every=N first')
+    raise SystemExit(
+      f'fid_curves: no eval_curve.jsonl under {f.workroot}; train the runs with '
+      'experiments/fashion_study.py --eval_every=N first'
+    )
   plot(curves, f.out)
-  runner.write_text(os.path.splitext(f.out)[0] + '.json',
-                    json.dumps(curves, indent=2, sort_keys=True, default=float))
+  runner.write_text(
+    os.path.splitext(f.out)[0] + '.json',
+    json.dumps(curves, indent=2, sort_keys=True, default=float),
+  )
   print(summary_table(curves, f.methods))
 
 

@@ -7,6 +7,7 @@ writes `figure1_<name>.png` (10x10 random samples) and `figure2_<name>.png`
 (interpolations between the encodings of two test images in 9 steps, the two
 images at the ends) for each run.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,10 +32,12 @@ def main(argv):
     name, _, workdir = item.partition('=')
     if not workdir:
       raise app.UsageError(f'--runs: expected name=workdir, got {item!r}')
-    print(runner.save_sample_grid(workdir, os.path.join(f.out, f'figure1_{name}.png'),
-                                  seed=f.seed))
-    print(runner.save_interpolation_grid(workdir, os.path.join(f.out, f'figure2_{name}.png'),
-                                         pairs=f.pairs))
+    print(runner.save_sample_grid(workdir, os.path.join(f.out, f'figure1_{name}.png'), seed=f.seed))
+    print(
+      runner.save_interpolation_grid(
+        workdir, os.path.join(f.out, f'figure2_{name}.png'), pairs=f.pairs
+      )
+    )
 
 
 if __name__ == '__main__':

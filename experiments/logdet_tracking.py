@@ -33,6 +33,7 @@ images of each quantity, the mean and std of (estimate - exact), and the
 per-image values; a PNG (exact and estimates against the step, and the gap
 with a +-1 std band); and prints a table.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,8 +65,9 @@ flags.DEFINE_integer('num_images', 256, 'Images of --split whose latents are eva
 flags.DEFINE_list('ks', ['1', '16'], 'Numbers K of perturbations of the Eq. 6 estimate.')
 flags.DEFINE_string('split', 'test', 'Data split the images come from.')
 flags.DEFINE_integer('seed', 0, 'Seed of the sphere perturbations (the same at every step).')
-flags.DEFINE_integer('chunk', 64, 'Latents per jitted call (bounds memory; does not change '
-                     'the results).')
+flags.DEFINE_integer(
+  'chunk', 64, 'Latents per jitted call (bounds memory; does not change the results).'
+)
 flags.mark_flags_as_required(['workdir', 'out'])
 
 
@@ -76,29 +78,34 @@ def checkpoint_steps(workdir: str) -> List[int]:
   steps = sorted(int(s) for s in manager.all_steps())
   if not steps:
     raise checkpointing.WorkdirError(
-        f'no checkpoint in {os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}; '
-        'train first with `pga train`.')
+      f'no checkpoint in {os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}; '
+      'train first with `pga train`.'
+    )
   return steps
 
 
 def load_images(config, num: int, split: str) -> np.ndarray:
   """The first `num` images of `split` of the run's dataset, float32 in [-1, 1]."""
   size, _, channels = config_lib.image_shape(config)
-  images = data.load_split(config.dataset, split, config.data_dir, image_size=size,
-                           channels=channels).images[:num]
+  images = data.load_split(
+    config.dataset, split, config.data_dir, image_size=size, channels=channels
+  ).images[:num]
   if images.shape[0] < 2:
-    raise data.DatasetError(f'split {split!r} of {config.dataset!r} has {images.shape[0]} '
-                            'image(s); at least 2 are needed')
+    raise data.DatasetError(
+      f'split {split!r} of {config.dataset!r} has {images.shape[0]} image(s); at least 2 are needed'
+    )
   return data.scale_images(images)
 
 
-def sphere_perturbations(seed: int, ks: Sequence[int], num: int, latent_dim: int
-                         ) -> Dict[int, jax.Array]:
+def sphere_perturbations(
+  seed: int, ks: Sequence[int], num: int, latent_dim: int
+) -> Dict[int, jax.Array]:
   """{K: (K, num, H) draws on S(eps)}, eps = sphere_radius(H), one key per K (Eq. 6)."""
   radius = losses.sphere_radius(latent_dim)
   base = jax.random.PRNGKey(seed)
-  return {k: losses.sample_sphere(jax.random.fold_in(base, k), (k, num, latent_dim), radius)
-          for k in ks}
+  return {
+    k: losses.sample_sphere(jax.random.fold_in(base, k), (k, num, latent_dim), radius) for k in ks
+  }
 
 
 def per_sample_h(model, params, reference_latents: jax.Array):
@@ -131,8 +138,14 @@ def _chunk_log_dets(model, params, latents, reference, perturbations: tuple):
   return exact, estimates
 
 
-def step_log_dets(model, params, images: np.ndarray, perturbations: Dict[int, jax.Array],
-                  reference_rows: int, chunk: int) -> Dict[str, np.ndarray]:
+def step_log_dets(
+  model,
+  params,
+  images: np.ndarray,
+  perturbations: Dict[int, jax.Array],
+  reference_rows: int,
+  chunk: int,
+) -> Dict[str, np.ndarray]:
   """Per-image exact log|det dh/dz| and Eq. 6 estimates at z = f(x) for one checkpoint.
 
   Returns {'latents': (N, H), 'exact': (N,), 'k<K>': (N,) for each K}.
@@ -143,8 +156,9 @@ def step_log_dets(model, params, images: np.ndarray, perturbations: Dict[int, ja
   exact, estimates = [], {k: [] for k in ks}
   for start in range(0, latents.shape[0], chunk):
     rows = slice(start, start + chunk)
-    e, ests = _chunk_log_dets(model, params, latents[rows], reference,
-                              tuple(perturbations[k][:, rows] for k in ks))
+    e, ests = _chunk_log_dets(
+      model, params, latents[rows], reference, tuple(perturbations[k][:, rows] for k in ks)
+    )
     exact.append(np.asarray(e, np.float64))
     for k, est in zip(ks, ests):
       estimates[k].append(np.asarray(est, np.float64))
@@ -156,15 +170,23 @@ def step_log_dets(model, params, images: np.ndarray, perturbations: Dict[int, ja
 def summarize(step: int, values: Dict[str, np.ndarray], ks: Sequence[int]) -> dict:
   """One JSON entry: means over images, and mean/std of (estimate - exact) per K."""
   exact = values['exact']
-  entry = {'step': int(step), 'exact_mean': float(np.mean(exact)),
-           'exact_std': float(np.std(exact)), 'estimates': {}, 'per_image': {}}
+  entry = {
+    'step': int(step),
+    'exact_mean': float(np.mean(exact)),
+    'exact_std': float(np.std(exact)),
+    'estimates': {},
+    'per_image': {},
+  }
   for k in ks:
     gap = values[f'k{k}'] - exact
-    entry['estimates'][str(k)] = {'mean': float(np.mean(values[f'k{k}'])),
-                                  'gap_mean': float(np.mean(gap)),
-                                  'gap_std': float(np.std(gap))}
-  entry['per_image'] = {name: [float(v) for v in values[name]]
-                        for name in ['exact'] + [f'k{k}' for k in ks]}
+    entry['estimates'][str(k)] = {
+      'mean': float(np.mean(values[f'k{k}'])),
+      'gap_mean': float(np.mean(gap)),
+      'gap_std': float(np.std(gap)),
+    }
+  entry['per_image'] = {
+    name: [float(v) for v in values[name]] for name in ['exact'] + [f'k{k}' for k in ks]
+  }
   return entry
 
 
@@ -173,15 +195,24 @@ def diagnostic_model(model):
   return dataclasses.replace(model, dtype=None) if model.dtype is not None else model
 
 
-def track(workdir: str, num_images: int, ks: Sequence[int], seed: int = 0,
-          split: str = 'test', chunk: int = 64) -> dict:
+def track(
+  workdir: str,
+  num_images: int,
+  ks: Sequence[int],
+  seed: int = 0,
+  split: str = 'test',
+  chunk: int = 64,
+) -> dict:
   """Exact log-det and Eq. 6 estimates at every checkpoint of `workdir` (see module doc)."""
   steps = checkpoint_steps(workdir)
   config = checkpointing.load_config(workdir)
   if config.method not in LOG_DET_METHODS:
-    logging.warning('%s is a %s run: its loss has no Eq. 6 term (LPGA/LVPGA do); the '
-                    'log-dets of its h = f o g are computed all the same.', workdir,
-                    config.method)
+    logging.warning(
+      '%s is a %s run: its loss has no Eq. 6 term (LPGA/LVPGA do); the '
+      'log-dets of its h = f o g are computed all the same.',
+      workdir,
+      config.method,
+    )
   images = load_images(config, num_images, split)
   latent_dim = int(config.latent_dim)
   perturbations = sphere_perturbations(seed, ks, images.shape[0], latent_dim)
@@ -189,16 +220,29 @@ def track(workdir: str, num_images: int, ks: Sequence[int], seed: int = 0,
   entries = []
   for step in steps:
     _, model, params, _ = checkpointing.load_trained(workdir, step)
-    values = step_log_dets(diagnostic_model(model), params, images, perturbations,
-                           reference_rows, chunk)
+    values = step_log_dets(
+      diagnostic_model(model), params, images, perturbations, reference_rows, chunk
+    )
     entries.append(summarize(step, values, ks))
-    print(f"step {step}: exact {entries[-1]['exact_mean']:.4f}, " + ', '.join(
-        f"K={k} {entries[-1]['estimates'][str(k)]['mean']:.4f}" for k in ks), flush=True)
-  return {'workdir': os.path.abspath(workdir), 'method': config.method,
-          'latent_dim': latent_dim, 'use_bn': bool(config.use_bn), 'dataset': config.dataset,
-          'split': split, 'num_images': int(images.shape[0]), 'ks': [int(k) for k in ks],
-          'eps': losses.sphere_radius(latent_dim), 'seed': int(seed),
-          'reference_rows': reference_rows, 'steps': entries}
+    print(
+      f'step {step}: exact {entries[-1]["exact_mean"]:.4f}, '
+      + ', '.join(f'K={k} {entries[-1]["estimates"][str(k)]["mean"]:.4f}' for k in ks),
+      flush=True,
+    )
+  return {
+    'workdir': os.path.abspath(workdir),
+    'method': config.method,
+    'latent_dim': latent_dim,
+    'use_bn': bool(config.use_bn),
+    'dataset': config.dataset,
+    'split': split,
+    'num_images': int(images.shape[0]),
+    'ks': [int(k) for k in ks],
+    'eps': losses.sphere_radius(latent_dim),
+    'seed': int(seed),
+    'reference_rows': reference_rows,
+    'steps': entries,
+  }
 
 
 def table(results: dict) -> str:
@@ -207,10 +251,10 @@ def table(results: dict) -> str:
   header = ['step', 'exact'] + [c for k in ks for c in (f'eq6 K={k}', f'gap K={k} (mean±std)')]
   rows = []
   for e in results['steps']:
-    row = [str(e['step']), f"{e['exact_mean']:.4f}"]
+    row = [str(e['step']), f'{e["exact_mean"]:.4f}']
     for k in ks:
       est = e['estimates'][k]
-      row += [f"{est['mean']:.4f}", f"{est['gap_mean']:+.4f} ± {est['gap_std']:.4f}"]
+      row += [f'{est["mean"]:.4f}', f'{est["gap_mean"]:+.4f} ± {est["gap_std"]:.4f}']
     rows.append(row)
   widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
   lines = ['  '.join(c.rjust(w) for c, w in zip(r, widths)) for r in [header] + rows]
@@ -220,13 +264,21 @@ def table(results: dict) -> str:
 def plot(results: dict, out: str) -> str:
   """Top: exact mean log-det and the Eq. 6 estimates against the step; bottom: the gap."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   steps = np.asarray([e['step'] for e in results['steps']])
-  fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True,
-                                    gridspec_kw={'height_ratios': [3, 2]})
-  top.plot(steps, [e['exact_mean'] for e in results['steps']], 'k-o', lw=2,
-           label='exact (jacrev + slogdet)')
+  fig, (top, bottom) = plt.subplots(
+    2, 1, figsize=(7, 6.5), sharex=True, gridspec_kw={'height_ratios': [3, 2]}
+  )
+  top.plot(
+    steps,
+    [e['exact_mean'] for e in results['steps']],
+    'k-o',
+    lw=2,
+    label='exact (jacrev + slogdet)',
+  )
   for i, k in enumerate(results['ks']):
     color = f'C{i}'
     est = [e['estimates'][str(k)] for e in results['steps']]
@@ -238,9 +290,12 @@ def plot(results: dict, out: str) -> str:
   bottom.axhline(0.0, color='k', lw=0.8)
   top.set_ylabel('mean log|det dh/dz|')
   top.legend()
-  top.set_title(f"{results['method'].upper()}: log|det dh/dz| at z = f(x), "
-                f"{results['num_images']} {results['split']} images, "
-                f"eps = {results['eps']:.3g}", fontsize=10)
+  top.set_title(
+    f'{results["method"].upper()}: log|det dh/dz| at z = f(x), '
+    f'{results["num_images"]} {results["split"]} images, '
+    f'eps = {results["eps"]:.3g}',
+    fontsize=10,
+  )
   bottom.set_ylabel('estimate - exact\n(mean ± std over images)')
   bottom.set_xlabel('training step')
   bottom.legend()
@@ -275,6 +330,7 @@ def parse_ks(values: Sequence[str]) -> List[int]:
 def main(argv):
   del argv
   from pga_jax import cli  # pylint: disable=g-import-not-at-top
+
   logging.get_absl_handler().addFilter(cli._QuietLibraries())  # pylint: disable=protected-access
   f = flags.FLAGS
   if not f.out.endswith('.png'):

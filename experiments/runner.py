@@ -5,6 +5,7 @@ interrupted run from its checkpoints, so a study can be stopped and restarted
 (and spread over several sessions) without losing work. Evaluation results
 are stored beside each run (`eval_<features>_<num_samples>.json`) and reused.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,9 @@ def train_run(config, workdir: str) -> None:
   train.train_and_evaluate(config, workdir, evaluate_fn=evaluate_fn)
 
 
-def evaluate_run(workdir: str, evaluator: evaluate.Evaluator, num_samples: int,
-                 seed: int = 0) -> dict:
+def evaluate_run(
+  workdir: str, evaluator: evaluate.Evaluator, num_samples: int, seed: int = 0
+) -> dict:
   """Metrics of the run's latest checkpoint, cached as JSON in the workdir."""
   config, model, params, step = checkpointing.load_trained(workdir)
   path = os.path.join(workdir, f'eval_{evaluator.network.kind}_{num_samples}.json')
@@ -72,8 +74,9 @@ def evaluate_run(workdir: str, evaluator: evaluate.Evaluator, num_samples: int,
       cached = json.load(f)
     if cached.get('step') == step and cached.get('network_id') == evaluator.network.identity:
       return cached
-  results = evaluate.evaluate_model(evaluator, model, params, config, num_samples,
-                                    seed=seed, step=step)
+  results = evaluate.evaluate_model(
+    evaluator, model, params, config, num_samples, seed=seed, step=step
+  )
   results['network_id'] = evaluator.network.identity
   evaluate.write_json(results, path)
   return results
@@ -92,8 +95,9 @@ def markdown_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def run_grid(configs: dict, workroot: str, evaluator_for: Callable, num_samples: int,
-             only_train: bool = False) -> dict:
+def run_grid(
+  configs: dict, workroot: str, evaluator_for: Callable, num_samples: int, only_train: bool = False
+) -> dict:
   """Trains and evaluates every config of {name: config}; returns {name: results}."""
   results = {}
   for name, config in configs.items():
@@ -113,25 +117,32 @@ def write_text(path: str, text: str) -> str:
   return path
 
 
-def save_sample_grid(workdir: str, out_path: str, num: int = 100, seed: int = 0,
-                     step: Optional[int] = None) -> str:
+def save_sample_grid(
+  workdir: str, out_path: str, num: int = 100, seed: int = 0, step: Optional[int] = None
+) -> str:
   """Figure 1: a 10x10 grid of random samples of the run in `workdir`."""
   import jax  # pylint: disable=g-import-not-at-top
   from pga_jax import figures, sampling  # pylint: disable=g-import-not-at-top
+
   config, model, params, _ = checkpointing.load_trained(workdir, step)
   reference = sampling.reference_latents(model, config.batch_size, config.seed)
   images = sampling.sample(model, params, jax.random.PRNGKey(seed), num, reference)
   return figures.save_png(figures.sample_grid(images), out_path, scale=2)
 
 
-def save_interpolation_grid(workdir: str, out_path: str, pairs: int = 8,
-                            split: str = 'test') -> str:
+def save_interpolation_grid(
+  workdir: str, out_path: str, pairs: int = 8, split: str = 'test'
+) -> str:
   """Figure 2: rows of (image a, 9 decoded steps between f(a) and f(b), image b)."""
   from pga_jax import config as config_lib, data, figures, sampling  # pylint: disable=g-import-not-at-top
+
   config, model, params, _ = checkpointing.load_trained(workdir)
   size, _, channels = config_lib.image_shape(config)
-  images = data.scale_images(data.load_split(config.dataset, split, config.data_dir,
-                                             image_size=size, channels=channels).images[:2 * pairs])
+  images = data.scale_images(
+    data.load_split(
+      config.dataset, split, config.data_dir, image_size=size, channels=channels
+    ).images[: 2 * pairs]
+  )
   a, b = images[:pairs], images[pairs:]
   path = sampling.interpolate(model, params, a, b, steps=9)
   return figures.save_png(figures.interpolation_grid(a, path, b), out_path, scale=2)

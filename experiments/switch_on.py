@@ -23,6 +23,7 @@ Writes OUT/steps.jsonl (one line per step of the window, plus every
 first step whose loss or gradient is not finite (that step is logged) or
 after `init_steps + after` steps.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,14 +52,19 @@ flags.DEFINE_string('dataset', 'fashion_mnist', 'Dataset.')
 flags.DEFINE_string('data_dir', None, 'Data directory (idx / folder datasets).')
 flags.DEFINE_multi_string('override', [], 'FIELD=VALUE config overrides (Python literals).')
 flags.DEFINE_string('out', 'runs/switch_on', 'Output folder.')
-flags.DEFINE_list('compare', [], 'Instead of training: LABEL=FOLDER pairs of earlier runs to '
-                  'plot side by side (L_r, code norms, encoder gradient norm) into --out.')
+flags.DEFINE_list(
+  'compare',
+  [],
+  'Instead of training: LABEL=FOLDER pairs of earlier runs to '
+  'plot side by side (L_r, code norms, encoder gradient norm) into --out.',
+)
 
 SATURATED = 0.999
 
 
 def _apply_override(config, text: str) -> None:
   import ast  # pylint: disable=g-import-not-at-top
+
   field, _, value = text.partition('=')
   try:
     parsed = ast.literal_eval(value)
@@ -93,16 +99,18 @@ def make_diagnostics(loss_fn, model, method, config):
 
   def term_grads(term, params, images, step_rng, step):
     alone = dataclasses.replace(method, terms=(term,))
-    return jax.grad(lambda p: methods.method_loss(alone, model, p, images, step_rng, step,
-                                                  config, fast=False)[0])(params)
+    return jax.grad(
+      lambda p: methods.method_loss(alone, model, p, images, step_rng, step, config, fast=False)[0]
+    )(params)
 
   def diagnose(params, images, step_rng, step):
     (_, metrics), grads = grad_fn(params, images, step_rng, step)
     out = {k: v for k, v in metrics.items()}
     out['grad_norm_encoder'] = optax.global_norm(grads['encoder'])
     out['grad_norm_decoder'] = optax.global_norm(grads['decoder'])
-    out['warmup_weight'] = methods.warmup_weight(step, int(config.init_steps),
-                                                 int(config.warmup_ramp_steps))
+    out['warmup_weight'] = methods.warmup_weight(
+      step, int(config.init_steps), int(config.warmup_ramp_steps)
+    )
     for term in methods.active_terms(method, config):
       g = term_grads(term, params, images, step_rng, step)
       out[f'gn_encoder_{term.name}'] = optax.global_norm(g['encoder'])
@@ -120,7 +128,9 @@ def make_diagnostics(loss_fn, model, method, config):
     out['h_prior_norm_mean'] = jnp.mean(jnp.linalg.norm(h_prior, axis=-1))
     # Eq. 6's perturbations as the step draws them (K = 1).
     d = losses.sample_sphere(methods.term_rng(step_rng, 'nll_dec'), (1,) + z.shape, radius)[0]
-    h = lambda latents: model.encode(params['encoder'], model.decode(params['decoder'], latents)).mean
+    h = lambda latents: (
+      model.encode(params['encoder'], model.decode(params['decoder'], latents)).mean
+    )
     h_center, h_perturbed = h(z), h(z + d)
     diff = h_perturbed - h_center
     out_sq = jnp.sum(jnp.square(diff), axis=-1)
@@ -132,7 +142,7 @@ def make_diagnostics(loss_fn, model, method, config):
     ulp = jnp.spacing(jnp.max(jnp.abs(h_center), axis=-1))
     out['out_ulps_min'] = jnp.min(jnp.max(jnp.abs(diff), axis=-1) / ulp)
     out['h_center_norm_mean'] = jnp.mean(jnp.linalg.norm(h_center, axis=-1))
-    out['log_det_min'] = 0.5 * model.latent_dim * jnp.min(jnp.log(out_sq / radius ** 2))
+    out['log_det_min'] = 0.5 * model.latent_dim * jnp.min(jnp.log(out_sq / radius**2))
     return out
 
   return jax.jit(diagnose)
@@ -140,15 +150,22 @@ def make_diagnostics(loss_fn, model, method, config):
 
 def plot(rows: list, init_steps: int, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  panels = [('terms', ['rec', 'zn_rec', 'nll_enc', 'nll_dec'], 'symlog'),
-            ('gradient norms', ['grad_norm_encoder', 'grad_norm_decoder'], 'log'),
-            ('encoder gradient norm per weighted term',
-             [k for k in rows[-1] if k.startswith('gn_encoder_')], 'log'),
-            ('||h(z+d) - h(z)||^2', ['out_sq_min', 'out_sq_median'], 'log'),
-            ('saturated tanh outputs', ['saturated_data', 'saturated_prior'], 'linear'),
-            ('norms', ['code_norm_mean', 'code_norm_max', 'h_prior_norm_mean'], 'log')]
+
+  panels = [
+    ('terms', ['rec', 'zn_rec', 'nll_enc', 'nll_dec'], 'symlog'),
+    ('gradient norms', ['grad_norm_encoder', 'grad_norm_decoder'], 'log'),
+    (
+      'encoder gradient norm per weighted term',
+      [k for k in rows[-1] if k.startswith('gn_encoder_')],
+      'log',
+    ),
+    ('||h(z+d) - h(z)||^2', ['out_sq_min', 'out_sq_median'], 'log'),
+    ('saturated tanh outputs', ['saturated_data', 'saturated_prior'], 'linear'),
+    ('norms', ['code_norm_mean', 'code_norm_max', 'h_prior_norm_mean'], 'log'),
+  ]
   fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels)), sharex=True)
   steps = [r['step'] for r in rows]
   for ax, (title, keys, scale) in zip(axes, panels):
@@ -168,15 +185,19 @@ def plot(rows: list, init_steps: int, path: str) -> None:
 def plot_comparison(runs: dict, path: str) -> None:
   """L_r, mean code norm and encoder gradient norm of several runs against step."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  panels = [('rec', 'L_r', 'log'), ('code_norm_mean', 'mean ||f(x)||', 'log'),
-            ('grad_norm_encoder', 'encoder gradient norm', 'log')]
+
+  panels = [
+    ('rec', 'L_r', 'log'),
+    ('code_norm_mean', 'mean ||f(x)||', 'log'),
+    ('grad_norm_encoder', 'encoder gradient norm', 'log'),
+  ]
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
   for ax, (key, title, scale) in zip(axes, panels):
     for label, rows in runs.items():
-      ax.plot([r['step'] for r in rows], [r[key] for r in rows], '.-', ms=2, lw=0.8,
-              label=label)
+      ax.plot([r['step'] for r in rows], [r[key] for r in rows], '.-', ms=2, lw=0.8, label=label)
     ax.set_title(title, fontsize=9)
     ax.set_yscale(scale)
     ax.set_xlabel('step')
@@ -225,9 +246,26 @@ def main(argv):
         rows.append(row)
         log.write(json.dumps(row) + '\n')
         log.flush()
-        print(' '.join(f'{k}={v:.4g}' for k, v in row.items() if k in (
-            'step', 'loss', 'rec', 'nll_dec', 'grad_norm_encoder', 'grad_norm_decoder',
-            'out_sq_min', 'out_ulps_min', 'saturated_data', 'code_norm_max')), flush=True)
+        print(
+          ' '.join(
+            f'{k}={v:.4g}'
+            for k, v in row.items()
+            if k
+            in (
+              'step',
+              'loss',
+              'rec',
+              'nll_dec',
+              'grad_norm_encoder',
+              'grad_norm_decoder',
+              'out_sq_min',
+              'out_ulps_min',
+              'saturated_data',
+              'code_norm_max',
+            )
+          ),
+          flush=True,
+        )
       state, metrics = step_fn(state, x)
       if not float(metrics['finite']):
         print(f'non-finite at step {step_index}', flush=True)

@@ -12,6 +12,7 @@ Needs the datasets (tfds downloads them) and the converted Inception weights
 checkpoints. On a machine without them, `--features=domain` and small
 `--num_steps` run the same path end to end (as the test does).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,11 +28,15 @@ from pga_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top,w
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 PAPER_FID = {  # Table 1 of the paper, for the side-by-side column
-    ('lpga', 'mnist'): '12.06 ± 0.12', ('lpga', 'cifar10'): '55.87 ± 0.25',
-    ('lpga', 'celeba'): '14.53 ± 0.52', ('vpga', 'mnist'): '11.67 ± 0.21',
-    ('vpga', 'cifar10'): '51.51 ± 1.16', ('vpga', 'celeba'): '24.73 ± 1.25',
-    ('vae', 'mnist'): '15.55 ± 0.18', ('vae', 'cifar10'): '115.74 ± 0.63',
-    ('vae', 'celeba'): '43.60 ± 0.33',
+  ('lpga', 'mnist'): '12.06 ± 0.12',
+  ('lpga', 'cifar10'): '55.87 ± 0.25',
+  ('lpga', 'celeba'): '14.53 ± 0.52',
+  ('vpga', 'mnist'): '11.67 ± 0.21',
+  ('vpga', 'cifar10'): '51.51 ± 1.16',
+  ('vpga', 'celeba'): '24.73 ± 1.25',
+  ('vae', 'mnist'): '15.55 ± 0.18',
+  ('vae', 'cifar10'): '115.74 ± 0.63',
+  ('vae', 'celeba'): '43.60 ± 0.33',
 }
 
 flags.DEFINE_list('methods', ['lpga', 'vpga', 'vae'], 'Methods (rows).')
@@ -40,9 +45,12 @@ flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds; mean ± std over them.')
 flags.DEFINE_string('features', 'inception', "'inception' (the paper's FID) or 'domain'.")
 flags.DEFINE_string('inception_weights', None, 'Converted FID Inception weights (.npz).')
 flags.DEFINE_integer('num_samples', 5000, 'Samples per FID (the paper: 5,000).')
-flags.DEFINE_integer('num_steps', None, 'Override every run\'s step count (smoke tests).')
-flags.DEFINE_string('dataset_override', None, 'Train every run on this dataset instead '
-                    '(offline smoke tests: fashion_mnist or idx).')
+flags.DEFINE_integer('num_steps', None, "Override every run's step count (smoke tests).")
+flags.DEFINE_string(
+  'dataset_override',
+  None,
+  'Train every run on this dataset instead (offline smoke tests: fashion_mnist or idx).',
+)
 flags.DEFINE_string('data_dir', None, 'data_dir for every run.')
 flags.DEFINE_integer('batch_size', None, 'Override the batch size (smoke tests).')
 flags.DEFINE_string('workroot', 'runs/table1', 'Where the runs live.')
@@ -88,7 +96,8 @@ def main(argv):
     key = (config.dataset, config.data_dir)
     if key not in evaluators:
       evaluators[key] = evaluate.evaluator_for_config(
-          config, f.features, inception_weights=f.inception_weights)
+        config, f.features, inception_weights=f.inception_weights
+      )
     return evaluators[key]
 
   results = runner.run_grid(run_configs(f), f.workroot, evaluator_for, f.num_samples)
@@ -96,15 +105,16 @@ def main(argv):
   for method in f.methods:
     row = [method.upper()]
     for dataset in f.datasets:
-      fids = [r['fid'] for name, r in results.items()
-              if name.startswith(f'{dataset}/{method}_s')]
+      fids = [r['fid'] for name, r in results.items() if name.startswith(f'{dataset}/{method}_s')]
       row.append(f'{runner.mean_std(fids)} (paper {PAPER_FID.get((method, dataset), "-")})')
     rows.append(row)
   title = f'FID ({f.features} features, {f.num_samples} samples, seeds {",".join(f.seeds)})\n\n'
   table = title + runner.markdown_table(rows, ['model'] + f.datasets)
   runner.write_text(f.out, table)
-  runner.write_text(os.path.splitext(f.out)[0] + '.json',
-                    json.dumps(results, indent=2, sort_keys=True, default=float))
+  runner.write_text(
+    os.path.splitext(f.out)[0] + '.json',
+    json.dumps(results, indent=2, sort_keys=True, default=float),
+  )
   print(table)
 
 

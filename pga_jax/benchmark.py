@@ -34,6 +34,7 @@ computes) and with `UpConv` (`conv_impl='auto'`: the form measured fastest
 per layer on this device), on the same weights. The JSON keeps the key
 prefix `phase_decomposition_` for it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,24 +60,35 @@ from pga_jax import train_step as ts
 from pga_jax.models import AutoEncoder, kernel_choice
 
 # Fields every `benchmark_config` result has (tests/test_benchmark.py).
-RESULT_FIELDS = ('method', 'arch', 'batch_size', 'images_per_sec', 'step_ms_median',
-                 'compile_s', 'flops_per_step', 'ae_step_ratio')
+RESULT_FIELDS = (
+  'method',
+  'arch',
+  'batch_size',
+  'images_per_sec',
+  'step_ms_median',
+  'compile_s',
+  'flops_per_step',
+  'ae_step_ratio',
+)
 
 
 # --------------------------------------------------------------------------
 # Timing helpers.
 # --------------------------------------------------------------------------
 
+
 def summarize(seconds) -> dict:
   """Median, 10th/90th percentiles and median absolute deviation, in ms."""
   ms = 1e3 * np.asarray(seconds, np.float64)
   median = float(np.median(ms))
-  return {'step_ms_median': median,
-          'step_ms_p10': float(np.percentile(ms, 10)),
-          'step_ms_p90': float(np.percentile(ms, 90)),
-          'step_ms_mad': float(np.median(np.abs(ms - median))),
-          'step_ms_min': float(ms.min()),
-          'num_timed_steps': int(ms.size)}
+  return {
+    'step_ms_median': median,
+    'step_ms_p10': float(np.percentile(ms, 10)),
+    'step_ms_p90': float(np.percentile(ms, 90)),
+    'step_ms_mad': float(np.median(np.abs(ms - median))),
+    'step_ms_min': float(ms.min()),
+    'num_timed_steps': int(ms.size),
+  }
 
 
 synthetic_images = synthetic.blob_images  # what the benchmark trains on
@@ -90,11 +102,13 @@ def _block(tree):
 # The train step as `pga train` builds it.
 # --------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class BuiltStep:
   """A compiled train step with its state and a batch on the device(s)."""
+
   config: object
-  step_fn: Callable             # jitted, state donated
+  step_fn: Callable  # jitted, state donated
   state: ts.TrainState
   batch: jax.Array
   compile_s: float
@@ -131,8 +145,13 @@ def _memory_stats(compiled) -> dict:
     return {}
   args, out = int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
   temp, alias = int(m.temp_size_in_bytes), int(m.alias_size_in_bytes)
-  return {'peak_memory_bytes': args + out + temp - alias, 'argument_bytes': args,
-          'output_bytes': out, 'temp_bytes': temp, 'alias_bytes': alias}
+  return {
+    'peak_memory_bytes': args + out + temp - alias,
+    'argument_bytes': args,
+    'output_bytes': out,
+    'temp_bytes': temp,
+    'alias_bytes': alias,
+  }
 
 
 def _cost(compiled) -> tuple:
@@ -144,8 +163,10 @@ def _cost(compiled) -> tuple:
     ca = ca[0] if ca else {}
   ca = ca or {}
   flops = ca.get('flops')
-  return (float(flops) if flops is not None else None,
-          float(ca['bytes accessed']) if 'bytes accessed' in ca else None)
+  return (
+    float(flops) if flops is not None else None,
+    float(ca['bytes accessed']) if 'bytes accessed' in ca else None,
+  )
 
 
 def build_step(config, at_step: Optional[int] = None, seed: int = 0) -> BuiltStep:
@@ -160,16 +181,22 @@ def build_step(config, at_step: Optional[int] = None, seed: int = 0) -> BuiltSte
   start = int(config.init_steps) + 1 if at_step is None else int(at_step)
   state = state._replace(step=jax.device_put(jnp.asarray(start, jnp.int32), dp.replicated))
   # A batch as the train loop gets it: the data pipeline over (synthetic) uint8 images.
-  source = data.BatchSource(synthetic_images(config.batch_size, shape, seed), config.batch_size,
-                            seed, jax.process_index(), jax.process_count())
+  source = data.BatchSource(
+    synthetic_images(config.batch_size, shape, seed),
+    config.batch_size,
+    seed,
+    jax.process_index(),
+    jax.process_count(),
+  )
   batch = dp.global_batch(source.batch_at(0))
   step_fn = ts.jit_train_step(setup.loss_fn, setup.optimizer, state_shardings, dp)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   flops, bytes_accessed = _cost(compiled)
-  return BuiltStep(config, step_fn, state, batch, compile_s, flops, bytes_accessed,
-                   _memory_stats(compiled), dp)
+  return BuiltStep(
+    config, step_fn, state, batch, compile_s, flops, bytes_accessed, _memory_stats(compiled), dp
+  )
 
 
 def ae_config(config):
@@ -180,15 +207,17 @@ def ae_config(config):
   return ae
 
 
-def input_pipeline_ms(config, dp: sharding.DataParallel, num_batches: int = 50,
-                      num_images: int = 8192, seed: int = 0) -> float:
+def input_pipeline_ms(
+  config, dp: sharding.DataParallel, num_batches: int = 50, num_images: int = 8192, seed: int = 0
+) -> float:
   """Milliseconds per batch of the train loop's input path alone: `BatchSource`
   (shuffled gather, uint8 -> float32 in [-1, 1], prefetch thread) and
   `dp.global_batch` (host -> device), over random uint8 images."""
   shape = config_lib.image_shape(config)
   images = np.random.RandomState(seed).randint(0, 256, (num_images,) + shape, np.uint8)
-  source = data.BatchSource(images, config.batch_size, seed, jax.process_index(),
-                            jax.process_count())
+  source = data.BatchSource(
+    images, config.batch_size, seed, jax.process_index(), jax.process_count()
+  )
   batch = None
   t0 = time.perf_counter()
   for _, local in source.iterate(0, num_batches):
@@ -201,8 +230,10 @@ def input_pipeline_ms(config, dp: sharding.DataParallel, num_batches: int = 50,
 # An external peer, run between our timing blocks.
 # --------------------------------------------------------------------------
 
-def run_peer(command: str, method: str, batch_size: int, steps: int,
-             timeout: float = 1800) -> float:
+
+def run_peer(
+  command: str, method: str, batch_size: int, steps: int, timeout: float = 1800
+) -> float:
   """Runs `command` (placeholders {method}, {batch}, {steps}); it must print a
   JSON object {method: images_per_sec} as its last line. Returns that number."""
   argv = shlex.split(command.format(method=method, batch=batch_size, steps=steps))
@@ -222,21 +253,36 @@ def run_peer(command: str, method: str, batch_size: int, steps: int,
 # The benchmark.
 # --------------------------------------------------------------------------
 
+
 def _environment() -> dict:
   try:
     load = os.getloadavg()
   except OSError:
     load = (float('nan'),) * 3
-  return {'jax_version': jax.__version__, 'backend': jax.default_backend(),
-          'device_count': jax.device_count(), 'device_kind': jax.devices()[0].device_kind,
-          'cpu_count': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-          'python': platform.python_version(), 'load_average_1m': load[0]}
+  return {
+    'jax_version': jax.__version__,
+    'backend': jax.default_backend(),
+    'device_count': jax.device_count(),
+    'device_kind': jax.devices()[0].device_kind,
+    'cpu_count': os.cpu_count(),
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
+    'python': platform.python_version(),
+    'load_average_1m': load[0],
+  }
 
 
-def benchmark_config(config, steps: int = 20, warmup: int = 3, at_step: Optional[int] = None,
-                     ae_ratio: bool = True, block: int = 5, peer_command: Optional[str] = None,
-                     peer_rounds: int = 3, peer_steps: int = 10,
-                     log: Callable[[str], None] = lambda s: None) -> dict:
+def benchmark_config(
+  config,
+  steps: int = 20,
+  warmup: int = 3,
+  at_step: Optional[int] = None,
+  ae_ratio: bool = True,
+  block: int = 5,
+  peer_command: Optional[str] = None,
+  peer_rounds: int = 3,
+  peer_steps: int = 10,
+  log: Callable[[str], None] = lambda s: None,
+) -> dict:
   """Benchmarks `config`'s train step; returns a JSON-able dict (RESULT_FIELDS and more)."""
   if steps < 1 or warmup < 0 or block < 1:
     raise ValueError(f'need steps >= 1, warmup >= 0, block >= 1; got {steps}, {warmup}, {block}')
@@ -276,28 +322,33 @@ def benchmark_config(config, steps: int = 20, warmup: int = 3, at_step: Optional
   pipelined = built.run(max(steps // 2, 1), sync_each=False)[0]
   finite = float(jax.device_get(built.last_metrics['finite']))
   result = {
-      'method': config.method, 'arch': config.arch, 'batch_size': int(config.batch_size),
-      'latent_dim': int(config.latent_dim), 'use_bn': bool(config.use_bn),
-      'compute_dtype': config.get('compute_dtype', 'float32'),
-      'optimizer': config.optimizer.name,
-      'at_step': int(config.init_steps) + 1 if at_step is None else int(at_step),
-      'warmup_steps': warmup,
-      'images_per_sec': config.batch_size / median_s,
-      'pipelined_images_per_sec': config.batch_size * max(steps // 2, 1) / pipelined,
-      'compile_s': built.compile_s,
-      # The loop prefetches batches in a thread: it starves the step only if
-      # this is not well below step_ms_median.
-      'input_pipeline_ms_per_batch': input_ms,
-      'flops_per_step': built.flops,
-      'flops_per_sec': built.flops / median_s if built.flops else None,
-      'bytes_accessed_per_step': built.bytes_accessed,
-      'last_step_finite': finite == 1.0,
-      # The convolution forms the step runs (conv_impl 'auto': measured per
-      # layer shape on this device, pga_jax.models.kernel_choice).
-      'conv_impl': config.get('conv_impl', 'auto'),
-      'conv_forms': kernel_choice.choices_made(),
-      'max_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-      **stats, **built.memory}
+    'method': config.method,
+    'arch': config.arch,
+    'batch_size': int(config.batch_size),
+    'latent_dim': int(config.latent_dim),
+    'use_bn': bool(config.use_bn),
+    'compute_dtype': config.get('compute_dtype', 'float32'),
+    'optimizer': config.optimizer.name,
+    'at_step': int(config.init_steps) + 1 if at_step is None else int(at_step),
+    'warmup_steps': warmup,
+    'images_per_sec': config.batch_size / median_s,
+    'pipelined_images_per_sec': config.batch_size * max(steps // 2, 1) / pipelined,
+    'compile_s': built.compile_s,
+    # The loop prefetches batches in a thread: it starves the step only if
+    # this is not well below step_ms_median.
+    'input_pipeline_ms_per_batch': input_ms,
+    'flops_per_step': built.flops,
+    'flops_per_sec': built.flops / median_s if built.flops else None,
+    'bytes_accessed_per_step': built.bytes_accessed,
+    'last_step_finite': finite == 1.0,
+    # The convolution forms the step runs (conv_impl 'auto': measured per
+    # layer shape on this device, pga_jax.models.kernel_choice).
+    'conv_impl': config.get('conv_impl', 'auto'),
+    'conv_forms': kernel_choice.choices_made(),
+    'max_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    **stats,
+    **built.memory,
+  }
   if ae is not None:
     ae_stats = summarize(ae_times)
     result['ae_step_ms_median'] = ae_stats['step_ms_median']
@@ -320,28 +371,37 @@ def format_result(r: dict) -> str:
   """A few human-readable lines of a `benchmark_config` result."""
   gf = lambda x: 'n/a' if x is None else f'{x / 1e9:.2f}'
   lines = [
-      f"{r['method']} {r['arch']} batch {r['batch_size']} ({r['compute_dtype']}, at step "
-      f"{r['at_step']}): {r['images_per_sec']:.1f} images/s",
-      f"  step {r['step_ms_median']:.1f} ms median (p10 {r['step_ms_p10']:.1f}, p90 "
-      f"{r['step_ms_p90']:.1f}, MAD {r['step_ms_mad']:.1f}; {r['num_timed_steps']} steps); "
-      f"pipelined {r['pipelined_images_per_sec']:.1f} images/s",
-      f"  input pipeline {r['input_pipeline_ms_per_batch']:.2f} ms/batch (prefetched)",
-      f"  compile {r['compile_s']:.1f} s; {gf(r['flops_per_step'])} GFLOP/step, "
-      f"{gf(r['flops_per_sec'])} GFLOP/s achieved",
+    f'{r["method"]} {r["arch"]} batch {r["batch_size"]} ({r["compute_dtype"]}, at step '
+    f'{r["at_step"]}): {r["images_per_sec"]:.1f} images/s',
+    f'  step {r["step_ms_median"]:.1f} ms median (p10 {r["step_ms_p10"]:.1f}, p90 '
+    f'{r["step_ms_p90"]:.1f}, MAD {r["step_ms_mad"]:.1f}; {r["num_timed_steps"]} steps); '
+    f'pipelined {r["pipelined_images_per_sec"]:.1f} images/s',
+    f'  input pipeline {r["input_pipeline_ms_per_batch"]:.2f} ms/batch (prefetched)',
+    f'  compile {r["compile_s"]:.1f} s; {gf(r["flops_per_step"])} GFLOP/step, '
+    f'{gf(r["flops_per_sec"])} GFLOP/s achieved',
   ]
   if 'peak_memory_bytes' in r:
-    lines.append(f"  memory: step buffers {r['peak_memory_bytes'] / 2**20:.0f} MiB "
-                 f"(temporaries {r['temp_bytes'] / 2**20:.0f} MiB), process peak RSS "
-                 f"{r['max_rss_bytes'] / 2**20:.0f} MiB")
+    lines.append(
+      f'  memory: step buffers {r["peak_memory_bytes"] / 2**20:.0f} MiB '
+      f'(temporaries {r["temp_bytes"] / 2**20:.0f} MiB), process peak RSS '
+      f'{r["max_rss_bytes"] / 2**20:.0f} MiB'
+    )
   if r.get('ae_step_ratio') is not None:
-    lines.append(f"  vs AE step of the same arch: {r['ae_step_ratio']:.2f}x "
-                 f"(AE {r['ae_step_ms_median']:.1f} ms)")
+    lines.append(
+      f'  vs AE step of the same arch: {r["ae_step_ratio"]:.2f}x '
+      f'(AE {r["ae_step_ms_median"]:.1f} ms)'
+    )
   if 'peer_ratio_median' in r:
-    lines.append(f"  vs peer: {r['peer_ratio_median']:.2f}x its images/s (per round: "
-                 + ', '.join(f'{x:.2f}' for x in r['peer_ratio_per_round']) + ')')
+    lines.append(
+      f'  vs peer: {r["peer_ratio_median"]:.2f}x its images/s (per round: '
+      + ', '.join(f'{x:.2f}' for x in r['peer_ratio_per_round'])
+      + ')'
+    )
   if not r['last_step_finite']:
-    lines.append('  WARNING: the last step was not finite (skipped by the guard); '
-                 'timings may not be representative')
+    lines.append(
+      '  WARNING: the last step was not finite (skipped by the guard); '
+      'timings may not be representative'
+    )
   return '\n'.join(lines)
 
 
@@ -349,9 +409,17 @@ def format_result(r: dict) -> str:
 # Decoder: lax.conv_transpose ("before") vs phase-decomposed UpConv ("after").
 # --------------------------------------------------------------------------
 
-def decoder_benchmark(arch: str = 'conv_mnist', batch_size: int = 64, latent_dim: int = 12,
-                      channels: Optional[int] = None, steps: int = 20, warmup: int = 2,
-                      dtype=None, seed: int = 0) -> dict:
+
+def decoder_benchmark(
+  arch: str = 'conv_mnist',
+  batch_size: int = 64,
+  latent_dim: int = 12,
+  channels: Optional[int] = None,
+  steps: int = 20,
+  warmup: int = 2,
+  dtype=None,
+  seed: int = 0,
+) -> dict:
   """Forward and forward+backward of the decoder, both implementations, same weights.
 
   forward+backward is the VJP w.r.t. parameters and latents with a random
@@ -374,8 +442,10 @@ def decoder_benchmark(arch: str = 'conv_mnist', batch_size: int = 64, latent_dim
       out, vjp = jax.vjp(lambda p_, z_: model.decode(p_, z_), p, z)
       return out, vjp(ct.astype(out.dtype))
 
-    variants[name] = {'fwd': (jax.jit(fwd), (params, latents)),
-                      'fwd_bwd': (jax.jit(fwd_bwd), (params, latents, cot))}
+    variants[name] = {
+      'fwd': (jax.jit(fwd), (params, latents)),
+      'fwd_bwd': (jax.jit(fwd_bwd), (params, latents, cot)),
+    }
   outputs = {}
   for name, fns in variants.items():
     for kind, (fn, args) in fns.items():
@@ -390,43 +460,55 @@ def decoder_benchmark(arch: str = 'conv_mnist', batch_size: int = 64, latent_dim
       _block(fn(*args))
       samples.append(time.perf_counter() - t0)
   a, b = outputs[('conv_transpose', 'fwd_bwd')], outputs[('phase_decomposition', 'fwd_bwd')]
-  max_diff = max(float(jnp.max(jnp.abs(x - y))) for x, y in
-                 zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-  result = {'arch': arch, 'batch_size': batch_size, 'latent_dim': latent_dim,
-            'dtype': str(jnp.dtype(dtype or jnp.float32)), 'steps': steps,
-            'max_abs_diff_outputs_and_grads': max_diff}
+  max_diff = max(
+    float(jnp.max(jnp.abs(x - y)))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+  )
+  result = {
+    'arch': arch,
+    'batch_size': batch_size,
+    'latent_dim': latent_dim,
+    'dtype': str(jnp.dtype(dtype or jnp.float32)),
+    'steps': steps,
+    'max_abs_diff_outputs_and_grads': max_diff,
+  }
   for (name, kind), samples in times.items():
     s = summarize(samples)
     result[f'{name}_{kind}_ms_median'] = s['step_ms_median']
     result[f'{name}_{kind}_ms_p10'] = s['step_ms_p10']
     result[f'{name}_{kind}_ms_p90'] = s['step_ms_p90']
   for kind in ('fwd', 'fwd_bwd'):
-    result[f'{kind}_speedup'] = (result[f'conv_transpose_{kind}_ms_median']
-                                 / result[f'phase_decomposition_{kind}_ms_median'])
+    result[f'{kind}_speedup'] = (
+      result[f'conv_transpose_{kind}_ms_median'] / result[f'phase_decomposition_{kind}_ms_median']
+    )
   result['environment'] = _environment()
   return result
 
 
 def format_decoder_result(r: dict) -> str:
-  lines = [f"decoder {r['arch']} batch {r['batch_size']} ({r['dtype']}), median of "
-           f"{r['steps']} (p10-p90):"]
+  lines = [
+    f'decoder {r["arch"]} batch {r["batch_size"]} ({r["dtype"]}), median of {r["steps"]} (p10-p90):'
+  ]
   for kind, label in (('fwd', 'forward'), ('fwd_bwd', 'forward+backward')):
     before = r[f'conv_transpose_{kind}_ms_median']
     after = r[f'phase_decomposition_{kind}_ms_median']
     lines.append(
-        f"  {label:17s} lax.conv_transpose {before:8.1f} ms "
-        f"({r[f'conv_transpose_{kind}_ms_p10']:.1f}-{r[f'conv_transpose_{kind}_ms_p90']:.1f})"
-        f"   UpConv {after:8.1f} ms "
-        f"({r[f'phase_decomposition_{kind}_ms_p10']:.1f}-"
-        f"{r[f'phase_decomposition_{kind}_ms_p90']:.1f})   {before / after:.2f}x")
-  lines.append(f"  max |difference| of outputs and gradients: "
-               f"{r['max_abs_diff_outputs_and_grads']:.2e}")
+      f'  {label:17s} lax.conv_transpose {before:8.1f} ms '
+      f'({r[f"conv_transpose_{kind}_ms_p10"]:.1f}-{r[f"conv_transpose_{kind}_ms_p90"]:.1f})'
+      f'   UpConv {after:8.1f} ms '
+      f'({r[f"phase_decomposition_{kind}_ms_p10"]:.1f}-'
+      f'{r[f"phase_decomposition_{kind}_ms_p90"]:.1f})   {before / after:.2f}x'
+    )
+  lines.append(
+    f'  max |difference| of outputs and gradients: {r["max_abs_diff_outputs_and_grads"]:.2e}'
+  )
   return '\n'.join(lines)
 
 
 # --------------------------------------------------------------------------
 # Where a conv_mnist step's time goes: each layer's passes, against a peak.
 # --------------------------------------------------------------------------
+
 
 def _median_ms(fn, args, steps: int) -> float:
   _block(fn(*args))
@@ -448,21 +530,23 @@ def _flops(fn, args) -> float:
 def _conv_mnist_layers(batch_size: int) -> dict:
   """conv_mnist's heavy layers as (function, input shape, weight shape)."""
   from pga_jax.models import layers  # pylint: disable=g-import-not-at-top
+
   dn = ('NHWC', 'HWIO', 'NHWC')
   conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME', dimension_numbers=dn)
   b = batch_size
   return {
-      'enc conv 1->64, 28->14': (conv, (b, 28, 28, 1), (5, 5, 1, 64)),
-      'enc conv 64->128, 14->7': (conv, (b, 14, 14, 64), (5, 5, 64, 128)),
-      'enc dense 6272->1024': (jnp.matmul, (b, 6272), (6272, 1024)),
-      'dec dense 1024->6272': (jnp.matmul, (b, 1024), (1024, 6272)),
-      'dec upconv 128->64, 7->14': (layers.upsample_conv, (b, 7, 7, 128), (5, 5, 128, 64)),
-      'dec upconv 64->1, 14->28': (layers.upsample_conv, (b, 14, 14, 64), (5, 5, 64, 1)),
+    'enc conv 1->64, 28->14': (conv, (b, 28, 28, 1), (5, 5, 1, 64)),
+    'enc conv 64->128, 14->7': (conv, (b, 14, 14, 64), (5, 5, 64, 128)),
+    'enc dense 6272->1024': (jnp.matmul, (b, 6272), (6272, 1024)),
+    'dec dense 1024->6272': (jnp.matmul, (b, 1024), (1024, 6272)),
+    'dec upconv 128->64, 7->14': (layers.upsample_conv, (b, 7, 7, 128), (5, 5, 128, 64)),
+    'dec upconv 64->1, 14->28': (layers.upsample_conv, (b, 14, 14, 64), (5, 5, 64, 1)),
   }
 
 
-def layer_profile(batch_size: int = 64, steps: int = 20, peak_size: int = 2048,
-                  seed: int = 0) -> dict:
+def layer_profile(
+  batch_size: int = 64, steps: int = 20, peak_size: int = 2048, seed: int = 0
+) -> dict:
   """Per layer of conv_mnist: forward, forward + weight gradient (dW),
   forward + input gradient (dX) and forward + both, in ms and GFLOP/s (XLA's
   FLOP count of each compiled function), and the achieved GFLOP/s of a
@@ -472,15 +556,22 @@ def layer_profile(batch_size: int = 64, steps: int = 20, peak_size: int = 2048,
   a = jax.random.normal(rng, (peak_size, peak_size))
   matmul = jax.jit(jnp.matmul)
   peak_ms = _median_ms(matmul, (a, a), max(3, steps // 4))
-  result = {'batch_size': batch_size, 'steps': steps,
-            'peak_matmul_gflops_per_sec': 2 * peak_size ** 3 / peak_ms / 1e6, 'layers': {}}
+  result = {
+    'batch_size': batch_size,
+    'steps': steps,
+    'peak_matmul_gflops_per_sec': 2 * peak_size**3 / peak_ms / 1e6,
+    'layers': {},
+  }
   for name, (fn, x_shape, w_shape) in _conv_mnist_layers(batch_size).items():
     x = jax.random.normal(jax.random.fold_in(rng, 1), x_shape)
     w = 0.05 * jax.random.normal(jax.random.fold_in(rng, 2), w_shape)
     loss = lambda x_, w_, fn=fn: jnp.sum(jnp.sin(fn(x_, w_)))
-    passes = {'fwd': jax.jit(fn), 'fwd+dW': jax.jit(jax.grad(loss, argnums=1)),
-              'fwd+dX': jax.jit(jax.grad(loss, argnums=0)),
-              'fwd+both': jax.jit(jax.grad(loss, argnums=(0, 1)))}
+    passes = {
+      'fwd': jax.jit(fn),
+      'fwd+dW': jax.jit(jax.grad(loss, argnums=1)),
+      'fwd+dX': jax.jit(jax.grad(loss, argnums=0)),
+      'fwd+both': jax.jit(jax.grad(loss, argnums=(0, 1))),
+    }
     row = {}
     for kind, compiled in passes.items():
       ms = _median_ms(compiled, (x, w), steps)
@@ -492,14 +583,19 @@ def layer_profile(batch_size: int = 64, steps: int = 20, peak_size: int = 2048,
 
 
 def format_layer_profile(r: dict) -> str:
-  lines = [f"conv_mnist layers, batch {r['batch_size']}, median of {r['steps']} runs: "
-           f"ms (GFLOP/s); peak: float32 matmul {r['peak_matmul_gflops_per_sec']:.0f} GFLOP/s",
-           f"  {'layer':28s}" + ''.join(f'{k:>18s}' for k in ('fwd', 'fwd+dW', 'fwd+dX',
-                                                              'fwd+both'))]
+  lines = [
+    f'conv_mnist layers, batch {r["batch_size"]}, median of {r["steps"]} runs: '
+    f'ms (GFLOP/s); peak: float32 matmul {r["peak_matmul_gflops_per_sec"]:.0f} GFLOP/s',
+    f'  {"layer":28s}' + ''.join(f'{k:>18s}' for k in ('fwd', 'fwd+dW', 'fwd+dX', 'fwd+both')),
+  ]
   for name, row in r['layers'].items():
-    lines.append(f'  {name:28s}' + ''.join(
-        f"{row[k]['ms']:9.2f} ({row[k]['gflops_per_sec']:5.0f})" for k in
-        ('fwd', 'fwd+dW', 'fwd+dX', 'fwd+both')))
+    lines.append(
+      f'  {name:28s}'
+      + ''.join(
+        f'{row[k]["ms"]:9.2f} ({row[k]["gflops_per_sec"]:5.0f})'
+        for k in ('fwd', 'fwd+dW', 'fwd+dX', 'fwd+both')
+      )
+    )
   return '\n'.join(lines)
 
 

@@ -16,6 +16,7 @@ the trainer's manager removes such leftovers when it starts. On gs:// (no
 renames) orbax writes the step's directory in place and marks it complete
 with a final `commit_success.txt`; a step without it is not a checkpoint.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,10 +38,29 @@ QUARANTINE_DIR = 'corrupt_checkpoints'  # damaged checkpoints are moved here, ne
 DIGEST_ITEM = 'digest'
 
 # Fields that change what is trained: a run cannot resume under other values.
-STRUCTURAL_FIELDS = ('method', 'arch', 'latent_dim', 'use_bn', 'dataset', 'image_size',
-                     'channels', 'batch_size', 'seed', 'optimizer', 'zn_rec', 'zh_rec',
-                     'nll', 'vrec', 'vkld', 'beta', 'init_steps', 'warmup_ramp_steps',
-                     'num_perturbations', 'extra_terms', 'compute_dtype')
+STRUCTURAL_FIELDS = (
+  'method',
+  'arch',
+  'latent_dim',
+  'use_bn',
+  'dataset',
+  'image_size',
+  'channels',
+  'batch_size',
+  'seed',
+  'optimizer',
+  'zn_rec',
+  'zh_rec',
+  'nll',
+  'vrec',
+  'vkld',
+  'beta',
+  'init_steps',
+  'warmup_ramp_steps',
+  'num_perturbations',
+  'extra_terms',
+  'compute_dtype',
+)
 # Structural fields added after runs were stored: a stored config without
 # one ran with this value.
 ADDED_FIELD_DEFAULTS = {'warmup_ramp_steps': 0}
@@ -50,18 +70,19 @@ class WorkdirError(RuntimeError):
   """The workdir does not fit the requested run; the message says why and what to do."""
 
 
-def checkpoint_manager(workdir: str, keep: int,
-                       cleanup_tmp: bool = False) -> ocp.CheckpointManager:
+def checkpoint_manager(workdir: str, keep: int, cleanup_tmp: bool = False) -> ocp.CheckpointManager:
   """The run's orbax manager.
 
   cleanup_tmp: remove the temporary directories of checkpoint writes that were
     killed before they completed (only the trainer sets it: a reader must not
     remove the write of a run in progress).
   """
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         cleanup_tmp_directories=cleanup_tmp)
-  return ocp.CheckpointManager(storage.absolute(storage.join(workdir, CHECKPOINT_DIR)),
-                               options=options)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=True, cleanup_tmp_directories=cleanup_tmp
+  )
+  return ocp.CheckpointManager(
+    storage.absolute(storage.join(workdir, CHECKPOINT_DIR)), options=options
+  )
 
 
 def state_digest(state) -> str:
@@ -80,8 +101,11 @@ def save(manager: ocp.CheckpointManager, state, step: int) -> None:
   """Saves `state` and its digest as checkpoint `step` (asynchronously; one atomic commit)."""
   digest = {'sha256': state_digest(state), 'step': int(step)}
   try:  # also raises the error of the previous (asynchronous) save, if it failed
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               digest=ocp.args.JsonSave(digest)), force=True)
+    manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave(digest)),
+      force=True,
+    )
   except Exception as err:  # pylint: disable=broad-except
     raise _write_error(manager, err) from err
 
@@ -100,9 +124,10 @@ class CheckpointWriteError(WorkdirError):
 
 def _write_error(manager: ocp.CheckpointManager, err: BaseException) -> CheckpointWriteError:
   return CheckpointWriteError(
-      f'writing a checkpoint to {manager.directory} failed ({_short(err)}); the checkpoints '
-      'already there are intact (an unfinished write is never taken for one). Free disk '
-      'space or fix the directory, then run the same command to resume.')
+    f'writing a checkpoint to {manager.directory} failed ({_short(err)}); the checkpoints '
+    'already there are intact (an unfinished write is never taken for one). Free disk '
+    'space or fix the directory, then run the same command to resume.'
+  )
 
 
 class CorruptCheckpointError(WorkdirError):
@@ -140,14 +165,16 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: Optional[int] 
     restored = manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as err:  # pylint: disable=broad-except  (orbax/TensorStore raise many types)
     raise CorruptCheckpointError(
-        f'checkpoint {_step_dir(manager, step)} cannot be read ({_short(err)})') from err
+      f'checkpoint {_step_dir(manager, step)} cannot be read ({_short(err)})'
+    ) from err
   state = restored['state']
   if has_digest:
     expected = (restored['digest'] or {}).get('sha256')
     if expected != state_digest(state):
       raise CorruptCheckpointError(
-          f'checkpoint {_step_dir(manager, step)} is corrupted: its contents do not match '
-          'the checksum written with it')
+        f'checkpoint {_step_dir(manager, step)} is corrupted: its contents do not match '
+        'the checksum written with it'
+      )
   return state
 
 
@@ -167,13 +194,15 @@ def _quarantine(manager: ocp.CheckpointManager, workdir: str, steps: List[int]) 
     moved.append(target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     multihost_utils.sync_global_devices('pga_jax_quarantine_checkpoints')
   manager.reload()
   return moved
 
 
-def restore_latest_good(manager: ocp.CheckpointManager, abstract_state, workdir: str,
-                        quarantine: bool = True) -> Tuple[object, int]:
+def restore_latest_good(
+  manager: ocp.CheckpointManager, abstract_state, workdir: str, quarantine: bool = True
+) -> Tuple[object, int]:
   """(state, step) of the newest checkpoint that reads back intact.
 
   Newer checkpoints that cannot be read (truncated, corrupted, checksum
@@ -197,16 +226,23 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state, workdir:
         where = f'moved to {storage.dirname(moved[0])} for inspection'
       else:
         where = 'left in place'
-      logging.warning('Checkpoint(s) %s could not be read (%s); resuming from step %d '
-                      'instead (damaged checkpoint(s) %s).', bad, failures[0][1], step, where)
+      logging.warning(
+        'Checkpoint(s) %s could not be read (%s); resuming from step %d '
+        'instead (damaged checkpoint(s) %s).',
+        bad,
+        failures[0][1],
+        step,
+        where,
+      )
     return state, step
   directory = storage.join(workdir, CHECKPOINT_DIR)
   if not failures:
     raise WorkdirError(f'no checkpoint in {directory}; train first with `pga train`.')
   raise WorkdirError(
-      f'no checkpoint in {directory} can be read (latest: {failures[0][1]}). Nothing was '
-      'changed. If the checkpoints were written with another config, fix config.json; '
-      f'otherwise move {directory} aside to start the run again.')
+    f'no checkpoint in {directory} can be read (latest: {failures[0][1]}). Nothing was '
+    'changed. If the checkpoints were written with another config, fix config.json; '
+    f'otherwise move {directory} aside to start the run again.'
+  )
 
 
 def config_to_json(config) -> str:
@@ -220,14 +256,18 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   except OSError as err:
     raise WorkdirError(f'cannot read the run config {path} ({_short(err)})') from err
   if not found:
-    raise WorkdirError(f'{path} not found: {workdir!r} is not a pga_jax run directory '
-                       '(train one with `pga train --config=... --workdir=...`).')
+    raise WorkdirError(
+      f'{path} not found: {workdir!r} is not a pga_jax run directory '
+      '(train one with `pga train --config=... --workdir=...`).'
+    )
   try:
     with storage.open(path) as f:
       return ml_collections.ConfigDict(json.load(f))
   except (OSError, ValueError, TypeError) as err:
-    raise WorkdirError(f'cannot read the run config {path} ({_short(err)}); restore it from '
-                       'a copy, or use a new --workdir') from err
+    raise WorkdirError(
+      f'cannot read the run config {path} ({_short(err)}); restore it from '
+      'a copy, or use a new --workdir'
+    ) from err
 
 
 def _normalise(value):
@@ -241,10 +281,13 @@ def check_compatible(stored, config) -> None:
     stored_d.setdefault(field, default)
   differing = [f for f in STRUCTURAL_FIELDS if stored_d.get(f) != new_d.get(f)]
   if differing:
-    details = '; '.join(f'{f}: stored {stored_d.get(f)!r}, given {new_d.get(f)!r}'
-                        for f in differing)
-    raise WorkdirError(f'the workdir holds a run with another config ({details}). '
-                       'Use a new --workdir, or resume with the stored values.')
+    details = '; '.join(
+      f'{f}: stored {stored_d.get(f)!r}, given {new_d.get(f)!r}' for f in differing
+    )
+    raise WorkdirError(
+      f'the workdir holds a run with another config ({details}). '
+      'Use a new --workdir, or resume with the stored values.'
+    )
 
 
 def write_config(workdir: str, config) -> None:
@@ -260,14 +303,18 @@ def load_trained(workdir: str, step: Optional[int] = None):
   # Imported here: train_step imports methods and the models, which the
   # trainer's other light users of checkpointing do not need.
   from pga_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+
   config = load_config(workdir)
   manager = checkpoint_manager(workdir, config.keep_checkpoints)
   available = manager.all_steps()
   if not available:
-    raise WorkdirError(f'no checkpoint in {storage.join(workdir, CHECKPOINT_DIR)}; '
-                       'train first with `pga train`.')
+    raise WorkdirError(
+      f'no checkpoint in {storage.join(workdir, CHECKPOINT_DIR)}; train first with `pga train`.'
+    )
   if step is not None and step not in available:
-    raise WorkdirError(f'no checkpoint for step {step} in {workdir}; available: {sorted(available)}')
+    raise WorkdirError(
+      f'no checkpoint for step {step} in {workdir}; available: {sorted(available)}'
+    )
   setup = ts.train_setup(config)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = ts.abstract_state(setup, lambda _: device)

@@ -13,6 +13,7 @@ its name here.
 Every subcommand has --help. Exit status: 0 success (or stopped by a signal),
 1 a failure during the work, 2 a usage or input error.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -25,8 +26,15 @@ import textwrap
 
 from pga_jax import console, storage
 
-COMMANDS = ('train', 'sample', 'reconstruct', 'interpolate', 'evaluate', 'train_classifier',
-            'benchmark')
+COMMANDS = (
+  'train',
+  'sample',
+  'reconstruct',
+  'interpolate',
+  'evaluate',
+  'train_classifier',
+  'benchmark',
+)
 HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull')
 USAGE = f'usage: pga {{{",".join(COMMANDS)}}} [--help] [flags]'
 _QuietLibraries = console.ProjectOnly  # the old name (experiments/logdet_tracking.py)
@@ -39,6 +47,7 @@ def _exit(code: int) -> None:
   minutes; what it wrote is a temporary directory, never taken for a checkpoint.
   """
   import logging as std_logging  # pylint: disable=g-import-not-at-top
+
   for stream in (sys.stdout, sys.stderr):
     try:
       stream.flush()
@@ -66,8 +75,10 @@ def _no_command(argv) -> None:
     sys.exit(2)
   close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
   hint = f' (did you mean {close[0]!r}?)' if close else ''
-  print(f'pga: error: unknown command {argv[0]!r}{hint}; commands: {", ".join(COMMANDS)}',
-        file=sys.stderr)
+  print(
+    f'pga: error: unknown command {argv[0]!r}{hint}; commands: {", ".join(COMMANDS)}',
+    file=sys.stderr,
+  )
   print(USAGE, file=sys.stderr)
   sys.exit(2)
 
@@ -75,23 +86,35 @@ def _no_command(argv) -> None:
 def help_text(command: str, module, names) -> str:
   """The subcommand's docstring and its own flags, with their defaults."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   lines = [module.__doc__.strip(), '', 'flags:']
-  wrap = lambda text: textwrap.fill(text, width=88, initial_indent='      ',
-                                    subsequent_indent='      ')
+  wrap = lambda text: textwrap.fill(
+    text, width=88, initial_indent='      ', subsequent_indent='      '
+  )
   for name in sorted(names):
     flag = flags.FLAGS[name]
     default = '' if flag.default is None else f' (default: {flag.default_as_str})'
     lines += [f'  --{name}', wrap(f'{flag.help}{default}')]
   if 'config' in names:
-    lines += ['  --config.FIELD=VALUE', wrap(
+    lines += [
+      '  --config.FIELD=VALUE',
+      wrap(
         'Override one field of the config (fields and defaults: pga_jax/config.py, README '
         '"Configs"). --config.method=M brings method M\'s reference settings for the fields '
-        'not given.')]
-  lines += ['  --verbosity=N', wrap('Also show the libraries\' log lines on the console '
-                                    f'(they always go to {console.LOG_FILE} in the workdir; '
-                                    'for a gs:// workdir, to <temp dir>/pga_jax/<command>.log).'),
-            '', 'Exit status: 0 success or stopped by a signal, 1 a failure during the '
-            'work, 2 a usage or input error.']
+        'not given.'
+      ),
+    ]
+  lines += [
+    '  --verbosity=N',
+    wrap(
+      "Also show the libraries' log lines on the console "
+      f'(they always go to {console.LOG_FILE} in the workdir; '
+      'for a gs:// workdir, to <temp dir>/pga_jax/<command>.log).'
+    ),
+    '',
+    'Exit status: 0 success or stopped by a signal, 1 a failure during the '
+    'work, 2 a usage or input error.',
+  ]
   return '\n'.join(lines)
 
 
@@ -110,16 +133,26 @@ def config_load_message(argv, err: BaseException) -> str:
   mistyped = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', text)
   if isinstance(err, (KeyError, AttributeError)):
     name = mistyped.group(2) if mistyped else text.strip('\'"').splitlines()[0].strip('\'"')
-    given = next((a.split('=', 1)[0] for a in argv
-                  if a.startswith('--config.') and a.split('=', 1)[0].endswith(name)),
-                 f'--config.{name}')
-    hint = (f'; did you mean {given[:-len(name)]}{mistyped.group(1)}?' if mistyped else
-            '; the fields are listed in pga_jax/config.py')
+    given = next(
+      (
+        a.split('=', 1)[0]
+        for a in argv
+        if a.startswith('--config.') and a.split('=', 1)[0].endswith(name)
+      ),
+      f'--config.{name}',
+    )
+    hint = (
+      f'; did you mean {given[: -len(name)]}{mistyped.group(1)}?'
+      if mistyped
+      else '; the fields are listed in pga_jax/config.py'
+    )
     return f'{given}: the config has no field {name!r}{hint}'
   path = _config_argument(argv)
   if path and not os.path.isfile(path.split(':', 1)[0]):
-    return (f'--config={path}: no such file (the configs are in experiments/configs/, '
-            'e.g. --config=experiments/configs/quickstart.py)')
+    return (
+      f'--config={path}: no such file (the configs are in experiments/configs/, '
+      'e.g. --config=experiments/configs/quickstart.py)'
+    )
   lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
   last = lines[-1] if lines else type(err).__name__
   return f'--config={path}: cannot load it ({type(err).__name__}: {last})'
@@ -129,6 +162,7 @@ def _apply_method_defaults(flag_values) -> None:
   """--config.method=M: M's reference defaults for the fields not given (see method_override)."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from pga_jax import config as config_lib, method_override  # pylint: disable=g-import-not-at-top
+
   overrides = config_flags.get_override_values(flag_values['config'])
   if 'method' not in overrides:
     return
@@ -143,13 +177,17 @@ def _apply_method_defaults(flag_values) -> None:
     usage_error(str(err))
   if changed:
     values = ', '.join(f'{k}={v!r}' for k, v in sorted(changed.items()))
-    print(f'pga: method {flag_values.config.method} (the config file has '
-          f'{file_config.method}): its reference {values}', file=sys.stderr)
+    print(
+      f'pga: method {flag_values.config.method} (the config file has '
+      f'{file_config.method}): its reference {values}',
+      file=sys.stderr,
+    )
 
 
 def parse_flags(argv):
   """absl's flag parsing, with one-line errors and exit status 2."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
   try:
     rest = f(argv)
@@ -162,11 +200,11 @@ def parse_flags(argv):
       raise
     usage_error(config_load_message(argv[1:], err))
   if len(rest) > 1:
-    usage_error(f'unexpected argument {rest[1]!r} (flags are --name=value; see '
-                f'`{rest[0]} --help`)')
+    usage_error(f'unexpected argument {rest[1]!r} (flags are --name=value; see `{rest[0]} --help`)')
   if 'config' in f and f['config'].present:
     _apply_method_defaults(f)
     from pga_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
     try:  # before anything is created or imported; the run checks again with its devices
       config_lib.validate(f.config)
     except config_lib.ConfigError as err:
@@ -176,6 +214,7 @@ def parse_flags(argv):
 
 def _workdir(command: str):
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   workdir = flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
   if workdir and command == 'train' and not storage.is_remote(workdir):  # gs://: no folders
     try:
@@ -210,8 +249,10 @@ def guarded(main, command: str, verbose: bool):
     except Exception as err:  # pylint: disable=broad-except
       console.detail_logger().error('pga %s failed', command, exc_info=True)
       first = (str(err).strip().splitlines() or [''])[0]
-      print(f'pga: error: {type(err).__name__}: {first} (the traceback is in {log_file})',
-            file=sys.stderr)
+      print(
+        f'pga: error: {type(err).__name__}: {first} (the traceback is in {log_file})',
+        file=sys.stderr,
+      )
       _exit(1)
 
   return run_main
@@ -228,14 +269,16 @@ def run():
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   storage.configure_environment()  # before fsspec, etils, TensorStore, orbax or tfds read it
   from absl import app, flags  # pylint: disable=g-import-not-at-top
+
   module = importlib.import_module(f'pga_jax.commands.{command}')
   before = set(flags.FLAGS)
   module.define_flags()
   if any(a in HELP_FLAGS for a in args):
     print(help_text(command, module, set(flags.FLAGS) - before))
     sys.exit(0)
-  app.run(guarded(module.main, command, verbose), argv=[f'pga {command}'] + args,
-          flags_parser=parse_flags)
+  app.run(
+    guarded(module.main, command, verbose), argv=[f'pga {command}'] + args, flags_parser=parse_flags
+  )
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ Configs are `ml_collections.ConfigDict`s built by `get_config()` in
 `experiments/configs/*.py`; `base_config(method)` gives the fields every
 config has, with the reference's defaults for that method.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,12 +24,13 @@ COEFFICIENTS = ('zn_rec', 'zh_rec', 'nll', 'vrec', 'vkld', 'beta')
 # Reference defaults per method (docs/reference-implementation.md,
 # "Published settings"): latent size, coefficients, warm-up, optimizer.
 _METHOD_DEFAULTS = {
-    'ae': dict(latent_dim=12, init_steps=0),
-    'vae': dict(latent_dim=32, beta=0.1, init_steps=0),
-    'lpga': dict(latent_dim=12, zn_rec=6e-2, zh_rec=0.0, nll=1.5e-2, init_steps=3000),
-    'vpga': dict(latent_dim=32, zn_rec=6e-2, zh_rec=0.0, vrec=1e-2, vkld=2e-2, init_steps=0),
-    'lvpga': dict(latent_dim=32, zn_rec=6e-2, zh_rec=0.0, vrec=2e-2, vkld=2e-2, nll=0.0,
-                  init_steps=3000),
+  'ae': dict(latent_dim=12, init_steps=0),
+  'vae': dict(latent_dim=32, beta=0.1, init_steps=0),
+  'lpga': dict(latent_dim=12, zn_rec=6e-2, zh_rec=0.0, nll=1.5e-2, init_steps=3000),
+  'vpga': dict(latent_dim=32, zn_rec=6e-2, zh_rec=0.0, vrec=1e-2, vkld=2e-2, init_steps=0),
+  'lvpga': dict(
+    latent_dim=32, zn_rec=6e-2, zh_rec=0.0, vrec=2e-2, vkld=2e-2, nll=0.0, init_steps=3000
+  ),
 }
 
 
@@ -40,8 +42,8 @@ def base_config(method: str = 'lpga') -> ml_collections.ConfigDict:
   c.method = method
   c.dataset = 'mnist'
   c.data_dir = ml_collections.FieldReference(None, field_type=str)
-  c.image_size = 28          # used by 'folder' and 'idx' datasets
-  c.channels = 1             # used by 'folder' and 'idx' datasets
+  c.image_size = 28  # used by 'folder' and 'idx' datasets
+  c.channels = 1  # used by 'folder' and 'idx' datasets
   c.skip_bad_files = False
   c.arch = 'conv_mnist'
   c.use_bn = False
@@ -51,7 +53,7 @@ def base_config(method: str = 'lpga') -> ml_collections.ConfigDict:
   # and device and caches the choice; 'xla' | 'phase' | 'adjoint' force one
   # (pga_jax.models.layers.layer_forms).
   c.conv_impl = 'auto'
-  c.batch_size = 64          # global batch, over all devices and hosts
+  c.batch_size = 64  # global batch, over all devices and hosts
   c.num_steps = 600 * 60000 // 64
   c.seed = 0
 
@@ -77,22 +79,22 @@ def base_config(method: str = 'lpga') -> ml_collections.ConfigDict:
   c.sample_every = 2000
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
-  c.eval_every = 0           # 0: no evaluation during training
+  c.eval_every = 0  # 0: no evaluation during training
   c.eval_num_samples = 5000
   c.eval_features = 'domain'
   # FID Inception weights (.npz, see pga_jax.evaluation.convert_inception), for
   # eval_features='inception'.
   c.eval_inception_weights = ml_collections.FieldReference(None, field_type=str)
-  c.max_bad_steps = 20       # consecutive non-finite steps before stopping
+  c.max_bad_steps = 20  # consecutive non-finite steps before stopping
   return c
 
 
 # The reference's per-dataset settings for the paper's experiments:
 # (tfds name, arch, batch norm, SGD learning rate, training images, epochs).
 PAPER_DATASETS = {
-    'mnist': ('mnist', 'conv_mnist', False, 0.1, 60000, 600),
-    'cifar10': ('cifar10', 'conv_32', True, 0.2, 50000, 400),
-    'celeba': ('celeb_a', 'conv_64', True, 0.4, 162770, 100),
+  'mnist': ('mnist', 'conv_mnist', False, 0.1, 60000, 600),
+  'cifar10': ('cifar10', 'conv_32', True, 0.2, 50000, 400),
+  'celeba': ('celeb_a', 'conv_64', True, 0.4, 162770, 100),
 }
 
 
@@ -136,8 +138,7 @@ def _is_int(value) -> bool:
 
 def _is_number(value) -> bool:
   """A finite real number (not a bool, not NaN or Inf)."""
-  return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and math.isfinite(value))
+  return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_int(config, field: str, minimum: int, maximum: int = None) -> None:
@@ -152,6 +153,7 @@ RESERVED_METRICS = ('loss', 'finite', 'grad_norm', 'steps_per_sec')
 
 def _validate_extra_terms(config) -> None:
   from pga_jax import methods  # pylint: disable=g-import-not-at-top  (methods imports models)
+
   extra = config.extra_terms or ()
   if not isinstance(extra, (list, tuple)):
     _fail('extra_terms', f'must be a tuple of term dicts, got {extra!r}')
@@ -168,17 +170,24 @@ def _validate_extra_terms(config) -> None:
     if not isinstance(name, str) or not name:
       _fail('extra_terms', f'a term name must be a non-empty string, got {name!r}')
     if name in taken:
-      _fail('extra_terms', f'term name {name!r} is already used (by the method, another '
-            f'extra term, or a metric: {RESERVED_METRICS}); choose another name')
+      _fail(
+        'extra_terms',
+        f'term name {name!r} is already used (by the method, another '
+        f'extra term, or a metric: {RESERVED_METRICS}); choose another name',
+      )
     taken.add(name)
     if spec['updates'] not in methods.UPDATES:
-      _fail('extra_terms', f'term {name!r}: updates must be one of {methods.UPDATES}, '
-            f'got {spec["updates"]!r}')
+      _fail(
+        'extra_terms',
+        f'term {name!r}: updates must be one of {methods.UPDATES}, got {spec["updates"]!r}',
+      )
     if 'warmup' in spec and not isinstance(spec['warmup'], bool):
       _fail('extra_terms', f'term {name!r}: warmup must be True or False, got {spec["warmup"]!r}')
     if not isinstance(spec['fn'], str):
-      _fail('extra_terms', f"term {name!r}: fn must be a 'package.module:function' string, "
-            f'got {spec["fn"]!r}')
+      _fail(
+        'extra_terms',
+        f"term {name!r}: fn must be a 'package.module:function' string, got {spec['fn']!r}",
+      )
     try:
       fn = methods._import_function(spec['fn'])  # pylint: disable=protected-access
     except ValueError as err:
@@ -188,11 +197,16 @@ def _validate_extra_terms(config) -> None:
     coeff = spec.get('coeff')
     if coeff is not None:
       if not isinstance(coeff, str) or coeff not in config:
-        _fail('extra_terms', f'term {name!r} names coefficient {coeff!r}, '
-              f'which is not a config field; add config.{coeff}')
+        _fail(
+          'extra_terms',
+          f'term {name!r} names coefficient {coeff!r}, '
+          f'which is not a config field; add config.{coeff}',
+        )
       if not _is_number(config[coeff]) or config[coeff] < 0:
-        _fail(coeff, f'the coefficient of term {name!r} must be a finite number >= 0, '
-              f'got {config[coeff]!r}')
+        _fail(
+          coeff,
+          f'the coefficient of term {name!r} must be a finite number >= 0, got {config[coeff]!r}',
+        )
 
 
 def validate(config, device_count: int = 1) -> None:
@@ -217,23 +231,37 @@ def validate(config, device_count: int = 1) -> None:
       _fail('channels', f'must be 1 or 3, got {config.channels!r}')
   size, _, channels = image_shape(config)
   if size != ARCHITECTURES[config.arch]:
-    _fail('arch', f'{config.arch} takes {ARCHITECTURES[config.arch]}x'
-          f'{ARCHITECTURES[config.arch]} images but dataset {config.dataset!r} has '
-          f'{size}x{size}; pick a matching arch or image_size')
+    _fail(
+      'arch',
+      f'{config.arch} takes {ARCHITECTURES[config.arch]}x'
+      f'{ARCHITECTURES[config.arch]} images but dataset {config.dataset!r} has '
+      f'{size}x{size}; pick a matching arch or image_size',
+    )
   if not isinstance(config.skip_bad_files, bool):
     _fail('skip_bad_files', f'must be True or False, got {config.skip_bad_files!r}')
   if not isinstance(config.use_bn, bool):
     _fail('use_bn', f'must be True or False, got {config.use_bn!r}')
   _check_int(config, 'latent_dim', 1)
-  for field in ('batch_size', 'num_steps', 'num_perturbations', 'log_every',
-                'sample_every', 'checkpoint_every', 'keep_checkpoints', 'eval_num_samples'):
+  for field in (
+    'batch_size',
+    'num_steps',
+    'num_perturbations',
+    'log_every',
+    'sample_every',
+    'checkpoint_every',
+    'keep_checkpoints',
+    'eval_num_samples',
+  ):
     _check_int(config, field, 1)
   for field in ('init_steps', 'warmup_ramp_steps', 'eval_every', 'max_bad_steps'):
     _check_int(config, field, 0)
   _check_int(config, 'seed', 0, 2**32 - 1)  # PRNGKey keeps 32 bits
   if config.batch_size % device_count:
-    _fail('batch_size', f'{config.batch_size} is not divisible by the {device_count} '
-          'devices; use a multiple of the device count')
+    _fail(
+      'batch_size',
+      f'{config.batch_size} is not divisible by the {device_count} '
+      'devices; use a multiple of the device count',
+    )
   if config.batch_size < 2 and config.use_bn:
     _fail('batch_size', 'batch norm needs a batch of at least 2')
   for name in COEFFICIENTS:

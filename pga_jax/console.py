@@ -7,6 +7,7 @@ file operations, tfds, TensorFlow's native start-up lines, tracebacks of
 background threads) goes to a log file instead, in the run's workdir when
 there is one. `--verbosity=N` (or `-v N`) puts all of it back on the console.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,25 +91,30 @@ def log_path(workdir: Optional[str], command: str) -> str:
 def _log_thread_exception(args) -> None:
   """threading.excepthook: a background thread's traceback goes to the log, not the console."""
   detail_logger('threads').error(
-      'Exception in thread %s', getattr(args.thread, 'name', '?'),
-      exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    'Exception in thread %s',
+    getattr(args.thread, 'name', '?'),
+    exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+  )
 
 
 def _log_exception(exc_type, exc_value, exc_traceback) -> None:
   """sys.excepthook: native libraries (TensorStore's callbacks) print their Python errors here."""
-  detail_logger('native').error('Uncaught exception',
-                                exc_info=(exc_type, exc_value, exc_traceback))
+  detail_logger('native').error('Uncaught exception', exc_info=(exc_type, exc_value, exc_traceback))
 
 
 def _log_unraisable(unraisable) -> None:
   detail_logger('unraisable').error(
-      'Exception ignored in %r: %s', unraisable.object, unraisable.err_msg or '',
-      exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
+    'Exception ignored in %r: %s',
+    unraisable.object,
+    unraisable.err_msg or '',
+    exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+  )
 
 
 def route_logs(path: str, verbose: bool) -> None:
   """Console: the project's lines (all lines if verbose). The log file at `path`: everything."""
   from absl import logging  # pylint: disable=g-import-not-at-top
+
   file_handler = _LazyFileHandler(path)
   file_handler.setFormatter(logging.PythonFormatter())
   std_logging.getLogger().addHandler(file_handler)

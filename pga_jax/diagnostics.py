@@ -1,4 +1,5 @@
 """Exact quantities that Eq. (6) only estimates, for small latent sizes."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -23,8 +24,9 @@ def exact_log_det(h: Callable[[jax.Array], jax.Array], latents: jax.Array) -> ja
   return jnp.linalg.slogdet(jacobians)[1]
 
 
-def model_exact_log_det(model: AutoEncoder, params: dict, latents: jax.Array,
-                        reference_latents: jax.Array) -> jax.Array:
+def model_exact_log_det(
+  model: AutoEncoder, params: dict, latents: jax.Array, reference_latents: jax.Array
+) -> jax.Array:
   """Exact log|det dh/dz| of h = f o g at `latents`, per sample.
 
   With batch norm, h of one latent depends on the batch it is in; here the
@@ -32,6 +34,7 @@ def model_exact_log_det(model: AutoEncoder, params: dict, latents: jax.Array,
   Jacobian of the network as it acts on a single sample. Without batch norm
   the reference batch has no effect.
   """
+
   def h_single(z):
     images = model.decode_with_reference(params['decoder'], z[None], reference_latents)
     reference_images = model.decode(params['decoder'], reference_latents)

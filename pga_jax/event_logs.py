@@ -9,6 +9,7 @@ it is not used because it cannot be pointed at an emulator, see
 `pga_jax.storage`.) Each writer has its own event file name, so uploads of
 concurrent or resumed runs never overwrite each other.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,13 +24,15 @@ from clu.metric_writers import interface
 from pga_jax import storage
 
 
-def create_writer(workdir: str, just_logging: bool = False,
-                  upload_every: float = 60.0) -> interface.MetricWriter:
+def create_writer(
+  workdir: str, just_logging: bool = False, upload_every: float = 60.0
+) -> interface.MetricWriter:
   """clu's default writer (log lines + TensorBoard events in `workdir`)."""
   if just_logging or not storage.is_remote(workdir):
     return metric_writers.create_default_writer(workdir, just_logging=just_logging)
-  return metric_writers.AsyncMultiWriter([metric_writers.LoggingWriter(),
-                                          UploadingSummaryWriter(workdir, upload_every)])
+  return metric_writers.AsyncMultiWriter(
+    [metric_writers.LoggingWriter(), UploadingSummaryWriter(workdir, upload_every)]
+  )
 
 
 class UploadingSummaryWriter(interface.MetricWriter):
@@ -58,8 +61,9 @@ class UploadingSummaryWriter(interface.MetricWriter):
     if time.monotonic() - self._last_upload >= self._upload_every:
       self.flush()
 
-  def write_summaries(self, step: int, values: Mapping[str, Any],
-                      metadata: Optional[Mapping[str, Any]] = None):
+  def write_summaries(
+    self, step: int, values: Mapping[str, Any], metadata: Optional[Mapping[str, Any]] = None
+  ):
     self._writer.write_summaries(step, values, metadata)
     self._maybe_upload()
 

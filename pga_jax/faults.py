@@ -13,6 +13,7 @@ run can carry an inert fault term and switch it on when resumed:
     pga train --config=... --workdir=w --config.fault=1    # every step is non-finite:
     # none is applied, and after max_bad_steps the run stops naming 'collapse'.
 """
+
 from __future__ import annotations
 
 import jax
@@ -26,7 +27,8 @@ def collapsed_decoder_nll(model, params, images, rng, config):
   The decoder's parameters are scaled by 0, so h(z) = f(g(z)) is constant,
   h(z + eps) - h(z) = 0 and the log of Eq. 6 is -inf; its gradient is NaN.
   """
-  collapsed = {'encoder': params['encoder'],
-               'decoder': jax.tree_util.tree_map(lambda p: p * 0.0, params['decoder'])}
+  collapsed = {
+    'encoder': params['encoder'],
+    'decoder': jax.tree_util.tree_map(lambda p: p * 0.0, params['decoder']),
+  }
   return terms.nll_decoder(model, collapsed, images, rng, config)
-

@@ -1,4 +1,5 @@
 """Image grids as PNG: the paper's Figure 1 (samples) and Figure 2 (interpolations)."""
+
 from __future__ import annotations
 
 import io
@@ -8,7 +9,6 @@ from PIL import Image
 
 from pga_jax import storage
 from pga_jax.data.pipeline import to_uint8  # pylint: disable=unused-import  (figures.to_uint8)
-
 
 
 def grid(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
@@ -21,7 +21,7 @@ def grid(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
   for i in range(n):
     r, col = divmod(i, cols)
     y, x = pad + r * (s + pad), pad + col * (s + pad)
-    canvas[y:y + s, x:x + s] = images[i]
+    canvas[y : y + s, x : x + s] = images[i]
   return canvas
 
 
@@ -43,8 +43,9 @@ def sample_grid(samples: np.ndarray, rows: int = 10) -> np.ndarray:
   return grid(samples, rows, cols)
 
 
-def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray,
-                        pairs_per_row: int = 5) -> np.ndarray:
+def reconstruction_grid(
+  images: np.ndarray, reconstructions: np.ndarray, pairs_per_row: int = 5
+) -> np.ndarray:
   """Inputs beside their reconstructions: columns alternate input, reconstruction."""
   n = images.shape[0]
   interleaved = np.stack([images, reconstructions], axis=1).reshape((2 * n,) + images.shape[1:])

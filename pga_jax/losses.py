@@ -10,6 +10,7 @@ published coefficients assume:
 Which parameters each term may update, and the networks it runs through, are
 decided in `pga_jax.terms`; this module is only the maths.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,9 +75,12 @@ def log_squared_norm(x: jax.Array) -> jax.Array:
   return 2.0 * jnp.log(safe[..., 0]) + jnp.log(jnp.sum(jnp.square(x / safe), axis=-1))
 
 
-def log_det_estimates(h: Callable[[jax.Array], jax.Array], latents: jax.Array,
-                      perturbations: jax.Array,
-                      h_center: Optional[jax.Array] = None) -> jax.Array:
+def log_det_estimates(
+  h: Callable[[jax.Array], jax.Array],
+  latents: jax.Array,
+  perturbations: jax.Array,
+  h_center: Optional[jax.Array] = None,
+) -> jax.Array:
   """Per-sample estimate of log|det dh/dz| from Eq. (6).
 
     H/2 * mean_k log(||h(z + d_k) - h(z)||^2 / ||d_k||^2)
@@ -118,8 +122,9 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
   return jnp.mean(-0.5 * (1.0 + logvar - jnp.square(mean) - jnp.exp(logvar)))
 
 
-def variational_latent_reconstruction(h_mean: jax.Array, h_noisy: jax.Array,
-                                      scale: jax.Array) -> jax.Array:
+def variational_latent_reconstruction(
+  h_mean: jax.Array, h_noisy: jax.Array, scale: jax.Array
+) -> jax.Array:
   """The reconstruction part of L_vae, Eq. (10), as the reference implements it.
 
   -log p(z_hat | z) with p Gaussian around h(z) becomes a squared error
@@ -140,8 +145,9 @@ def reparameterize(rng: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
   return mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
 
 
-def vae_loss(reconstructions: jax.Array, images: jax.Array, mean: jax.Array,
-             logvar: jax.Array, beta: float) -> jax.Array:
+def vae_loss(
+  reconstructions: jax.Array, images: jax.Array, mean: jax.Array, logvar: jax.Array, beta: float
+) -> jax.Array:
   """The VAE baseline's loss: mean((x_rec - x)^2) + beta * mean KL (Eq. 8, negated).
 
   `reconstructions` decode z = mu + sigma * n.

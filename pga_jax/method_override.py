@@ -7,6 +7,7 @@ between methods (latent size, coefficients, warm-up, optimizer; see
 A field the config file set to a value of its own is not guessed at: the run
 is refused, naming the field and the flag that decides it.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Mapping
@@ -69,11 +70,11 @@ def apply(config, file_config, overrides: Mapping[str, object]) -> Dict[str, obj
       _set(config, field, defaults[new])
       changed[field] = defaults[new]
     else:
-      conflicts.append(f'{field}={value!r} ({old}: {defaults[old]!r}, {new}: '
-                       f'{defaults[new]!r})')
+      conflicts.append(f'{field}={value!r} ({old}: {defaults[old]!r}, {new}: {defaults[new]!r})')
   if conflicts:
     flags = ' '.join(f'--config.{c.split("=")[0]}=VALUE' for c in conflicts)
     raise config_lib.ConfigError(
-        f'config.method: the config file is for {old} and sets {"; ".join(conflicts)}; '
-        f'with --config.method={new}, choose: {flags}')
+      f'config.method: the config file is for {old} and sets {"; ".join(conflicts)}; '
+      f'with --config.method={new}, choose: {flags}'
+    )
   return changed

@@ -20,6 +20,7 @@ The terms, their coefficients and routing per method are the authors' code
 `train.py`); tests/test_reference_transcription.py checks every method's
 gradients against a transcription of those files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,6 +49,7 @@ class Term:
   warmup: if True, its coefficient is 0 until more than `config.init_steps`
     steps have been applied (`warmup_weight`).
   """
+
   name: str
   fn: TermFn
   updates: str
@@ -56,13 +58,15 @@ class Term:
 
   def __post_init__(self):
     if self.updates not in UPDATES:
-      raise ValueError(f'term {self.name!r}: updates must be one of {UPDATES}, '
-                       f'got {self.updates!r}')
+      raise ValueError(
+        f'term {self.name!r}: updates must be one of {UPDATES}, got {self.updates!r}'
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
   """A method: its terms, and whether the encoder has a log-variance head."""
+
   name: str
   terms: tuple
   needs_logvar: bool
@@ -85,22 +89,40 @@ _VKLD = Term('vkld', terms.kl_divergence, 'encoder', 'vkld')
 AE = Method('ae', (_REC,), needs_logvar=False)
 # The VAE baseline minimises one loss w.r.t. both networks; the KL does not
 # depend on the decoder.
-VAE = Method('vae', (Term('rec', terms.vae_reconstruction, 'both', warmup=False),
-                     Term('kl', terms.kl_divergence, 'encoder', 'beta', warmup=False)),
-             needs_logvar=True)
+VAE = Method(
+  'vae',
+  (
+    Term('rec', terms.vae_reconstruction, 'both', warmup=False),
+    Term('kl', terms.kl_divergence, 'encoder', 'beta', warmup=False),
+  ),
+  needs_logvar=True,
+)
 # train_lpga.py: encoder loss L_r + zn_rec*L_lr,N (+ zh_rec*L_lr,H) + nll*Eq.5,
 # decoder loss L_r + nll*Eq.6; all but L_r off during the warm-up.
 LPGA = Method('lpga', (_REC, _ZN_REC, _ZH_REC, _NLL_ENC, _NLL_DEC), needs_logvar=False)
 # train_vpga.py: vrec (Eq. 10's reconstruction) in both losses, no warm-up.
-VPGA = Method('vpga', tuple(dataclasses.replace(t, warmup=False) for t in (
-    _REC, _ZN_REC, _ZH_REC, Term('vrec', terms.variational_reconstruction, 'both', 'vrec'),
-    _VKLD)), needs_logvar=True)
+VPGA = Method(
+  'vpga',
+  tuple(
+    dataclasses.replace(t, warmup=False)
+    for t in (
+      _REC,
+      _ZN_REC,
+      _ZH_REC,
+      Term('vrec', terms.variational_reconstruction, 'both', 'vrec'),
+      _VKLD,
+    )
+  ),
+  needs_logvar=True,
+)
 # train_lvpga.py: its `vrec` is Eq. 6 with posterior perturbations (not VPGA's
 # squared error), in both losses; `nll` weights only the encoder's Eq. 5;
 # everything but L_r is off during the warm-up.
-LVPGA = Method('lvpga', (_REC, _ZN_REC, _ZH_REC,
-                         Term('vrec', terms.posterior_log_det, 'both', 'vrec'),
-                         _VKLD, _NLL_ENC), needs_logvar=True)
+LVPGA = Method(
+  'lvpga',
+  (_REC, _ZN_REC, _ZH_REC, Term('vrec', terms.posterior_log_det, 'both', 'vrec'), _VKLD, _NLL_ENC),
+  needs_logvar=True,
+)
 
 METHODS = {m.name: m for m in (AE, VAE, LPGA, VPGA, LVPGA)}
 
@@ -122,8 +144,9 @@ def warmup_weight(step: jax.Array, init_steps: int, ramp_steps: int = 0) -> jax.
 def term_coefficient(term: Term, config, step: jax.Array) -> jax.Array:
   base = 1.0 if term.coeff is None else float(config[term.coeff])
   if term.warmup:
-    return base * warmup_weight(step, int(config.init_steps),
-                                int(config.get('warmup_ramp_steps', 0)))
+    return base * warmup_weight(
+      step, int(config.init_steps), int(config.get('warmup_ramp_steps', 0))
+    )
   return jnp.asarray(base, jnp.float32)
 
 
@@ -134,12 +157,19 @@ def term_rng(rng: jax.Array, name: str) -> jax.Array:
 
 def active_terms(method: Method, config) -> tuple:
   """The terms that are computed: those whose coefficient is not exactly 0."""
-  return tuple(t for t in method.terms
-               if t.coeff is None or float(config[t.coeff]) != 0.0)
+  return tuple(t for t in method.terms if t.coeff is None or float(config[t.coeff]) != 0.0)
 
 
-def method_loss(method: Method, model: AutoEncoder, params: dict, images: jax.Array,
-                rng: jax.Array, step: jax.Array, config, fast: bool = True):
+def method_loss(
+  method: Method,
+  model: AutoEncoder,
+  params: dict,
+  images: jax.Array,
+  rng: jax.Array,
+  step: jax.Array,
+  config,
+  fast: bool = True,
+):
   """The method's total loss and a dict of metrics (each term's unweighted value).
 
   Terms whose configured coefficient is exactly 0 are not computed at all.
@@ -160,11 +190,9 @@ def method_loss(method: Method, model: AutoEncoder, params: dict, images: jax.Ar
   metrics = {}
   for term in active_terms(method, config):
     if shared is not None:
-      value = term.fn(shared, shared.route(term.updates), images, term_rng(rng, term.name),
-                      config)
+      value = term.fn(shared, shared.route(term.updates), images, term_rng(rng, term.name), config)
     else:
-      value = term.fn(model, route(params, term.updates), images, term_rng(rng, term.name),
-                      config)
+      value = term.fn(model, route(params, term.updates), images, term_rng(rng, term.name), config)
     weight = term_coefficient(term, config, step)
     # `where`, not a product, so a term that is switched off cannot turn the
     # loss into NaN (0 * inf) during the warm-up.
@@ -192,23 +220,36 @@ def build_method(config) -> Method:
   optionally warmup (default True).
   """
   if config.method not in METHODS:
-    raise ValueError(f'config.method: unknown method {config.method!r}; '
-                     f'choose one of {sorted(METHODS)}')
+    raise ValueError(
+      f'config.method: unknown method {config.method!r}; choose one of {sorted(METHODS)}'
+    )
   method = METHODS[config.method]
   extra = []
   for spec in config.get('extra_terms', None) or ():
-    extra.append(Term(name=spec['name'], fn=_import_function(spec['fn']),
-                      updates=spec['updates'], coeff=spec.get('coeff'),
-                      warmup=bool(spec.get('warmup', True))))
+    extra.append(
+      Term(
+        name=spec['name'],
+        fn=_import_function(spec['fn']),
+        updates=spec['updates'],
+        coeff=spec.get('coeff'),
+        warmup=bool(spec.get('warmup', True)),
+      )
+    )
   return method.with_terms(*extra) if extra else method
 
 
 def build_model(config, method: Method, channels: int) -> AutoEncoder:
   """The AutoEncoder a config describes (log-variance head if the method needs it)."""
   dtype = jnp.bfloat16 if config.get('compute_dtype', 'float32') == 'bfloat16' else None
-  return AutoEncoder(config.arch, int(config.latent_dim), channels, bool(config.use_bn),
-                     with_logvar=method.needs_logvar, dtype=dtype,
-                     conv_impl=config.get('conv_impl', 'auto'))
+  return AutoEncoder(
+    config.arch,
+    int(config.latent_dim),
+    channels,
+    bool(config.use_bn),
+    with_logvar=method.needs_logvar,
+    dtype=dtype,
+    conv_impl=config.get('conv_impl', 'auto'),
+  )
 
 
 def make_loss_fn(config, channels: int, fast: bool = True):

@@ -24,6 +24,7 @@ the decoder's weights (`decode_shared`). Values and gradients equal those of
 every term evaluated on its own (the plain `AutoEncoder`), up to float32
 rounding: tests/test_fast_paths.py.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -43,8 +44,10 @@ def route(params: dict, updates: str) -> dict:
   objects (`SharedPasses` relies on that to recognise them).
   """
   stop = lambda tree: jax.tree_util.tree_map(sg, tree)
-  return {'encoder': params['encoder'] if updates in ('encoder', 'both') else stop(params['encoder']),
-          'decoder': params['decoder'] if updates in ('decoder', 'both') else stop(params['decoder'])}
+  return {
+    'encoder': params['encoder'] if updates in ('encoder', 'both') else stop(params['encoder']),
+    'decoder': params['decoder'] if updates in ('decoder', 'both') else stop(params['decoder']),
+  }
 
 
 def decode_shared(model: AutoEncoder, decoder_params, latents: jax.Array):
@@ -115,13 +118,14 @@ class SharedPasses:
     return self._memo[key]
 
   def _live_encoding(self) -> Encoding:
-    return self._once('encoding', lambda: self._model.encode(self._params['encoder'],
-                                                             self._images))
+    return self._once('encoding', lambda: self._model.encode(self._params['encoder'], self._images))
 
   def _decoded(self):
     """(g(f(x)) live, g(stop_gradient(f(x))) for the decoder only)."""
-    return self._once('decoded', lambda: decode_shared(
-        self._model, self._params['decoder'], self._live_encoding().mean))
+    return self._once(
+      'decoded',
+      lambda: decode_shared(self._model, self._params['decoder'], self._live_encoding().mean),
+    )
 
   def encode(self, encoder_params, images: jax.Array, stat_rows: Optional[int] = None):
     status = self._status(encoder_params, 'encoder')
@@ -145,6 +149,12 @@ class SharedPasses:
     dec = self._status(params['decoder'], 'decoder')
     if images is not self._images or enc is None or dec is None:
       return self._model.encode_decode_at_codes(params, images)
-    centre = self._once('centre', lambda: self._model.encode(
-        jax.tree_util.tree_map(sg, self._params['encoder']), self._decoded()[1]).mean)
+    centre = self._once(
+      'centre',
+      lambda: (
+        self._model.encode(
+          jax.tree_util.tree_map(sg, self._params['encoder']), self._decoded()[1]
+        ).mean
+      ),
+    )
     return centre if dec == 'live' else sg(centre)

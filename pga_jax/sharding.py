@@ -9,6 +9,7 @@ Arrays made inside the step whose size is the batch size but that do not come
 from the batch (prior draws) would otherwise be computed whole on every
 device; `shard_rows` lays them out like the batch (see `DataParallel.traced`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,6 +82,7 @@ def any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return bool(flag)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
 
 

@@ -31,6 +31,7 @@ never sees a gs:// path: TensorBoard events are written locally and uploaded
 (`pga_jax.event_logs`), tfds data on gs:// is copied to a local temporary
 directory first (`local_copy`).
 """
+
 from __future__ import annotations
 
 import builtins
@@ -65,14 +66,20 @@ def emulator_url(environ: Mapping[str, str]) -> Optional[str]:
 
 def environment_settings(environ: Mapping[str, str]) -> Dict[str, str]:
   """The variables `configure_environment` sets, for the given environment."""
-  settings = {'EPATH_USE_TF': 'false',
-              'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',
-              'FSSPEC_GS_USE_LISTINGS_CACHE': 'false'}
+  settings = {
+    'EPATH_USE_TF': 'false',
+    'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',
+    'FSSPEC_GS_USE_LISTINGS_CACHE': 'false',
+  }
   url = emulator_url(environ)
   if url:
-    settings.update({'TENSORSTORE_GCS_HTTP_URL': url,
-                     'GOOGLE_AUTH_TOKEN_FOR_TESTING': EMULATOR_TOKEN,
-                     'FSSPEC_GS_TOKEN': 'anon'})
+    settings.update(
+      {
+        'TENSORSTORE_GCS_HTTP_URL': url,
+        'GOOGLE_AUTH_TOKEN_FOR_TESTING': EMULATOR_TOKEN,
+        'FSSPEC_GS_TOKEN': 'anon',
+      }
+    )
   return {k: v for k, v in settings.items() if k not in environ}
 
 
@@ -91,6 +98,7 @@ def configure_environment(environ=None) -> Dict[str, str]:
 def _fs(path: str):
   """(fsspec filesystem, path without the protocol) of a remote path."""
   import fsspec  # pylint: disable=g-import-not-at-top
+
   return fsspec.core.url_to_fs(path)
 
 
@@ -238,7 +246,7 @@ def move(source: str, target: str) -> None:
     _, dst = _fs(target)
     if fs.isdir(src):
       for name in fs.find(src):
-        fs.copy(name, dst + name[len(src.rstrip('/')):])
+        fs.copy(name, dst + name[len(src.rstrip('/')) :])
       fs.rm(src, recursive=True)
     else:
       fs.copy(src, dst)
@@ -271,8 +279,10 @@ def check_writable(path: str, what: str = 'workdir') -> None:
       os.remove(probe)
   except OSError as err:
     if not is_remote(path):
-      raise StorageError(f'cannot write to {what} {path!r} ({err.strerror or describe(err)}); '
-                         f'choose a --{what} you can write to') from err
+      raise StorageError(
+        f'cannot write to {what} {path!r} ({err.strerror or describe(err)}); '
+        f'choose a --{what} you can write to'
+      ) from err
     cause = err.__cause__ if isinstance(err, StorageError) and err.__cause__ else err
     lines = str(cause).strip().splitlines() or ['']
     if isinstance(err, FileNotFoundError):
@@ -282,9 +292,10 @@ def check_writable(path: str, what: str = 'workdir') -> None:
     else:
       reason = describe(cause)
     raise StorageError(
-        f'cannot write to {what} {path} ({reason}); check the bucket name, that your '
-        'credentials may write to it (`gcloud auth application-default login` or a '
-        f'service account) and the network, or set {EMULATOR_VARIABLE} for an emulator') from err
+      f'cannot write to {what} {path} ({reason}); check the bucket name, that your '
+      'credentials may write to it (`gcloud auth application-default login` or a '
+      f'service account) and the network, or set {EMULATOR_VARIABLE} for an emulator'
+    ) from err
 
 
 def bucket(path: str) -> str:
@@ -309,7 +320,7 @@ def local_copy(root: str, subdir: str = '') -> Iterator[str]:
       base = base.rstrip('/')
       _, p = _fs(source)
       for name in fs.find(p):
-        target = os.path.join(tmp, *name[len(base):].strip('/').split('/'))
+        target = os.path.join(tmp, *name[len(base) :].strip('/').split('/'))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fs.get_file(name, target)
     yield tmp

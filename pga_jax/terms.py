@@ -20,6 +20,7 @@ asks for them through those methods and is written once.
 Each call of a network is one batch with its own batch-norm statistics
 (see `pga_jax.models.layers.BatchNorm`), as each call in the reference.
 """
+
 from __future__ import annotations
 
 import jax
@@ -73,8 +74,11 @@ def nll_decoder(model, params, images, rng, config):
   shape = (config.num_perturbations,) + latents.shape
   perturbations = losses.sample_sphere(rng, shape, losses.sphere_radius(model.latent_dim))
   log_dets = losses.log_det_estimates(
-      lambda z: model.encode_decode_frozen_encoder(params, z), latents, perturbations,
-      h_center=model.encode_decode_at_codes(params, images))
+    lambda z: model.encode_decode_frozen_encoder(params, z),
+    latents,
+    perturbations,
+    h_center=model.encode_decode_at_codes(params, images),
+  )
   return losses.decoder_nll(log_dets, model.latent_dim)
 
 
@@ -95,8 +99,11 @@ def posterior_log_det(model, params, images, rng, config):
   sigma = jnp.exp(0.5 * encoding.logvar)
   noise = jax.random.normal(rng, (config.num_perturbations,) + latents.shape)
   log_dets = losses.log_det_estimates(
-      lambda z: model.encode_decode_frozen_encoder(params, z), latents,
-      noise * (sigma[None] + 1e-2), h_center=model.encode_decode_at_codes(params, images))
+    lambda z: model.encode_decode_frozen_encoder(params, z),
+    latents,
+    noise * (sigma[None] + 1e-2),
+    h_center=model.encode_decode_at_codes(params, images),
+  )
   return losses.decoder_nll(log_dets, model.latent_dim)
 
 
@@ -113,8 +120,10 @@ def variational_reconstruction(model, params, images, rng, config):
   noise = jnp.exp(0.5 * encoding.logvar) * jax.random.normal(rng, mean.shape)
   scale = sg(losses.per_dimension_rms(mean))
   return losses.variational_latent_reconstruction(
-      model.encode_decode_at_codes(params, images),
-      model.encode_decode_frozen_encoder(params, mean + noise), scale)
+    model.encode_decode_at_codes(params, images),
+    model.encode_decode_frozen_encoder(params, mean + noise),
+    scale,
+  )
 
 
 def kl_divergence(model, params, images, rng, config):

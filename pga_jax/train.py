@@ -9,6 +9,7 @@ live in their own modules; this file only wires them together:
 Running `train_and_evaluate` again on the same workdir resumes from the
 latest checkpoint and continues exactly (same batches, same random numbers).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,11 @@ def ensure_writable(workdir: str) -> None:
     except storage.StorageError as err:
       raise checkpointing.WorkdirError(str(err)) from err
     return
-  for folder in (workdir, os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
-                 os.path.join(workdir, 'figures')):
+  for folder in (
+    workdir,
+    os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
+    os.path.join(workdir, 'figures'),
+  ):
     try:
       os.makedirs(folder, exist_ok=True)
       # A unique name: concurrent readers/writers of the workdir must not collide.
@@ -68,22 +72,30 @@ def ensure_writable(workdir: str) -> None:
     except OSError as err:
       what = 'workdir' if folder == workdir else 'the run directory'
       raise checkpointing.WorkdirError(
-          f'cannot write to {what} {folder!r} ({err.strerror}); choose a --workdir you can '
-          'write to, or make that directory writable') from err
+        f'cannot write to {what} {folder!r} ({err.strerror}); choose a --workdir you can '
+        'write to, or make that directory writable'
+      ) from err
 
 
 def load_training_images(config) -> np.ndarray:
   size, _, channels = config_lib.image_shape(config)
-  split = data.load_split(config.dataset, 'train', config.data_dir, image_size=size,
-                          channels=channels, skip_bad_files=config.skip_bad_files)
+  split = data.load_split(
+    config.dataset,
+    'train',
+    config.data_dir,
+    image_size=size,
+    channels=channels,
+    skip_bad_files=config.skip_bad_files,
+  )
   if split.num_skipped:
     logging.warning('Skipped %d unreadable files in %s.', split.num_skipped, config.data_dir)
   if len(split.images) < config.batch_size:
     raise config_lib.ConfigError(
-        f'config.batch_size: {config.batch_size} is larger than the {len(split.images)} '
-        f'training images of dataset {config.dataset!r}'
-        + (f' in {config.data_dir}' if config.data_dir else '')
-        + '; lower batch_size or add images')
+      f'config.batch_size: {config.batch_size} is larger than the {len(split.images)} '
+      f'training images of dataset {config.dataset!r}'
+      + (f' in {config.data_dir}' if config.data_dir else '')
+      + '; lower batch_size or add images'
+    )
   return split.images
 
 
@@ -96,7 +108,8 @@ def average_metrics(step_metrics: list) -> dict:
   """Means of per-step metric dicts, with clu.metrics.Average."""
   names = sorted(step_metrics[0])
   collection_cls = clu_metrics.Collection.create(
-      **{name: clu_metrics.Average.from_output(name) for name in names})
+    **{name: clu_metrics.Average.from_output(name) for name in names}
+  )
   collection = None
   for m in step_metrics:
     update = collection_cls.single_from_model_output(**m)
@@ -122,14 +135,16 @@ class BadStepMonitor:
       if self.limit and self.streak >= self.limit:
         terms = ', '.join(sorted(self.bad_terms)) or 'gradients only'
         raise NonFiniteError(
-            f'{self.streak} consecutive steps up to step {first_step + offset + 1} had '
-            f'non-finite values (in: {terms}); none of them was applied and the latest '
-            'checkpoint is the last good state. Lower the learning rate or the coefficient '
-            'of the named terms, then resume.')
+          f'{self.streak} consecutive steps up to step {first_step + offset + 1} had '
+          f'non-finite values (in: {terms}); none of them was applied and the latest '
+          'checkpoint is the last good state. Lower the learning rate or the coefficient '
+          'of the named terms, then resume.'
+        )
 
 
-def write_figures(model, params, config, images: np.ndarray, workdir: str, step: int,
-                  writer) -> dict:
+def write_figures(
+  model, params, config, images: np.ndarray, workdir: str, step: int, writer
+) -> dict:
   """The paper's figures for the current parameters, as PNG and in TensorBoard."""
   reference = sampling.reference_latents(model, config.batch_size, config.seed)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)  # same latents every time
@@ -137,22 +152,28 @@ def write_figures(model, params, config, images: np.ndarray, workdir: str, step:
   shown = jnp.asarray(data.scale_images(images[:FIGURE_IMAGES]))
   recons = sampling.reconstruct(model, params, shown)
   path = sampling.interpolate(model, params, shown[:10], shown[10:20], steps=9)
-  grids = {'samples': figures.sample_grid(samples),
-           'reconstructions': figures.reconstruction_grid(np.asarray(shown[:50]), recons[:50]),
-           'interpolations': figures.interpolation_grid(np.asarray(shown[:10]), path,
-                                                        np.asarray(shown[10:20]))}
+  grids = {
+    'samples': figures.sample_grid(samples),
+    'reconstructions': figures.reconstruction_grid(np.asarray(shown[:50]), recons[:50]),
+    'interpolations': figures.interpolation_grid(
+      np.asarray(shown[:10]), path, np.asarray(shown[10:20])
+    ),
+  }
   out_dir = storage.join(workdir, 'figures')
   paths = {}
   for name, grid in grids.items():
-    paths[name] = figures.save_png(grid, storage.join(out_dir, f'{name}_{step:08d}.png'),
-                                   scale=2)
+    paths[name] = figures.save_png(grid, storage.join(out_dir, f'{name}_{step:08d}.png'), scale=2)
     figures.save_png(grid, storage.join(out_dir, f'{name}_latest.png'), scale=2)
   writer.write_images(step, {k: v[None] for k, v in grids.items()})
   return paths
 
 
-def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Event] = None,
-                       evaluate_fn: Optional[Callable] = None) -> TrainResult:
+def train_and_evaluate(
+  config,
+  workdir: str,
+  stop_event: Optional[threading.Event] = None,
+  evaluate_fn: Optional[Callable] = None,
+) -> TrainResult:
   """Trains (or resumes) the run in `workdir` up to `config.num_steps`.
 
   stop_event: when set (e.g. by a SIGTERM handler), the loop finishes the
@@ -171,8 +192,9 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
     checkpointing.check_compatible(checkpointing.load_config(workdir), config)
 
   images = load_training_images(config)
-  batches = data.BatchSource(images, config.batch_size, config.seed,
-                             jax.process_index(), jax.process_count())
+  batches = data.BatchSource(
+    images, config.batch_size, config.seed, jax.process_index(), jax.process_count()
+  )
   setup = ts.train_setup(config)
   model = setup.model
   state_shardings = jax.tree_util.tree_map(lambda _: dp.replicated, ts.abstract_state(setup))
@@ -189,13 +211,15 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
 
   writer = event_logs.create_writer(workdir, just_logging=not is_main)
   if not resuming:
-    writer.write_hparams({k: v for k, v in config.to_dict().items()
-                          if isinstance(v, (int, float, str, bool))})
+    writer.write_hparams(
+      {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+    )
   start = int(state.step)
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)
   bar = None
   if is_main and sys.stderr.isatty():
     import tqdm  # pylint: disable=g-import-not-at-top
+
     bar = tqdm.tqdm(total=config.num_steps, initial=start, unit='step', dynamic_ncols=True)
 
   monitor = BadStepMonitor(config.max_bad_steps)
@@ -213,8 +237,7 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
         bar.update(1)
       final = step == config.num_steps
       # Agreed by all processes (a signal may reach only some hosts).
-      preempted = (stop_event is not None and sharding.any_process(stop_event.is_set())
-                   and not final)
+      preempted = stop_event is not None and sharding.any_process(stop_event.is_set()) and not final
 
       checkpoint_due = step % config.checkpoint_every == 0 or final or preempted
       # Metrics are also checked before each checkpoint, so no checkpoint is
@@ -226,7 +249,7 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
         last_metrics['steps_per_sec'] = len(host) / max(time.time() - t_window, 1e-9)
         writer.write_scalars(step, last_metrics)
         if bar is not None:
-          bar.set_postfix(loss=f"{last_metrics['loss']:.4f}")
+          bar.set_postfix(loss=f'{last_metrics["loss"]:.4f}')
         pending, t_window = [], time.time()
 
       if config.eval_every and evaluate_fn is not None and (step % config.eval_every == 0 or final):
@@ -236,18 +259,26 @@ def train_and_evaluate(config, workdir: str, stop_event: Optional[threading.Even
         if monitor.streak and not (final or preempted):
           # The state holds the last good parameters, but wait for a good step
           # so the latest checkpoint stays the state after a good step.
-          logging.warning('Step %d: not checkpointing during %d consecutive non-finite '
-                          'steps.', step, monitor.streak)
+          logging.warning(
+            'Step %d: not checkpointing during %d consecutive non-finite steps.',
+            step,
+            monitor.streak,
+          )
         else:
           checkpointing.save(manager, state, step)
       # Not on preemption: the grace period is for the checkpoint.
       if is_main and (step % config.sample_every == 0 or final) and not preempted:
-        figure_paths = write_figures(model, local_copy(state.params), config, images,
-                                     workdir, step, writer)
+        figure_paths = write_figures(
+          model, local_copy(state.params), config, images, workdir, step, writer
+        )
 
       if preempted:
-        logging.warning('Stop requested: wrote checkpoint at step %d in %s; run the same '
-                        'command again to resume.', step, workdir)
+        logging.warning(
+          'Stop requested: wrote checkpoint at step %d in %s; run the same '
+          'command again to resume.',
+          step,
+          workdir,
+        )
         break
   finally:
     try:

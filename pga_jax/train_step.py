@@ -11,6 +11,7 @@ benchmark` and `checkpointing.load_trained` all build their state here. This
 module imports neither TensorFlow nor clu (the benchmark and the accelerator
 check rely on that).
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,10 +26,10 @@ from pga_jax import methods
 
 
 class TrainState(NamedTuple):
-  step: jax.Array        # int32 scalar: number of steps applied
-  params: Any            # {'encoder': ..., 'decoder': ...}
+  step: jax.Array  # int32 scalar: number of steps applied
+  params: Any  # {'encoder': ..., 'decoder': ...}
   opt_state: Any
-  rng: jax.Array         # the run's base key (constant)
+  rng: jax.Array  # the run's base key (constant)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -41,17 +42,18 @@ def make_optimizer(config) -> optax.GradientTransformation:
   raise ValueError(f'config.optimizer.name: unknown optimizer {opt.name!r}')
 
 
-def init_train_state(model, optimizer: optax.GradientTransformation,
-                     rng: jax.Array) -> TrainState:
+def init_train_state(model, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
   init_rng, run_rng = jax.random.split(rng)
   params = model.init(init_rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), rng=run_rng)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=run_rng
+  )
 
 
 class TrainSetup(NamedTuple):
   """What a config's training needs besides data: its model, its routed loss
   (`methods.make_loss_fn`), its optimizer, and `init_fn(rng) -> TrainState`."""
+
   model: Any
   loss_fn: Callable
   optimizer: optax.GradientTransformation
@@ -63,8 +65,9 @@ def train_setup(config) -> TrainSetup:
   _, _, channels = config_lib.image_shape(config)
   loss_fn, model, _ = methods.make_loss_fn(config, channels)
   optimizer = make_optimizer(config)
-  return TrainSetup(model, loss_fn, optimizer,
-                    functools.partial(init_train_state, model, optimizer))
+  return TrainSetup(
+    model, loss_fn, optimizer, functools.partial(init_train_state, model, optimizer)
+  )
 
 
 def abstract_state(setup: TrainSetup, sharding_of: Optional[Callable] = None) -> TrainState:
@@ -74,7 +77,8 @@ def abstract_state(setup: TrainSetup, sharding_of: Optional[Callable] = None) ->
   if sharding_of is None:
     return abstract
   return jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding_of(a)), abstract)
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding_of(a)), abstract
+  )
 
 
 def create_train_state(setup: TrainSetup, seed: int, shardings) -> TrainState:
@@ -83,8 +87,7 @@ def create_train_state(setup: TrainSetup, seed: int, shardings) -> TrainState:
   return jax.jit(setup.init_fn, out_shardings=shardings)(jax.random.PRNGKey(seed))
 
 
-def jit_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
-                   state_shardings, dp):
+def jit_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, state_shardings, dp):
   """The train step as one SPMD program over `dp.mesh` (`sharding.DataParallel`).
 
   The batch comes in sharded over 'data', the state replicated (and donated);
@@ -92,10 +95,12 @@ def jit_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
   statistics, gradients); `dp.traced` lets terms split their batch-sized
   random draws like the batch. tests/test_distributed.py checks the compiled HLO.
   """
-  return jax.jit(dp.traced(make_train_step(loss_fn, optimizer)),
-                 in_shardings=(state_shardings, dp.batch),
-                 out_shardings=(state_shardings, dp.replicated),
-                 donate_argnums=0)
+  return jax.jit(
+    dp.traced(make_train_step(loss_fn, optimizer)),
+    in_shardings=(state_shardings, dp.batch),
+    out_shardings=(state_shardings, dp.replicated),
+    donate_argnums=0,
+  )
 
 
 def all_finite(tree) -> jax.Array:
@@ -134,10 +139,12 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
     (loss, metrics), grads = grad_fn(state.params, images, step_rng, state.step)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_params, new_opt_state = jax.lax.cond(finite, apply_update, keep,
-                                             (state.params, state.opt_state, grads))
-    new_state = TrainState(step=state.step + 1, params=new_params,
-                           opt_state=new_opt_state, rng=state.rng)
+    new_params, new_opt_state = jax.lax.cond(
+      finite, apply_update, keep, (state.params, state.opt_state, grads)
+    )
+    new_state = TrainState(
+      step=state.step + 1, params=new_params, opt_state=new_opt_state, rng=state.rng
+    )
     metrics = dict(metrics, finite=finite.astype(jnp.float32), grad_norm=grad_norm)
     return new_state, metrics
 

@@ -28,6 +28,7 @@ Each JOB is a JSON object; each prints one line `RESULT=<json>` on stdout:
 --coordinator_address/--num_processes/--process_id first call
 `jax.distributed.initialize`, as `pga train` does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,12 +49,21 @@ if REPO not in sys.path:
 # device a 1e-7 change of the initial parameters grows to 5e-4 within 6
 # steps, so a 1e-5 comparison would test rounding noise, not sharding.
 # See docs/scaling.md.
-DEFAULTS = dict(method='vpga', use_bn=True, batch_size=16, init_steps=2, log_every=2,
-                checkpoint_every=1000, sample_every=10_000, learning_rate=0.01)
+DEFAULTS = dict(
+  method='vpga',
+  use_bn=True,
+  batch_size=16,
+  init_steps=2,
+  log_every=2,
+  checkpoint_every=1000,
+  sample_every=10_000,
+  learning_rate=0.01,
+)
 
 
 def test_config(idx_dir: str, **overrides):
   from tests import helpers  # pylint: disable=g-import-not-at-top
+
   fields = dict(DEFAULTS, **overrides)
   method = fields.pop('method')
   learning_rate = fields.pop('learning_rate')
@@ -65,6 +75,7 @@ def test_config(idx_dir: str, **overrides):
 def save_params(path: str, params) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   leaves = jax.tree_util.tree_leaves_with_path(params)
   np.savez(path, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
 
@@ -73,14 +84,16 @@ def trainer_parts(config):
   """What `train.train_and_evaluate` builds: dp, model, optimizer, loss, shardings."""
   import jax  # pylint: disable=g-import-not-at-top
   from pga_jax import config as config_lib, sharding, train_step as ts  # pylint: disable=g-import-not-at-top
+
   dp = sharding.data_parallel()
   config_lib.validate(config, dp.num_devices)
   setup = ts.train_setup(config)
   shardings = jax.tree_util.tree_map(lambda _: dp.replicated, ts.abstract_state(setup))
   target = ts.abstract_state(setup, lambda _: dp.replicated)
   loss_fn, optimizer, init_fn = setup.loss_fn, setup.optimizer, setup.init_fn
-  return dict(dp=dp, loss_fn=loss_fn, optimizer=optimizer, init_fn=init_fn,
-              shardings=shardings, target=target)
+  return dict(
+    dp=dp, loss_fn=loss_fn, optimizer=optimizer, init_fn=init_fn, shardings=shardings, target=target
+  )
 
 
 def run_job(job: dict, config_overrides: dict, idx_dir: str) -> dict:
@@ -103,9 +116,12 @@ def run_job(job: dict, config_overrides: dict, idx_dir: str) -> dict:
       train.write_figures = lambda *a, **k: {}  # their compiles cost more than the steps
     t0 = time.perf_counter()
     out = train.train_and_evaluate(config, job['workdir'])
-    result.update(step=out.step, loss=out.last_metrics.get('loss'),
-                  seconds=time.perf_counter() - t0,
-                  mesh_devices=train.sharding.data_parallel().num_devices)
+    result.update(
+      step=out.step,
+      loss=out.last_metrics.get('loss'),
+      seconds=time.perf_counter() - t0,
+      mesh_devices=train.sharding.data_parallel().num_devices,
+    )
     if job.get('out'):
       save_params(job['out'], train.local_copy(out.state.params))
 
@@ -114,34 +130,49 @@ def run_job(job: dict, config_overrides: dict, idx_dir: str) -> dict:
     manager = checkpointing.checkpoint_manager(job['workdir'], 3)
     state = checkpointing.restore(manager, parts['target'])
     leaves = jax.tree_util.tree_leaves(state)
-    result.update(step=int(state.step), replicated_on_all_devices=all(
+    result.update(
+      step=int(state.step),
+      replicated_on_all_devices=all(
         x.sharding.is_fully_replicated and len(x.sharding.device_set) == jax.device_count()
-        for x in leaves))
+        for x in leaves
+      ),
+    )
     save_params(job['out'], train.local_copy(state.params))
 
   elif mode == 'hlo':
     parts = trainer_parts(config)
-    step_fn = ts.jit_train_step(parts['loss_fn'], parts['optimizer'], parts['shardings'],
-                                   parts['dp'])
+    step_fn = ts.jit_train_step(
+      parts['loss_fn'], parts['optimizer'], parts['shardings'], parts['dp']
+    )
     size, _, channels = train.config_lib.image_shape(config)
-    images = jax.ShapeDtypeStruct((config.batch_size, size, size, channels), np.float32,
-                                  sharding=parts['dp'].batch)
+    images = jax.ShapeDtypeStruct(
+      (config.batch_size, size, size, channels), np.float32, sharding=parts['dp'].batch
+    )
     compiled = step_fn.lower(parts['target'], images).compile()
     with open(job['out'], 'w') as f:
       f.write(compiled.as_text())
-    result.update(num_state_leaves=len(jax.tree_util.tree_leaves(parts['target'])),
-                  global_batch=config.batch_size,
-                  param_bytes=sum(x.size * x.dtype.itemsize
-                                  for x in jax.tree_util.tree_leaves(parts['target'].params)))
+    result.update(
+      num_state_leaves=len(jax.tree_util.tree_leaves(parts['target'])),
+      global_batch=config.batch_size,
+      param_bytes=sum(
+        x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(parts['target'].params)
+      ),
+    )
 
   elif mode == 'bench':
     parts = trainer_parts(config)
     dp = parts['dp']
     state = jax.jit(parts['init_fn'], out_shardings=parts['shardings'])(
-        jax.random.PRNGKey(config.seed))
+      jax.random.PRNGKey(config.seed)
+    )
     step_fn = ts.jit_train_step(parts['loss_fn'], parts['optimizer'], parts['shardings'], dp)
-    batches = data.BatchSource(train.load_training_images(config), config.batch_size,
-                               config.seed, jax.process_index(), jax.process_count())
+    batches = data.BatchSource(
+      train.load_training_images(config),
+      config.batch_size,
+      config.seed,
+      jax.process_index(),
+      jax.process_count(),
+    )
     warmup, steps = job.get('warmup', 3), job['num_steps']
     host = [batches.batch_at(i) for i in range(warmup + steps)]
     for i in range(warmup):
@@ -152,10 +183,13 @@ def run_job(job: dict, config_overrides: dict, idx_dir: str) -> dict:
       state, metrics = step_fn(state, dp.global_batch(host[i]))
     jax.block_until_ready((state, metrics))
     seconds = time.perf_counter() - start
-    result.update(devices=dp.num_devices, global_batch=config.batch_size,
-                  steps_per_sec=steps / seconds,
-                  examples_per_sec=steps * config.batch_size / seconds,
-                  examples_per_sec_per_device=steps * config.batch_size / seconds / dp.num_devices)
+    result.update(
+      devices=dp.num_devices,
+      global_batch=config.batch_size,
+      steps_per_sec=steps / seconds,
+      examples_per_sec=steps * config.batch_size / seconds,
+      examples_per_sec_per_device=steps * config.batch_size / seconds / dp.num_devices,
+    )
   else:
     raise ValueError(f'unknown mode {mode!r}')
   return result
@@ -172,13 +206,17 @@ def main():
   args = parser.parse_args()
 
   import jax  # pylint: disable=g-import-not-at-top
+
   if args.coordinator_address:
     jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   overrides = json.loads(args.config)
   for job in args.jobs:
     result = run_job(json.loads(job), overrides, args.idx_dir)
-    result.update(process_index=jax.process_index(), process_count=jax.process_count(),
-                  device_count=jax.device_count())
+    result.update(
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      device_count=jax.device_count(),
+    )
     print('RESULT=' + json.dumps(result), flush=True)
 
 

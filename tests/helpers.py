@@ -1,9 +1,37 @@
 """Small fixtures shared by the training tests: tiny configs and synthetic data."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 from pga_jax import config as config_lib
 from pga_jax.data import idx, synthetic
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, timeout=300):
+  """`python -m pga_jax.cli ARGS` from the repository root, output captured."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run(
+    [sys.executable, '-m', 'pga_jax.cli', *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=REPO,
+    env=env,
+  )
+
+
+def make_idx_dir(tmp_path_factory, num_train: int = 96, num_test: int = 48) -> str:
+  """A folder of synthetic IDX train (seed 0) and t10k (seed 1) splits."""
+  folder = str(tmp_path_factory.mktemp('idx'))
+  write_idx_images(folder, synthetic_digits(num_train))
+  write_idx_images(folder, synthetic_digits(num_test, seed=1), prefix='t10k')
+  return folder
 
 
 def write_idx_images(folder: str, images: np.ndarray, prefix: str = 'train') -> None:
@@ -16,17 +44,32 @@ def synthetic_digits(n: int, seed: int = 0) -> np.ndarray:
   return synthetic.blob_images(n, (28, 28, 1), seed)[..., 0]
 
 
+# A tiny run: a few steps of conv_mnist at batch 8 on synthetic IDX data.
+TINY_FIELDS = dict(
+  dataset='idx',
+  batch_size=8,
+  num_steps=6,
+  init_steps=2,
+  log_every=2,
+  sample_every=3,
+  checkpoint_every=3,
+)
+
+
 def tiny_config(data_dir: str, method: str = 'lpga', **overrides):
-  """LPGA on synthetic IDX data: a few steps of conv_mnist at batch 8."""
+  """`method` (LPGA by default) as a tiny run (TINY_FIELDS) on `data_dir`."""
   config = config_lib.base_config(method)
-  config.dataset = 'idx'
-  config.data_dir = data_dir
-  config.batch_size = 8
-  config.num_steps = 6
-  config.init_steps = 2
-  config.log_every = 2
-  config.sample_every = 3
-  config.checkpoint_every = 3
-  for key, value in overrides.items():
+  for key, value in dict(TINY_FIELDS, data_dir=data_dir, **overrides).items():
     config[key] = value
   return config
+
+
+def config_file_text(data_dir: str, method: str = 'lpga', extra_lines: str = '', **overrides):
+  """The text of a config file for `pga train --config=FILE` that builds
+  `tiny_config(data_dir, method, **overrides)`, then runs `extra_lines`
+  (indented code acting on the config `c`)."""
+  lines = ['from pga_jax import config as config_lib', '', '', 'def get_config():']
+  lines.append(f'  c = config_lib.base_config({method!r})')
+  for key, value in dict(TINY_FIELDS, data_dir=data_dir, **overrides).items():
+    lines.append(f'  c.{key} = {value!r}')
+  return '\n'.join(lines) + '\n' + extra_lines + '  return c\n'

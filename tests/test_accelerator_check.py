@@ -8,6 +8,7 @@
   optax, chex and orbax-checkpoint (our pins) plus the wheels of
   `make accelerator-wheels`, and every stage reports TensorFlow unimported.
 """
+
 import json
 import os
 import re
@@ -24,19 +25,22 @@ CORE_PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'chex', 'orbax-checkpoint')
 
 
 def test_core_modules_import_without_tensorflow_or_pillow():
-  code = ('import sys\n'
-          'from experiments import accelerator_check as a\n'
-          'a.refuse_tensorflow()\n'
-          "a.REFUSED = a.REFUSED + ('PIL', 'matplotlib')\n"
-          'import pga_jax.models, pga_jax.losses, pga_jax.methods, pga_jax.train_step\n'
-          'import pga_jax.benchmark, pga_jax.data, pga_jax.config, pga_jax.cli\n'
-          'import pga_jax.commands.benchmark\n'
-          'from pga_jax.commands import benchmark\n'
-          'benchmark.define_flags()\n'
-          'print(sorted(set(a.REFUSED_ATTEMPTS)))\n'
-          "print(sorted(m for m in sys.modules if m.split('.')[0] in a.REFUSED))\n")
-  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, check=False)
+  code = (
+    'import sys\n'
+    'from experiments import accelerator_check as a\n'
+    'a.refuse_tensorflow()\n'
+    "a.REFUSED = a.REFUSED + ('PIL', 'matplotlib')\n"
+    'import pga_jax.models, pga_jax.losses, pga_jax.methods, pga_jax.train_step\n'
+    'import pga_jax.benchmark, pga_jax.data, pga_jax.config, pga_jax.cli\n'
+    'import pga_jax.commands.benchmark\n'
+    'from pga_jax.commands import benchmark\n'
+    'benchmark.define_flags()\n'
+    'print(sorted(set(a.REFUSED_ATTEMPTS)))\n'
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in a.REFUSED))\n"
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.split('\n')[:2] == ['[]', '[]'], out.stdout
 
@@ -56,8 +60,12 @@ def test_usage_errors_are_one_line(tmp_path):
   script = os.path.join(REPO, 'experiments', 'accelerator_check.sh')
   out = subprocess.run(['bash', script], capture_output=True, text=True, check=False)
   assert out.returncode == 2 and 'usage:' in out.stderr
-  out = subprocess.run(['bash', script, str(tmp_path / 'out'), '--wheels',
-                        str(tmp_path / 'nowhere')], capture_output=True, text=True, check=False)
+  out = subprocess.run(
+    ['bash', script, str(tmp_path / 'out'), '--wheels', str(tmp_path / 'nowhere')],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert out.returncode == 2 and 'make accelerator-wheels' in out.stderr
   assert len(out.stderr.strip().splitlines()) == 1
 
@@ -81,28 +89,50 @@ def test_dry_run_in_a_fresh_venv_without_tensorflow(tmp_path):
   python = str(venv / 'bin' / 'python')
   # Only the packages the node has, at our pins; their dependencies at the
   # versions of requirements.txt (a constraints file installs nothing itself).
-  subprocess.run([python, '-m', 'pip', 'install', '--quiet', '-c',
-                  os.path.join(REPO, 'requirements.txt')] + pinned(CORE_PACKAGES),
-                 check=True, timeout=900)
+  subprocess.run(
+    [python, '-m', 'pip', 'install', '--quiet', '-c', os.path.join(REPO, 'requirements.txt')]
+    + pinned(CORE_PACKAGES),
+    check=True,
+    timeout=900,
+  )
   for package in ('tensorflow', 'tensorflow_datasets', 'clu', 'ml_collections', 'pytest'):
-    probe = subprocess.run([python, '-c', f'import {package}'], capture_output=True,
-                           check=False)
+    probe = subprocess.run([python, '-c', f'import {package}'], capture_output=True, check=False)
     assert probe.returncode != 0, f'{package} is installed in the fresh venv'
   wheels = tmp_path / 'wheels'
-  subprocess.run(['make', '-C', REPO, 'accelerator-wheels', f'ACCELERATOR_WHEELS={wheels}',
-                  f'PYTHON={python}'], check=True, timeout=600, capture_output=True)
+  subprocess.run(
+    ['make', '-C', REPO, 'accelerator-wheels', f'ACCELERATOR_WHEELS={wheels}', f'PYTHON={python}'],
+    check=True,
+    timeout=600,
+    capture_output=True,
+  )
   out_dir = tmp_path / 'out'
-  env = {k: v for k, v in os.environ.items()
-         if k not in ('PYTHONPATH', 'VIRTUAL_ENV', 'PGA_JAX_CACHE_DIR')}
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if k not in ('PYTHONPATH', 'VIRTUAL_ENV', 'PGA_JAX_CACHE_DIR')
+  }
   env['PYTHON'] = python
-  run = subprocess.run(['bash', os.path.join(REPO, 'experiments', 'accelerator_check.sh'),
-                        str(out_dir), '--wheels', str(wheels), '--dry-run'],
-                       env=env, capture_output=True, text=True, timeout=2700, check=False)
+  run = subprocess.run(
+    [
+      'bash',
+      os.path.join(REPO, 'experiments', 'accelerator_check.sh'),
+      str(out_dir),
+      '--wheels',
+      str(wheels),
+      '--dry-run',
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=2700,
+    check=False,
+  )
   summary = json.loads((out_dir / 'summary.json').read_text())
   assert run.returncode == 0, (run.stderr[-3000:], json.dumps(summary, indent=1)[-3000:])
   assert summary['passed'] and not summary['failed_stages']
-  expected = {'env', 'tests', 'train'} | {f'benchmark_{a}_{d}' for a in accelerator_check.ARCHS
-                                          for d in accelerator_check.DTYPES}
+  expected = {'env', 'tests', 'train'} | {
+    f'benchmark_{a}_{d}' for a in accelerator_check.ARCHS for d in accelerator_check.DTYPES
+  }
   assert set(summary['stages']) == expected
   for name in expected:
     result = json.loads((out_dir / f'{name}.json').read_text())
@@ -110,7 +140,7 @@ def test_dry_run_in_a_fresh_venv_without_tensorflow(tmp_path):
   env_result = json.loads((out_dir / 'env.json').read_text())
   assert env_result['pga_jax_file'].startswith(REPO)
   assert env_result['env']['PGA_JAX_CACHE_DIR'] == str(out_dir / 'kernel_cache')
-  assert env_result['versions']['ml_collections'] is not None   # from the wheels
+  assert env_result['versions']['ml_collections'] is not None  # from the wheels
   tests = json.loads((out_dir / 'tests.json').read_text())
   assert tests['counts'] == {'passed': len(accelerator_check.DRY_RUN_TESTS)}
   train = json.loads((out_dir / 'train.json').read_text())

@@ -3,9 +3,9 @@
 Speed itself is never asserted here (the machine is shared); the numbers are
 checked for what they must satisfy whatever the load.
 """
+
 import json
 import os
-import subprocess
 import sys
 
 import chex
@@ -16,6 +16,7 @@ import pytest
 
 from pga_jax import benchmark, config as config_lib, methods, train_step as ts
 from pga_jax.models import param_count
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 8
@@ -42,13 +43,17 @@ def test_benchmark_of_the_lpga_step(monkeypatch):
   # The LPGA and the AE step must be traced (compiled) once each. chex counts
   # per source location, which both share: 2 traces in all.
   make_step = ts.make_train_step
-  monkeypatch.setattr(ts, 'make_train_step', lambda loss_fn, optimizer: chex.assert_max_traces(
-      make_step(loss_fn, optimizer), n=2))
+  monkeypatch.setattr(
+    ts,
+    'make_train_step',
+    lambda loss_fn, optimizer: chex.assert_max_traces(make_step(loss_fn, optimizer), n=2),
+  )
   chex.clear_trace_counter()
   config = tiny_config('lpga')
   peer = f'{sys.executable} -c "import json; print(json.dumps(dict({{method}}=1000.0)))"'
-  result = benchmark.benchmark_config(config, steps=4, warmup=1, block=2, peer_command=peer,
-                                      peer_rounds=2, peer_steps=3)
+  result = benchmark.benchmark_config(
+    config, steps=4, warmup=1, block=2, peer_command=peer, peer_rounds=2, peer_steps=3
+  )
   json.dumps(result)  # JSON-able
   for field in benchmark.RESULT_FIELDS:
     assert result[field] is not None, field
@@ -82,8 +87,7 @@ def test_benchmark_of_the_lpga_step(monkeypatch):
   # The fake peer runs at 1000 images/s: the per-round ratio is ours / 1000.
   assert result['peer_images_per_sec'] == [1000.0, 1000.0]
   assert len(result['peer_ratio_per_round']) == 2
-  assert result['peer_ratio_median'] == pytest.approx(
-      np.median(result['peer_ratio_per_round']))
+  assert result['peer_ratio_median'] == pytest.approx(np.median(result['peer_ratio_per_round']))
   assert all(0 < r < 1e4 for r in result['peer_ratio_per_round'])
   chex.clear_trace_counter()
 
@@ -102,23 +106,30 @@ def test_decoder_benchmark_times_both_implementations_on_the_same_weights():
     for kind in ('fwd', 'fwd_bwd'):
       assert r[f'{impl}_{kind}_ms_median'] > 0
   assert r['fwd_bwd_speedup'] == pytest.approx(
-      r['conv_transpose_fwd_bwd_ms_median'] / r['phase_decomposition_fwd_bwd_ms_median'])
+    r['conv_transpose_fwd_bwd_ms_median'] / r['phase_decomposition_fwd_bwd_ms_median']
+  )
   assert 'lax.conv_transpose' in benchmark.format_decoder_result(r)
 
 
 def test_cli_writes_the_json(tmp_path):
   config_file = tmp_path / 'bench_config.py'
-  config_file.write_text('from pga_jax import config as config_lib\n'
-                         'def get_config():\n'
-                         '  c = config_lib.base_config("lpga")\n'
-                         f'  c.batch_size = {BATCH}\n'
-                         '  return c\n')
+  config_file.write_text(
+    'from pga_jax import config as config_lib\n'
+    'def get_config():\n'
+    '  c = config_lib.base_config("lpga")\n'
+    f'  c.batch_size = {BATCH}\n'
+    '  return c\n'
+  )
   out_json = tmp_path / 'out' / 'ae.json'
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  proc = subprocess.run(
-      [sys.executable, '-m', 'pga_jax.cli', 'benchmark', f'--config={config_file}',
-       '--config.method=ae', '--steps=2', '--warmup=1', f'--json={out_json}'],
-      capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+  proc = helpers.run_cli(
+    'benchmark',
+    f'--config={config_file}',
+    '--config.method=ae',
+    '--steps=2',
+    '--warmup=1',
+    f'--json={out_json}',
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'images/s' in proc.stdout
   result = json.loads(out_json.read_text())
@@ -127,9 +138,9 @@ def test_cli_writes_the_json(tmp_path):
   assert result['method'] == 'ae' and result['batch_size'] == BATCH
   assert result['ae_step_ratio'] == 1.0 and result['flops_per_step'] > 0
   # A config that cannot work is one line on stderr, exit 2.
-  proc = subprocess.run(
-      [sys.executable, '-m', 'pga_jax.cli', 'benchmark', f'--config={config_file}',
-       '--config.batch_size=0'], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+  proc = helpers.run_cli(
+    'benchmark', f'--config={config_file}', '--config.batch_size=0', timeout=600
+  )
   assert proc.returncode == 2 and 'batch_size' in proc.stderr
   assert 'Traceback' not in proc.stderr
 

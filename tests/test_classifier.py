@@ -1,4 +1,5 @@
 """The domain classifier: training, orbax round trip, identity, cache directory."""
+
 import json
 import os
 
@@ -9,8 +10,7 @@ from pga_jax import data
 from pga_jax.evaluation import classifier as classifier_lib
 from pga_jax.evaluation import evaluate
 
-SPEC = classifier_lib.ClassifierSpec(conv_features=(8,), dense_features=16, epochs=3,
-                                     batch_size=32)
+SPEC = classifier_lib.ClassifierSpec(conv_features=(8,), dense_features=16, epochs=3, batch_size=32)
 
 
 def toy_split(n, seed):
@@ -27,10 +27,12 @@ def toy_split(n, seed):
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   train_split, test_split = toy_split(256, 0), toy_split(64, 1)
-  fp = classifier_lib.fingerprint(train_split.images, train_split.labels,
-                                  test_split.images, test_split.labels)
-  directory = classifier_lib.default_directory(str(tmp_path_factory.mktemp('cache')), 'toy',
-                                               SPEC, fp)
+  fp = classifier_lib.fingerprint(
+    train_split.images, train_split.labels, test_split.images, test_split.labels
+  )
+  directory = classifier_lib.default_directory(
+    str(tmp_path_factory.mktemp('cache')), 'toy', SPEC, fp
+  )
   clf = classifier_lib.load_or_train(directory, 'toy', SPEC, train_split, test_split, fp)
   return clf, train_split, test_split, fp
 
@@ -44,8 +46,7 @@ def test_trains_saves_and_reloads_the_same_network(trained):
   assert os.path.isdir(os.path.join(clf.directory, classifier_lib.PARAMS_DIR))
   again = classifier_lib.load(clf.directory)
   assert again.identity == clf.identity
-  np.testing.assert_array_equal(again.features(test_split.images),
-                                clf.features(test_split.images))
+  np.testing.assert_array_equal(again.features(test_split.images), clf.features(test_split.images))
   feats = clf.features(test_split.images)
   assert feats.shape == (64, 16) and feats.dtype == np.float32
   # uint8 images and the same images in [-1, 1] give the same features.
@@ -72,8 +73,9 @@ def test_identity_depends_on_parameters_and_directory_on_spec_and_data(trained):
   d = classifier_lib.default_directory('/c', 'toy', SPEC, fp)
   assert classifier_lib.default_directory('/c', 'toy', SPEC, fp) == d
   assert classifier_lib.default_directory('/c', 'toy', SPEC, 'other') != d
-  other_spec = classifier_lib.ClassifierSpec(conv_features=(8,), dense_features=16, epochs=4,
-                                             batch_size=32)
+  other_spec = classifier_lib.ClassifierSpec(
+    conv_features=(8,), dense_features=16, epochs=4, batch_size=32
+  )
   assert classifier_lib.default_directory('/c', 'toy', other_spec, fp) != d
 
 

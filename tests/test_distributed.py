@@ -23,6 +23,7 @@ rate 0.1, float32 rounding noise grows ~1e3-1e4x within a few steps even on
 one device; docs/scaling.md has the numbers). A persistent compilation cache
 shared by the runs keeps the test to a few minutes.
 """
+
 import json
 import os
 import re
@@ -39,10 +40,10 @@ from tests import distributed_worker, helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, 'tests', 'distributed_worker.py')
-K = 4             # steps compared after training
-MORE = 2          # further steps after a checkpoint moved between device counts
-RTOL = 1e-5       # relative error of the parameter vector
-TIMEOUT = 600     # seconds for each group of processes; they are killed after it
+K = 4  # steps compared after training
+MORE = 2  # further steps after a checkpoint moved between device counts
+RTOL = 1e-5  # relative error of the parameter vector
+TIMEOUT = 600  # seconds for each group of processes; they are killed after it
 
 
 @pytest.fixture(scope='module')
@@ -59,12 +60,19 @@ def idx_dir(scratch):
 
 def child_env(scratch, devices: int = 1, **extra) -> dict:
   """A clean JAX environment: CPU only, `devices` simulated devices, shared compile cache."""
-  env = {k: v for k, v in os.environ.items()
-         if k != 'XLA_FLAGS' and not k.startswith(('JAX_', 'TPU_', 'CLOUD_TPU'))}
-  env.update(TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='', JAX_PLATFORMS='cpu',
-             PYTHONPATH=REPO + os.pathsep + env.get('PYTHONPATH', ''),
-             JAX_COMPILATION_CACHE_DIR=str(scratch / 'xla_cache'),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if k != 'XLA_FLAGS' and not k.startswith(('JAX_', 'TPU_', 'CLOUD_TPU'))
+  }
+  env.update(
+    TF_CPP_MIN_LOG_LEVEL='3',
+    CUDA_VISIBLE_DEVICES='',
+    JAX_PLATFORMS='cpu',
+    PYTHONPATH=REPO + os.pathsep + env.get('PYTHONPATH', ''),
+    JAX_COMPILATION_CACHE_DIR=str(scratch / 'xla_cache'),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+  )
   if devices > 1:
     env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env.update(extra)
@@ -84,8 +92,9 @@ def run_processes(commands, envs, log_dir, timeout=TIMEOUT, signal_when=None):
       out = open(os.path.join(log_dir, f'{i}.out'), 'w+')
       err = open(os.path.join(log_dir, f'{i}.err'), 'w+')
       logs.append((out, err))
-      procs.append(subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=REPO,
-                                    start_new_session=True))
+      procs.append(
+        subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=REPO, start_new_session=True)
+      )
     deadline = time.monotonic() + timeout
     while any(p.poll() is None for p in procs):
       failed = [p for p in procs if p.poll() not in (None, 0)]
@@ -106,8 +115,9 @@ def run_processes(commands, envs, log_dir, timeout=TIMEOUT, signal_when=None):
     for i, p in enumerate(procs):
       if p.poll() != 0:
         state = 'timed out' if p.poll() is None else f'exit status {p.returncode}'
-        pytest.fail(f'process {i} ({" ".join(commands[i][:4])} ...) {state}; stderr:\n'
-                    f'{texts[i][1][-4000:]}')
+        pytest.fail(
+          f'process {i} ({" ".join(commands[i][:4])} ...) {state}; stderr:\n{texts[i][1][-4000:]}'
+        )
     return [t[0] for t in texts]
   finally:
     for p in procs:
@@ -124,8 +134,9 @@ def worker(idx_dir, *jobs):
 
 
 def results(stdout: str) -> list:
-  return [json.loads(line[len('RESULT='):]) for line in stdout.splitlines()
-          if line.startswith('RESULT=')]
+  return [
+    json.loads(line[len('RESULT=') :]) for line in stdout.splitlines() if line.startswith('RESULT=')
+  ]
 
 
 def load(path) -> dict:
@@ -144,8 +155,9 @@ def relative_error(actual: dict, expected: dict) -> float:
 def assert_close_params(actual: dict, expected: dict, what: str) -> float:
   error = relative_error(actual, expected)
   worst = max(expected, key=lambda k: np.linalg.norm(actual[k] - expected[k]))
-  assert error <= RTOL, (f'{what}: relative parameter error {error:.2e} > {RTOL:g} '
-                         f'(largest difference in {worst})')
+  assert error <= RTOL, (
+    f'{what}: relative parameter error {error:.2e} > {RTOL:g} (largest difference in {worst})'
+  )
   return error
 
 
@@ -159,68 +171,112 @@ def assert_identical_params(actual: dict, expected: dict, what: str) -> None:
 def reference(scratch, idx_dir):
   """One device: K steps, then MORE steps from the K-step checkpoint."""
   d = scratch / 'ref'
-  stdout, = run_processes([worker(
-      idx_dir,
-      {'mode': 'train', 'workdir': str(d / 'w1'), 'num_steps': K, 'out': str(d / 'p1_k.npz')},
-      {'mode': 'copy', 'src': str(d / 'w1'), 'dst': str(d / 'w1_for_8')},
-      {'mode': 'train', 'workdir': str(d / 'w1'), 'num_steps': K + MORE,
-       'out': str(d / 'p1_more.npz')})], [child_env(scratch, 1)], str(d / 'logs'))
+  (stdout,) = run_processes(
+    [
+      worker(
+        idx_dir,
+        {'mode': 'train', 'workdir': str(d / 'w1'), 'num_steps': K, 'out': str(d / 'p1_k.npz')},
+        {'mode': 'copy', 'src': str(d / 'w1'), 'dst': str(d / 'w1_for_8')},
+        {
+          'mode': 'train',
+          'workdir': str(d / 'w1'),
+          'num_steps': K + MORE,
+          'out': str(d / 'p1_more.npz'),
+        },
+      )
+    ],
+    [child_env(scratch, 1)],
+    str(d / 'logs'),
+  )
   runs = results(stdout)
   assert [r['step'] for r in runs if r['mode'] == 'train'] == [K, K + MORE]
   assert all(r['device_count'] == 1 for r in runs)
-  return dict(dir=d, runs=runs, params_k=load(d / 'p1_k.npz'),
-              params_more=load(d / 'p1_more.npz'), checkpoint=str(d / 'w1_for_8'))
+  return dict(
+    dir=d,
+    runs=runs,
+    params_k=load(d / 'p1_k.npz'),
+    params_more=load(d / 'p1_more.npz'),
+    checkpoint=str(d / 'w1_for_8'),
+  )
 
 
 def hlo_findings(text: str, global_batch: int, devices: int) -> dict:
-  entry = text[text.index('\nENTRY'):]
+  entry = text[text.index('\nENTRY') :]
   params = re.findall(r'\bparameter\(\d+\)', entry)
   header = text.splitlines()[0]  # HloModule ..., input_output_alias={ {0}: (0, {}, may-alias), ...
   return {
-      'all_reduce': len(re.findall(r'\ball-reduce(?:-start)?\(', text)),
-      # batch-norm statistics and loss means (forward), gradients (transpose).
-      'bn_all_reduce': len(re.findall(r'all-reduce(?:-start)?\(.*op_name="[^"]*/bn_[^"]*"', text)),
-      'grad_all_reduce': len(re.findall(
-          r'all-reduce(?:-start)?\(.*op_name="[^"]*transpose\(', text)),
-      'gather_or_shuffle': re.findall(
-          r'\b(all-gather|all-to-all|collective-permute|reduce-scatter|ragged-all-to-all)'
-          r'(?:-start)?\(', text),
-      'host_transfer': re.findall(
-          r'\b(send|recv|infeed|outfeed)(?:-done|-start)?\(|custom_call_target="[^"]*'
-          r'(?:callback|host|Host)[^"]*"', text),
-      # Any array of rank >= 2 whose leading dimension is the *global* batch.
-      'whole_batch_arrays': sorted(set(re.findall(
-          rf'\b[a-z]+\d*\[{global_batch},\d+(?:,\d+)*\]', text))),
-      'batch_parameter': re.findall(
-          rf'f32\[{global_batch // devices},28,28,1\]\{{[^}}]*\}} parameter\(', entry),
-      'num_parameters': len(params),
-      'aliased_outputs': len(re.findall(r'\(\d+, \{\}, (?:may|must)-alias\)', header)),
+    'all_reduce': len(re.findall(r'\ball-reduce(?:-start)?\(', text)),
+    # batch-norm statistics and loss means (forward), gradients (transpose).
+    'bn_all_reduce': len(re.findall(r'all-reduce(?:-start)?\(.*op_name="[^"]*/bn_[^"]*"', text)),
+    'grad_all_reduce': len(re.findall(r'all-reduce(?:-start)?\(.*op_name="[^"]*transpose\(', text)),
+    'gather_or_shuffle': re.findall(
+      r'\b(all-gather|all-to-all|collective-permute|reduce-scatter|ragged-all-to-all)'
+      r'(?:-start)?\(',
+      text,
+    ),
+    'host_transfer': re.findall(
+      r'\b(send|recv|infeed|outfeed)(?:-done|-start)?\(|custom_call_target="[^"]*'
+      r'(?:callback|host|Host)[^"]*"',
+      text,
+    ),
+    # Any array of rank >= 2 whose leading dimension is the *global* batch.
+    'whole_batch_arrays': sorted(
+      set(re.findall(rf'\b[a-z]+\d*\[{global_batch},\d+(?:,\d+)*\]', text))
+    ),
+    'batch_parameter': re.findall(
+      rf'f32\[{global_batch // devices},28,28,1\]\{{[^}}]*\}} parameter\(', entry
+    ),
+    'num_parameters': len(params),
+    'aliased_outputs': len(re.findall(r'\(\d+, \{\}, (?:may|must)-alias\)', header)),
   }
 
 
 def test_eight_devices_train_like_one_and_checkpoints_move_between_them(
-    scratch, idx_dir, reference):
+  scratch, idx_dir, reference
+):
   d = scratch / 'eight'
   w8, w8_for_1 = str(d / 'w8'), str(d / 'w8_for_1')
   # 8 devices: train; compile the step for the HLO checks; restore the
   # 1-device checkpoint and continue it.
-  stdout, = run_processes([worker(
-      idx_dir,
-      {'mode': 'train', 'workdir': w8, 'num_steps': K, 'out': str(d / 'p8_k.npz')},
-      {'mode': 'copy', 'src': w8, 'dst': w8_for_1},
-      {'mode': 'hlo', 'out': str(d / 'step8.hlo')},
-      {'mode': 'restore', 'workdir': reference['checkpoint'], 'out': str(d / 'r1to8.npz')},
-      {'mode': 'train', 'workdir': reference['checkpoint'], 'num_steps': K + MORE,
-       'out': str(d / 'p1to8_more.npz')})], [child_env(scratch, 8)], str(d / 'logs8'))
+  (stdout,) = run_processes(
+    [
+      worker(
+        idx_dir,
+        {'mode': 'train', 'workdir': w8, 'num_steps': K, 'out': str(d / 'p8_k.npz')},
+        {'mode': 'copy', 'src': w8, 'dst': w8_for_1},
+        {'mode': 'hlo', 'out': str(d / 'step8.hlo')},
+        {'mode': 'restore', 'workdir': reference['checkpoint'], 'out': str(d / 'r1to8.npz')},
+        {
+          'mode': 'train',
+          'workdir': reference['checkpoint'],
+          'num_steps': K + MORE,
+          'out': str(d / 'p1to8_more.npz'),
+        },
+      )
+    ],
+    [child_env(scratch, 8)],
+    str(d / 'logs8'),
+  )
   runs8 = results(stdout)
   assert all(r['device_count'] == 8 for r in runs8)
   assert [r['mesh_devices'] for r in runs8 if r['mode'] == 'train'] == [8, 8]
   # 1 device: restore the 8-device checkpoint and continue it.
-  stdout, = run_processes([worker(
-      idx_dir,
-      {'mode': 'restore', 'workdir': w8_for_1, 'out': str(d / 'r8to1.npz')},
-      {'mode': 'train', 'workdir': w8_for_1, 'num_steps': K + MORE,
-       'out': str(d / 'p8to1_more.npz')})], [child_env(scratch, 1)], str(d / 'logs1'))
+  (stdout,) = run_processes(
+    [
+      worker(
+        idx_dir,
+        {'mode': 'restore', 'workdir': w8_for_1, 'out': str(d / 'r8to1.npz')},
+        {
+          'mode': 'train',
+          'workdir': w8_for_1,
+          'num_steps': K + MORE,
+          'out': str(d / 'p8to1_more.npz'),
+        },
+      )
+    ],
+    [child_env(scratch, 1)],
+    str(d / 'logs1'),
+  )
   runs1 = results(stdout)
   assert all(r['device_count'] == 1 for r in runs1)
 
@@ -240,10 +296,16 @@ def test_eight_devices_train_like_one_and_checkpoints_move_between_them(
   assert_identical_params(load(d / 'r8to1.npz'), p8, '8-device ckpt on 1')
   # ... and training continues from them as on the device count that wrote them.
   assert [r['step'] for r in runs8 + runs1 if r['mode'] == 'train'] == [K, K + MORE, K + MORE]
-  assert_close_params(load(d / 'p1to8_more.npz'), reference['params_more'],
-                      'resumed on 8 devices from a 1-device checkpoint')
-  assert_close_params(load(d / 'p8to1_more.npz'), reference['params_more'],
-                      'resumed on 1 device from an 8-device checkpoint')
+  assert_close_params(
+    load(d / 'p1to8_more.npz'),
+    reference['params_more'],
+    'resumed on 8 devices from a 1-device checkpoint',
+  )
+  assert_close_params(
+    load(d / 'p8to1_more.npz'),
+    reference['params_more'],
+    'resumed on 1 device from an 8-device checkpoint',
+  )
 
   # The compiled 8-device step.
   hlo = next(r for r in runs8 if r['mode'] == 'hlo')
@@ -254,7 +316,8 @@ def test_eight_devices_train_like_one_and_checkpoints_move_between_them(
   assert not found['gather_or_shuffle'], f'unexpected collectives {found["gather_or_shuffle"]}'
   assert not found['host_transfer'], f'host transfers {found["host_transfer"]}'
   assert not found['whole_batch_arrays'], (
-      f'arrays of the whole batch on every device: {found["whole_batch_arrays"]}')
+    f'arrays of the whole batch on every device: {found["whole_batch_arrays"]}'
+  )
   # The donated state is updated in place: every state leaf is aliased to an output.
   assert found['aliased_outputs'] == hlo['num_state_leaves'], found
 
@@ -271,23 +334,41 @@ def test_two_processes_with_two_devices_each_train_like_one_device(scratch, idx_
   workdir = str(d / 'run')
   config_file = d / 'config.py'
   config_file.write_text(
-      'from tests import distributed_worker\n'
-      f'def get_config():\n  return distributed_worker.test_config({idx_dir!r}, '
-      f'num_steps={K})\n')
+    'from tests import distributed_worker\n'
+    f'def get_config():\n  return distributed_worker.test_config({idx_dir!r}, '
+    f'num_steps={K})\n'
+  )
   env = child_env(scratch, 1, JAX_NUM_CPU_DEVICES='2', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
 
   def commands(*flags):
     address = f'127.0.0.1:{free_port()}'
-    return [[sys.executable, '-m', 'pga_jax.cli', 'train', f'--config={config_file}',
-             f'--workdir={workdir}', f'--coordinator_address={address}',
-             '--num_processes=2', f'--process_id={i}', *flags] for i in range(2)]
+    return [
+      [
+        sys.executable,
+        '-m',
+        'pga_jax.cli',
+        'train',
+        f'--config={config_file}',
+        f'--workdir={workdir}',
+        f'--coordinator_address={address}',
+        '--num_processes=2',
+        f'--process_id={i}',
+        *flags,
+      ]
+      for i in range(2)
+    ]
 
   # A stop signal (preemption) that reaches process 1 only, once training has
   # started: both processes stop after the same step and write one checkpoint.
-  out0, out1 = run_processes(commands('--config.num_steps=50'), [env, env], str(d / 'stop'),
-                             signal_when=(1, 'Training from step', signal.SIGTERM))
-  stopped = re.search(r'training stopped early \(resume with the same command\) at step (\d+)',
-                      out0)
+  out0, out1 = run_processes(
+    commands('--config.num_steps=50'),
+    [env, env],
+    str(d / 'stop'),
+    signal_when=(1, 'Training from step', signal.SIGTERM),
+  )
+  stopped = re.search(
+    r'training stopped early \(resume with the same command\) at step (\d+)', out0
+  )
   assert stopped and int(stopped.group(1)) < K, out0
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [stopped.group(1)]
 
@@ -307,9 +388,12 @@ def test_two_processes_with_two_devices_each_train_like_one_device(scratch, idx_
 
   # The checkpoint (one, written jointly by both processes) holds the 1-device result.
   from pga_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
   config, _, params, step = checkpointing.load_trained(workdir)
   assert step == K and config.method == distributed_worker.DEFAULTS['method']
   import jax  # pylint: disable=g-import-not-at-top
-  flat = {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_leaves_with_path(params)}
+
+  flat = {
+    jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(params)
+  }
   assert_close_params(flat, reference['params_k'], f'{K} steps on 2 processes x 2 devices vs 1')

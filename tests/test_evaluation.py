@@ -5,10 +5,9 @@ sets, a brute-force precision/recall, and the closed-form population MMD^2 of
 Gaussians under the cubic kernel. The Fashion-MNIST tests use a small domain
 classifier trained once per module.
 """
+
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def brute_force_precision_recall(real, fake, k=3):
   """The definition, with loops: k-th neighbour radii, then ball membership."""
+
   def radii(points):
     out = []
     for p in points:
@@ -35,8 +35,8 @@ def brute_force_precision_recall(real, fake, k=3):
     return out
 
   def covered(centres, rad, points):
-    return np.mean([any(np.linalg.norm(p - c) <= r for c, r in zip(centres, rad))
-                    for p in points])
+    return np.mean([any(np.linalg.norm(p - c) <= r for c, r in zip(centres, rad)) for p in points])
+
   return covered(real, radii(real), fake), covered(fake, radii(fake), real)
 
 
@@ -44,12 +44,16 @@ def test_precision_on_a_toy_set_with_a_known_answer():
   real = np.array([[i, 0.0] for i in range(10)])
   # k=3 radii: 3 at the ends (points 0 and 9), 2 everywhere else.
   np.testing.assert_allclose(metrics.knn_radii(real), [3] + [2] * 8 + [3])
-  fake = np.array([[-2.5, 0],    # 2.5 from point 0 (radius 3): inside
-                   [-3.5, 0],    # 3.5 from point 0: outside
-                   [4.5, 1.5],   # sqrt(2.5) = 1.58 from point 4 (radius 2): inside
-                   [4.5, 2.5],   # sqrt(6.5) = 2.55 from points 4, 5: outside
-                   [11.9, 0],    # 2.9 from point 9 (radius 3): inside
-                   [12.1, 0]])   # 3.1 from point 9: outside
+  fake = np.array(
+    [
+      [-2.5, 0],  # 2.5 from point 0 (radius 3): inside
+      [-3.5, 0],  # 3.5 from point 0: outside
+      [4.5, 1.5],  # sqrt(2.5) = 1.58 from point 4 (radius 2): inside
+      [4.5, 2.5],  # sqrt(6.5) = 2.55 from points 4, 5: outside
+      [11.9, 0],  # 2.9 from point 9 (radius 3): inside
+      [12.1, 0],
+    ]
+  )  # 3.1 from point 9: outside
   precision, recall = metrics.precision_recall(real, fake)
   assert precision == 0.5
   # Swapping the sets swaps precision and recall.
@@ -77,8 +81,12 @@ def test_precision_recall_are_one_for_identical_sets_and_zero_for_far_ones():
 def gaussian_moments(mu, cov):
   """First three moment tensors E[x], E[x x], E[x x x] of N(mu, cov)."""
   m2 = cov + np.outer(mu, mu)
-  m3 = (np.einsum('i,j,k->ijk', mu, mu, mu) + np.einsum('i,jk->ijk', mu, cov)
-        + np.einsum('j,ik->ijk', mu, cov) + np.einsum('k,ij->ijk', mu, cov))
+  m3 = (
+    np.einsum('i,j,k->ijk', mu, mu, mu)
+    + np.einsum('i,jk->ijk', mu, cov)
+    + np.einsum('j,ik->ijk', mu, cov)
+    + np.einsum('k,ij->ijk', mu, cov)
+  )
   return mu, m2, m3
 
 
@@ -88,17 +96,23 @@ def population_mmd2(p, q, d):
   For independent x ~ P, y ~ Q: E (x.y)^n = <M_n(P), M_n(Q)> (moment tensors),
   so E k(x, y) = <M3,M3'>/d^3 + 3<M2,M2'>/d^2 + 3<m1,m1'>/d + 1.
   """
+
   def expected_kernel(a, b):
-    return (np.sum(a[2] * b[2]) / d ** 3 + 3 * np.sum(a[1] * b[1]) / d ** 2
-            + 3 * np.dot(a[0], b[0]) / d + 1)
+    return (
+      np.sum(a[2] * b[2]) / d**3 + 3 * np.sum(a[1] * b[1]) / d**2 + 3 * np.dot(a[0], b[0]) / d + 1
+    )
+
   mp, mq = gaussian_moments(*p), gaussian_moments(*q)
   return expected_kernel(mp, mp) + expected_kernel(mq, mq) - 2 * expected_kernel(mp, mq)
 
 
 def biased_mmd2(x, y):
   """The V-statistic (diagonals included): biased upwards, for contrast."""
-  return (metrics.polynomial_kernel(x, x).mean() + metrics.polynomial_kernel(y, y).mean()
-          - 2 * metrics.polynomial_kernel(x, y).mean())
+  return (
+    metrics.polynomial_kernel(x, x).mean()
+    + metrics.polynomial_kernel(y, y).mean()
+    - 2 * metrics.polynomial_kernel(x, y).mean()
+  )
 
 
 @pytest.mark.parametrize('same', [False, True])
@@ -138,6 +152,7 @@ def test_fid_of_features_and_of_statistics_agree():
   rs = np.random.RandomState(0)
   a, b = rs.normal(size=(500, 6)), rs.normal(0.5, 1.2, size=(400, 6))
   from pga_jax.evaluation import frechet
+
   assert metrics.fid(a, b) == pytest.approx(metrics.fid(frechet.feature_statistics(a), b))
   assert abs(metrics.fid(a, a)) < 1e-8
   # Mean shift 0.5 in 6 dims, scale 1.2: ||dmu||^2 + 6 (1 - 1.2)^2 = 1.74 (up to sampling).
@@ -156,13 +171,21 @@ def fashion(tmp_path_factory):
   train_split = data.load_split('idx', 'train', directory)
   test_split = data.load_split('idx', 'test', directory)
   cache = str(tmp_path_factory.mktemp('cache'))
-  network = evaluate.domain_network('fashion_mnist_idx', train_split, test_split,
-                                    cache_dir=cache, spec=TINY_SPEC)
+  network = evaluate.domain_network(
+    'fashion_mnist_idx', train_split, test_split, cache_dir=cache, spec=TINY_SPEC
+  )
   reference = reference_stats.reference_statistics(
-      train_split.images, network, dataset='fashion_mnist_idx', split='train',
-      network_kind='domain', network_id=network.identity, cache_dir=cache)
-  evaluator = evaluate.Evaluator('fashion_mnist_idx', network, reference,
-                                 kid_subsets=50, kid_subset_size=500)
+    train_split.images,
+    network,
+    dataset='fashion_mnist_idx',
+    split='train',
+    network_kind='domain',
+    network_id=network.identity,
+    cache_dir=cache,
+  )
+  evaluator = evaluate.Evaluator(
+    'fashion_mnist_idx', network, reference, kid_subsets=50, kid_subset_size=500
+  )
   return evaluator, train_split, test_split
 
 
@@ -230,8 +253,9 @@ def test_reference_statistics_cached_and_invalidated(tmp_path):
     calls.append(len(x))
     return x.reshape(len(x), -1)[:, :20] * 2.0
 
-  kwargs = dict(dataset='d', split='train', network_kind='domain', cache_dir=str(tmp_path),
-                subset_size=30)
+  kwargs = dict(
+    dataset='d', split='train', network_kind='domain', cache_dir=str(tmp_path), subset_size=30
+  )
   first = reference_stats.reference_statistics(images, features, network_id='net1', **kwargs)
   assert calls == [50] and first.features.shape == (30, 20) and first.meta['num_images'] == 50
   again = reference_stats.reference_statistics(images, features, network_id='net1', **kwargs)
@@ -277,26 +301,30 @@ def tiny_run(tmp_path_factory):
 
 
 def run_cli(*args, timeout=600):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run([sys.executable, '-m', 'pga_jax.cli', *args], capture_output=True,
-                        text=True, timeout=timeout, cwd=REPO, env=env)
+  return helpers.run_cli(*args, timeout=timeout)
 
 
 def read_scalars(workdir):
   """{tag: {step: [values, one per event file]}}, read with TensorBoard's own reader."""
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
+
   out = {}
   for name in sorted(os.listdir(workdir)):
     if not name.startswith('events.out.tfevents'):
       continue
-    acc = event_accumulator.EventAccumulator(os.path.join(workdir, name),
-                                             size_guidance={'tensors': 0, 'scalars': 0})
+    acc = event_accumulator.EventAccumulator(
+      os.path.join(workdir, name), size_guidance={'tensors': 0, 'scalars': 0}
+    )
     acc.Reload()
-    events = [(tag, e.step, tensor_util.make_ndarray(e.tensor_proto))
-              for tag in acc.Tags()['tensors'] for e in acc.Tensors(tag)]
-    events += [(tag, e.step, np.float32(e.value))
-               for tag in acc.Tags()['scalars'] for e in acc.Scalars(tag)]
+    events = [
+      (tag, e.step, tensor_util.make_ndarray(e.tensor_proto))
+      for tag in acc.Tags()['tensors']
+      for e in acc.Tensors(tag)
+    ]
+    events += [
+      (tag, e.step, np.float32(e.value)) for tag in acc.Tags()['scalars'] for e in acc.Scalars(tag)
+    ]
     for tag, step, value in events:
       if np.size(value) == 1:
         out.setdefault(tag, {}).setdefault(step, []).append(float(value))
@@ -316,8 +344,15 @@ def test_pga_evaluate_reproduces_the_training_numbers_and_writes_json(tiny_run, 
   workdir, cache, _ = tiny_run
   out_json = str(tmp_path / 'eval.json')
   # The run's eval settings (16 samples, seed = config.seed = 0) at the last step.
-  out = run_cli('evaluate', f'--workdir={workdir}', '--num_samples=16', '--features=domain',
-                f'--cache_dir={cache}', f'--json={out_json}', '--seed=0')
+  out = run_cli(
+    'evaluate',
+    f'--workdir={workdir}',
+    '--num_samples=16',
+    '--features=domain',
+    f'--cache_dir={cache}',
+    f'--json={out_json}',
+    '--seed=0',
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'training one' not in out.stderr and 'using cached' in out.stderr  # all from the cache
   with open(out_json) as f:
@@ -340,17 +375,27 @@ def test_pga_evaluate_reproduces_the_training_numbers_and_writes_json(tiny_run, 
 def test_pga_evaluate_inception_without_weights_is_a_one_line_error(tiny_run, tmp_path):
   workdir, cache, _ = tiny_run
   missing = str(tmp_path / 'nope' / 'fid_inception.npz')
-  out = run_cli('evaluate', f'--workdir={workdir}', '--num_samples=10', '--features=inception',
-                f'--inception_weights={missing}', f'--cache_dir={cache}')
+  out = run_cli(
+    'evaluate',
+    f'--workdir={workdir}',
+    '--num_samples=10',
+    '--features=inception',
+    f'--inception_weights={missing}',
+    f'--cache_dir={cache}',
+  )
   assert out.returncode == 2
   errors = [l for l in out.stderr.splitlines() if l.startswith('pga: error')]
   assert len(errors) == 1 and missing in errors[0] and 'Traceback' not in out.stderr
 
 
 def test_pga_train_with_inception_evaluation_but_no_weights_fails_before_training(tmp_path):
-  out = run_cli('train', '--config=experiments/configs/quickstart.py',
-                f'--workdir={tmp_path}/w', '--config.eval_every=2',
-                '--config.eval_features=inception')
+  out = run_cli(
+    'train',
+    '--config=experiments/configs/quickstart.py',
+    f'--workdir={tmp_path}/w',
+    '--config.eval_every=2',
+    '--config.eval_features=inception',
+  )
   assert out.returncode == 2 and 'Traceback' not in out.stderr
   errors = [l for l in out.stderr.splitlines() if l.startswith('pga: error')]
   assert len(errors) == 1 and 'config.eval_inception_weights' in errors[0]

@@ -1,4 +1,5 @@
 """The paper-reproduction scripts run end to end on a tiny budget (offline, domain features)."""
+
 import json
 import os
 import re
@@ -15,26 +16,40 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def idx_dir(tmp_path_factory):
-  folder = str(tmp_path_factory.mktemp('idx'))
-  helpers.write_idx_images(folder, helpers.synthetic_digits(96))
-  helpers.write_idx_images(folder, helpers.synthetic_digits(48, seed=1), prefix='t10k')
-  return folder
+  return helpers.make_idx_dir(tmp_path_factory, num_test=48)
 
 
 def run_script(script, *args, cache, timeout=600):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PGA_CACHE_DIR=str(cache))
-  out = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', script), *args],
-                       capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+  out = subprocess.run(
+    [sys.executable, os.path.join(REPO, 'experiments', script), *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=env,
+    cwd=REPO,
+  )
   assert out.returncode == 0, out.stderr[-4000:]
   return out
 
 
 def test_table1_runs_end_to_end_with_domain_features(idx_dir, tmp_path):
   out_md = tmp_path / 'table1.md'
-  run_script('table1.py', '--methods=lpga,vae', '--datasets=mnist', '--seeds=0,1',
-             '--num_steps=2', '--batch_size=8', '--dataset_override=idx',
-             f'--data_dir={idx_dir}', '--features=domain', '--num_samples=24',
-             f'--workroot={tmp_path}/runs', f'--out={out_md}', cache=tmp_path / 'cache')
+  run_script(
+    'table1.py',
+    '--methods=lpga,vae',
+    '--datasets=mnist',
+    '--seeds=0,1',
+    '--num_steps=2',
+    '--batch_size=8',
+    '--dataset_override=idx',
+    f'--data_dir={idx_dir}',
+    '--features=domain',
+    '--num_samples=24',
+    f'--workroot={tmp_path}/runs',
+    f'--out={out_md}',
+    cache=tmp_path / 'cache',
+  )
   table = out_md.read_text()
   assert '| LPGA |' in table and '| VAE |' in table and '(paper 12.06 ± 0.12)' in table
   results = json.loads((tmp_path / 'table1.json').read_text())
@@ -48,15 +63,29 @@ def test_table1_runs_end_to_end_with_domain_features(idx_dir, tmp_path):
 
 def test_fashion_study_and_figures_scripts(idx_dir, tmp_path):
   out = tmp_path / 'study'
-  run_script('fashion_study.py', '--methods=ae,lpga', '--steps=3', '--batch_size=8',
-             '--dataset=idx', f'--data_dir={idx_dir}', '--num_samples=24',
-             f'--workroot={tmp_path}/runs', f'--out={out}', cache=tmp_path / 'cache')
+  run_script(
+    'fashion_study.py',
+    '--methods=ae,lpga',
+    '--steps=3',
+    '--batch_size=8',
+    '--dataset=idx',
+    f'--data_dir={idx_dir}',
+    '--num_samples=24',
+    f'--workroot={tmp_path}/runs',
+    f'--out={out}',
+    cache=tmp_path / 'cache',
+  )
   table = (out / 'results.md').read_text()
   assert '| AE |' in table and '| LPGA |' in table
   for name in ('samples_ae.png', 'samples_lpga.png', 'interpolations_lpga.png'):
     assert (out / name).stat().st_size > 0
-  run_script('figures.py', f'--runs=lpga={tmp_path}/runs/lpga_s0', f'--out={tmp_path}/figs',
-             '--pairs=3', cache=tmp_path / 'cache')
+  run_script(
+    'figures.py',
+    f'--runs=lpga={tmp_path}/runs/lpga_s0',
+    f'--out={tmp_path}/figs',
+    '--pairs=3',
+    cache=tmp_path / 'cache',
+  )
   assert (tmp_path / 'figs' / 'figure1_lpga.png').exists()
   assert (tmp_path / 'figs' / 'figure2_lpga.png').exists()
 
@@ -68,12 +97,19 @@ def test_logdet_tracking_exact_and_eq6_estimate_over_checkpoints(idx_dir, tmp_pa
 
   from experiments import runner  # pylint: disable=g-import-not-at-top
   from pga_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
   workdir = str(tmp_path / 'lpga')
   # LPGA, 6 steps (2 of warm-up), checkpoints at steps 3 and 6.
   runner.train_run(helpers.tiny_config(idx_dir, sample_every=6), workdir)
   out_png = tmp_path / 'study' / 'logdet.png'
-  out = run_script('logdet_tracking.py', f'--workdir={workdir}', f'--out={out_png}',
-                   '--num_images=16', '--ks=1,16', cache=tmp_path / 'cache')
+  out = run_script(
+    'logdet_tracking.py',
+    f'--workdir={workdir}',
+    f'--out={out_png}',
+    '--num_images=16',
+    '--ks=1,16',
+    cache=tmp_path / 'cache',
+  )
   assert out_png.stat().st_size > 0
   results = json.loads((tmp_path / 'study' / 'logdet.json').read_text())
   steps = sorted(checkpointing.checkpoint_manager(workdir, 3).all_steps())
@@ -81,7 +117,7 @@ def test_logdet_tracking_exact_and_eq6_estimate_over_checkpoints(idx_dir, tmp_pa
   assert [e['step'] for e in results['steps']] == steps
   assert results['method'] == 'lpga' and results['ks'] == [1, 16]
   for e in results['steps']:
-    assert re.search(rf"^\s*{e['step']}\s+{e['exact_mean']:.4f}\s", out.stdout, re.M), out.stdout
+    assert re.search(rf'^\s*{e["step"]}\s+{e["exact_mean"]:.4f}\s', out.stdout, re.M), out.stdout
     exact = np.asarray(e['per_image']['exact'])
     assert exact.shape == (16,) and np.all(np.isfinite(exact))
     np.testing.assert_allclose(e['exact_mean'], exact.mean(), rtol=1e-6)
@@ -111,9 +147,19 @@ def test_logdet_tracking_exact_and_eq6_estimate_over_checkpoints(idx_dir, tmp_pa
   empty.mkdir()
   (empty / 'config.json').write_text(checkpointing.config_to_json(helpers.tiny_config(idx_dir)))
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  bad = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'logdet_tracking.py'),
-                        f'--workdir={empty}', f'--out={tmp_path}/x.png'],
-                       capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+  bad = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, 'experiments', 'logdet_tracking.py'),
+      f'--workdir={empty}',
+      f'--out={tmp_path}/x.png',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+    cwd=REPO,
+  )
   assert bad.returncode == 2
   errors = [line for line in bad.stderr.splitlines() if line.startswith('pga: error:')]
   assert len(errors) == 1 and 'no checkpoint' in errors[0], bad.stderr[-2000:]

@@ -7,6 +7,7 @@
 - the bfloat16 compute dtype against float32;
 - the train loop traces (compiles) its step once.
 """
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -49,9 +50,11 @@ def test_shared_encoder_pass_gives_the_plain_losses_metrics_and_gradients(method
   params = model.init(jax.random.PRNGKey(0))
   x, rng, step = images(), jax.random.PRNGKey(2), jnp.asarray(7)
   (l_fast, m_fast), g_fast = jax.jit(jax.value_and_grad(fast_fn, has_aux=True))(
-      params, x, rng, step)
+    params, x, rng, step
+  )
   (l_plain, m_plain), g_plain = jax.jit(jax.value_and_grad(plain_fn, has_aux=True))(
-      params, x, rng, step)
+    params, x, rng, step
+  )
   assert set(m_fast) == set(m_plain)
   np.testing.assert_allclose(l_fast, l_plain, rtol=1e-5)
   for name in m_plain:
@@ -79,22 +82,29 @@ class CountingModel:
   encode_decode_at_codes = AutoEncoder.encode_decode_at_codes
 
 
-@pytest.mark.parametrize('method_name,plain_calls,fast_calls', [
+@pytest.mark.parametrize(
+  'method_name,plain_calls,fast_calls',
+  [
     # rec, zh_rec, nll_enc, nll_dec's codes and its centre's codes: one pass
     ('lpga', 5, 1),
     # rec, zh_rec, vrec's sigma and its centre's codes, vkld: one pass
     ('vpga', 5, 1),
     # rec, zh_rec, vrec's sigma and its centre's codes, vkld, nll_enc: one pass
     ('lvpga', 6, 1),
-])
+  ],
+)
 def test_terms_share_one_encoder_pass_over_the_data(method_name, plain_calls, fast_calls):
   config, _, model, method = make(method_name, True)
   params = model.init(jax.random.PRNGKey(0))
   x = images()
   for fast, expected in ((False, plain_calls), (True, fast_calls)):
     counting = CountingModel(model, x)
-    jax.eval_shape(lambda p: methods.method_loss(method, counting, p, x, jax.random.PRNGKey(0),
-                                                 jnp.asarray(0), config, fast=fast), params)
+    jax.eval_shape(
+      lambda p: methods.method_loss(
+        method, counting, p, x, jax.random.PRNGKey(0), jnp.asarray(0), config, fast=fast
+      ),
+      params,
+    )
     assert counting.data_encodes == expected, (fast, counting.data_encodes)
 
 
@@ -104,8 +114,9 @@ def test_shared_encoder_pass_removes_work_from_the_compiled_step():
   for fast in (False, True):
     config, loss_fn, model, _ = make('vpga', fast, zh_rec=0.0)
     params = model.init(jax.random.PRNGKey(0))
-    grad = jax.jit(jax.grad(lambda p: loss_fn(p, images(), jax.random.PRNGKey(0),
-                                              jnp.asarray(0))[0]))
+    grad = jax.jit(
+      jax.grad(lambda p: loss_fn(p, images(), jax.random.PRNGKey(0), jnp.asarray(0))[0])
+    )
     cost = grad.lower(params).compile().cost_analysis()
     flops[fast] = (cost[0] if isinstance(cost, list) else cost)['flops']
   # Three encoder backward passes over the data fewer (rec, vrec's sigma, KL
@@ -116,14 +127,16 @@ def test_shared_encoder_pass_removes_work_from_the_compiled_step():
 @pytest.mark.parametrize('use_bn', [False, True])
 def test_decode_shared_routes_like_two_decoder_calls_with_less_work(use_bn):
   from pga_jax import passes  # pylint: disable=g-import-not-at-top
+
   model = AutoEncoder('conv_mnist', H, 1, use_bn=use_bn)
   dec = model.init(jax.random.PRNGKey(0))['decoder']
   z = jax.random.normal(jax.random.PRNGKey(1), (B, H))
   c1, c2 = jax.random.normal(jax.random.PRNGKey(2), (2, B, 28, 28, 1))
 
   def separate(d, z_):
-    return (jnp.sum(c1 * model.decode(d, z_))
-            + jnp.sum(jnp.sin(c2 * model.decode(d, jax.lax.stop_gradient(z_)))))
+    return jnp.sum(c1 * model.decode(d, z_)) + jnp.sum(
+      jnp.sin(c2 * model.decode(d, jax.lax.stop_gradient(z_)))
+    )
 
   def shared(d, z_):
     x1, x2 = passes.decode_shared(model, d, z_)
@@ -155,8 +168,9 @@ def test_decode_shared_routes_like_two_decoder_calls_with_less_work(use_bn):
 def test_upsample_conv_modes_equal_lax_conv_transpose_with_gradients(kernel_size, features):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 6))
   w = jax.random.normal(jax.random.PRNGKey(1), (kernel_size, kernel_size, 6, features))
-  reference = lambda x_, w_: jax.lax.conv_transpose(x_, w_, (2, 2), 'SAME',
-                                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  reference = lambda x_, w_: jax.lax.conv_transpose(
+    x_, w_, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   ct = jax.random.normal(jax.random.PRNGKey(2), (2, 10, 10, features))
   expected, vjp = jax.vjp(reference, x, w)
   expected_grads = vjp(ct)
@@ -197,14 +211,17 @@ _inf_gradient_entry.defvjp(lambda w: (w, None), lambda _, g: (g.at[12345].set(jn
 
 def test_train_step_skips_a_step_with_one_inf_gradient_entry():
   """One Inf among 50000 gradient entries, finite loss: the (norm-based) check fails."""
+
   def loss_fn(params, images, rng, step):
     del images, rng, step
     loss = 1e-3 * jnp.sum(_inf_gradient_entry(params['w']) ** 2)
     return loss, {'loss': loss}
+
   optimizer = optax.sgd(0.1, momentum=0.9)
   params = {'w': jnp.ones(50000)}
-  state = ts.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
-                        jax.random.PRNGKey(0))
+  state = ts.TrainState(
+    jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(0)
+  )
   step_fn = jax.jit(ts.make_train_step(loss_fn, optimizer))
   new_state, metrics = step_fn(state, jnp.zeros(1))
   assert np.isfinite(float(metrics['loss'])) and float(metrics['finite']) == 0.0
@@ -234,9 +251,12 @@ def test_bfloat16_compute_is_close_to_float32_with_float32_parameters(method_nam
   x = jnp.asarray(data.scale_images(helpers.synthetic_digits(32)[..., None]))
   rng = jax.random.PRNGKey(4)
   for term in methods.active_terms(method, config32):
+
     def value(p, model, term=term):
-      return term.fn(model, methods.route(p, term.updates), x,
-                     methods.term_rng(rng, term.name), config32)
+      return term.fn(
+        model, methods.route(p, term.updates), x, methods.term_rng(rng, term.name), config32
+      )
+
     v32, g32 = jax.value_and_grad(value)(params, model32)
     v16, g16 = jax.value_and_grad(value)(params, model16)
     assert v16.dtype == jnp.float32
@@ -249,11 +269,16 @@ def test_bfloat16_compute_is_close_to_float32_with_float32_parameters(method_nam
     if term.name not in DIFFERENCE_TERMS:
       # Per parameter, too: a bias gradient summed in bfloat16 stalls (it was
       # 30x too small for the image layer before layers.add_bias).
-      for (path, l16), l32 in zip(jax.tree_util.tree_leaves_with_path(g16),
-                                  jax.tree_util.tree_leaves(g32)):
+      for (path, l16), l32 in zip(
+        jax.tree_util.tree_leaves_with_path(g16), jax.tree_util.tree_leaves(g32)
+      ):
         n16, n32 = float(jnp.linalg.norm(l16)), float(jnp.linalg.norm(l32))
-        assert abs(n16 - n32) <= 0.05 * n32 + 1e-7, (term.name, jax.tree_util.keystr(path),
-                                                     n16, n32)
+        assert abs(n16 - n32) <= 0.05 * n32 + 1e-7, (
+          term.name,
+          jax.tree_util.keystr(path),
+          n16,
+          n32,
+        )
   # A whole train step in bf16 applies a finite update to float32 parameters.
   optimizer = ts.make_optimizer(config16)
   state = ts.init_train_state(model16, optimizer, jax.random.PRNGKey(5))
@@ -267,13 +292,18 @@ def test_the_train_loop_compiles_its_step_once(tmp_path, monkeypatch):
   """chex.assert_max_traces on the step the loop jits: a retrace (e.g. the
   state coming back with another sharding or dtype) is a recompile."""
   from pga_jax import train  # pylint: disable=g-import-not-at-top
+
   data_dir = str(tmp_path / 'idx')
   helpers.write_idx_images(data_dir, helpers.synthetic_digits(32))
   make_step = ts.make_train_step
-  monkeypatch.setattr(ts, 'make_train_step', lambda loss_fn, optimizer: chex.assert_max_traces(
-      make_step(loss_fn, optimizer), n=1))
-  config = helpers.tiny_config(data_dir, num_steps=5, log_every=2, sample_every=100,
-                               checkpoint_every=100)
+  monkeypatch.setattr(
+    ts,
+    'make_train_step',
+    lambda loss_fn, optimizer: chex.assert_max_traces(make_step(loss_fn, optimizer), n=1),
+  )
+  config = helpers.tiny_config(
+    data_dir, num_steps=5, log_every=2, sample_every=100, checkpoint_every=100
+  )
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert result.step == 5
   chex.clear_trace_counter()
@@ -281,14 +311,17 @@ def test_the_train_loop_compiles_its_step_once(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('kernel_size', [2, 3, 4, 5])
 @pytest.mark.parametrize('size,features_in,features_out', [(8, 3, 16), (4, 20, 6), (6, 32, 64)])
-def test_downsample_conv_equals_lax_conv_with_gradients(kernel_size, size, features_in,
-                                                        features_out):
+def test_downsample_conv_equals_lax_conv_with_gradients(
+  kernel_size, size, features_in, features_out
+):
   """The encoder's stride-2 conv with its custom backward pass against lax's autodiff."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, features_in))
-  w = jax.random.normal(jax.random.PRNGKey(1), (kernel_size, kernel_size, features_in,
-                                                features_out))
+  w = jax.random.normal(
+    jax.random.PRNGKey(1), (kernel_size, kernel_size, features_in, features_out)
+  )
   reference = lambda x_, w_: jax.lax.conv_general_dilated(
-      x_, w_, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x_, w_, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   expected, vjp_ref = jax.vjp(reference, x, w)
   got, vjp_got = jax.vjp(layers.downsample_conv, x, w)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
@@ -303,8 +336,9 @@ def test_transposed_conv_dispatch_equals_lax_conv_transpose(shape):
   size, cin, cout = shape
   x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
   w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, cin, cout))
-  expected = jax.lax.conv_transpose(x, w, (2, 2), 'SAME',
-                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  expected = jax.lax.conv_transpose(
+    x, w, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   np.testing.assert_allclose(layers.transposed_conv(x, w, 2), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -317,6 +351,7 @@ def test_model_gradients_do_not_depend_on_the_custom_backward_passes():
 
   def loss(model, p):
     return jnp.mean(jnp.square(model.encode_decode(p, model.encode(p['encoder'], x).mean)))
+
   got = jax.grad(lambda p: loss(fast, p))(params)
   want = jax.grad(lambda p: loss(plain, p))(params)
   wants = jax.tree_util.tree_leaves(want)

@@ -8,6 +8,7 @@
 - off CPU the candidates include XLA's own convolution;
 - `conv_impl` is a validated config field that reaches the model.
 """
+
 import json
 import os
 
@@ -53,8 +54,9 @@ def test_every_upsample_form_gives_lax_values_and_gradients(form, shape):
   size, cin, cout = shape
   x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
   w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, cin, cout))
-  assert_vjp_matches(lambda a, b: layers.upsample_conv(a, b, 2, form), conv_transpose, x, w,
-                     msg=form)
+  assert_vjp_matches(
+    lambda a, b: layers.upsample_conv(a, b, 2, form), conv_transpose, x, w, msg=form
+  )
 
 
 @pytest.mark.parametrize('form', layers.DOWNSAMPLE_FORMS + ('auto',))
@@ -63,16 +65,18 @@ def test_every_downsample_form_gives_lax_values_and_gradients(form, shape):
   size, cin, cout = shape
   x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
   w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, cin, cout))
-  assert_vjp_matches(lambda a, b: layers.downsample_conv(a, b, 2, form), strided_conv, x, w,
-                     msg=form)
+  assert_vjp_matches(
+    lambda a, b: layers.downsample_conv(a, b, 2, form), strided_conv, x, w, msg=form
+  )
 
 
 @pytest.mark.parametrize('form', ['xla', 'phase'])
 def test_transposed_conv_forms(form):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 8))
   w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 8, 6))
-  np.testing.assert_allclose(layers.transposed_conv(x, w, 2, form), conv_transpose(x, w),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    layers.transposed_conv(x, w, 2, form), conv_transpose(x, w), rtol=1e-4, atol=1e-4
+  )
   with pytest.raises(ValueError, match='form'):
     layers.transposed_conv(x, w, 2, 'nope')
 
@@ -87,6 +91,7 @@ def test_model_gradients_are_the_same_for_every_conv_impl(conv_impl):
 
   def loss(m, p):
     return jnp.mean(jnp.square(m.encode_decode(p, m.encode(p['encoder'], x).mean)))
+
   value, got = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
   want_value, want = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
   np.testing.assert_allclose(value, want_value, rtol=1e-5)
@@ -132,7 +137,7 @@ class CountingTimer:
   def __call__(self, fns):
     self.calls.append(sorted(fns))
     for fn in fns.values():
-      jax.block_until_ready(fn())   # the candidates really run
+      jax.block_until_ready(fn())  # the candidates really run
     return {n: (0.001 if n == self.fastest else 0.002) for n in fns}
 
 
@@ -141,10 +146,9 @@ def test_choice_is_measured_once_then_read_from_the_cache(private_cache, monkeyp
   monkeypatch.setattr(kernel_choice, 'time_candidates', timer)
   args = ('upsample', (2, 4, 4, 8), (5, 5, 8, 3), 2, jnp.float32)
   assert layers.measured_form(*args) == 'phase'
-  assert len(timer.calls) == 1 and set(timer.calls[0]) == {'xla', 'phase', 'adjoint',
-                                                           'adjoint_xla'}
+  assert len(timer.calls) == 1 and set(timer.calls[0]) == {'xla', 'phase', 'adjoint', 'adjoint_xla'}
   entries = json.load(open(private_cache))
-  (key, form), = entries.items()
+  ((key, form),) = entries.items()
   platform, kind = kernel_choice.device_identity()
   assert form == 'phase' and f'|{platform}|{kind}|' in key and 'x2x4x4x8' in key
   # Same process (memo), and a fresh process (empty memo: the file): no timing.
@@ -164,7 +168,7 @@ def test_choice_is_keyed_by_device_kind(private_cache, monkeypatch):
   platform, kind = kernel_choice.device_identity()
   monkeypatch.setattr(kernel_choice, 'device_identity', lambda: (platform, 'Another CPU'))
   timer.fastest = 'xla'
-  assert layers.measured_form(*args) == 'xla'   # not the other device's 'adjoint'
+  assert layers.measured_form(*args) == 'xla'  # not the other device's 'adjoint'
   assert len(timer.calls) == 2
   kinds = sorted(k.split('|')[2] for k in json.load(open(private_cache)))
   assert kinds == sorted(['Another CPU', kind])
@@ -180,7 +184,7 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(private_cache, monkeypatch, g
   with pytest.warns(UserWarning, match='rebuilding'):
     form = layers.measured_form('downsample', (2, 8, 8, 3), (5, 5, 3, 4), 2, jnp.float32)
   assert form == 'phase' and len(timer.calls) == 1
-  entries = json.load(open(private_cache))   # valid JSON again, with the new entry
+  entries = json.load(open(private_cache))  # valid JSON again, with the new entry
   assert list(entries.values()) == ['phase']
   assert os.listdir(os.path.dirname(private_cache)) == [kernel_choice.CACHE_FILE]  # no temp files
 
@@ -190,30 +194,45 @@ def test_an_unwritable_cache_warns_and_still_chooses(tmp_path, monkeypatch):
   blocker.write_text('not a folder')
   path = str(blocker / 'sub' / kernel_choice.CACHE_FILE)
   with pytest.warns(UserWarning, match='cannot write'):
-    form = kernel_choice.choose('k', ('a', 'b'), lambda n: (lambda: None), path=path, memo={},
-                                timer=lambda fns: {'a': 2.0, 'b': 1.0})
+    form = kernel_choice.choose(
+      'k',
+      ('a', 'b'),
+      lambda n: lambda: None,
+      path=path,
+      memo={},
+      timer=lambda fns: {'a': 2.0, 'b': 1.0},
+    )
   assert form == 'b'
 
 
 def test_cached_choice_outside_the_candidates_is_measured_again(private_cache):
   kernel_choice.write_cache(private_cache, {'k': 'gone'})
   timed = []
-  form = kernel_choice.choose('k', ('a', 'b'), lambda n: (lambda: None), memo={},
-                              timer=lambda fns: timed.append(1) or {'a': 1.0, 'b': 2.0})
+  form = kernel_choice.choose(
+    'k',
+    ('a', 'b'),
+    lambda n: lambda: None,
+    memo={},
+    timer=lambda fns: timed.append(1) or {'a': 1.0, 'b': 2.0},
+  )
   assert form == 'a' and timed == [1]
 
 
 def test_time_candidates_takes_medians_and_drops_pathological_forms():
-  ticks = iter(np.cumsum([0, 1.0, 0, 100.0] + [0, 3.0, 0, 2.0, 0, 4.0]
-                         + [0] * 10).tolist())
+  ticks = iter(np.cumsum([0, 1.0, 0, 100.0] + [0, 3.0, 0, 2.0, 0, 4.0] + [0] * 10).tolist())
   calls = {'fast': 0, 'slow': 0}
 
   def make(name):
     return lambda: calls.__setitem__(name, calls[name] + 1)
-  times = kernel_choice.time_candidates({'fast': make('fast'), 'slow': make('slow')},
-                                        repeats=3, slow_factor=20, clock=lambda: next(ticks))
+
+  times = kernel_choice.time_candidates(
+    {'fast': make('fast'), 'slow': make('slow')},
+    repeats=3,
+    slow_factor=20,
+    clock=lambda: next(ticks),
+  )
   assert times == {'fast': 3.0, 'slow': float('inf')}
-  assert calls == {'fast': 4, 'slow': 1}   # warm-up + 3 rounds; slow only warmed up
+  assert calls == {'fast': 4, 'slow': 1}  # warm-up + 3 rounds; slow only warmed up
 
 
 def test_measurement_at_trace_time_stays_out_of_the_traced_program(monkeypatch):
@@ -257,20 +276,28 @@ def test_conv_impl_is_a_validated_config_field_that_reaches_the_model():
     AutoEncoder('conv_mnist', 4, 1, conv_impl='cudnn')
 
 
-def test_with_several_processes_every_process_takes_the_first_candidate(private_cache,
-                                                                           monkeypatch):
+def test_with_several_processes_every_process_takes_the_first_candidate(private_cache, monkeypatch):
   """No measurement and no cache with several processes: the choice is made
   while tracing, where the processes cannot agree on a measured one."""
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
-  kernel_choice.write_cache(private_cache, {'k': 'b'})   # this process's own choice
+  kernel_choice.write_cache(private_cache, {'k': 'b'})  # this process's own choice
   for memo in ({}, {}):
-    assert kernel_choice.choose('k', ('a', 'b'), lambda n: (lambda: None), memo=memo,
-                                timer=lambda fns: pytest.fail('timed with 2 processes')) == 'a'
+    assert (
+      kernel_choice.choose(
+        'k',
+        ('a', 'b'),
+        lambda n: lambda: None,
+        memo=memo,
+        timer=lambda fns: pytest.fail('timed with 2 processes'),
+      )
+      == 'a'
+    )
 
 
 def test_init_measures_nothing(monkeypatch):
-  monkeypatch.setattr(kernel_choice, 'time_candidates',
-                      lambda fns: pytest.fail('model.init timed convolution forms'))
+  monkeypatch.setattr(
+    kernel_choice, 'time_candidates', lambda fns: pytest.fail('model.init timed convolution forms')
+  )
   model = AutoEncoder('conv_32', 8, 3, conv_impl='auto')
   params = jax.jit(model.init)(jax.random.PRNGKey(0))
   plain = AutoEncoder('conv_32', 8, 3, conv_impl='xla').init(jax.random.PRNGKey(0))
@@ -283,12 +310,14 @@ def test_a_candidate_that_fails_is_skipped_with_a_warning(private_cache):
     if name == 'a':
       raise RuntimeError('RESOURCE_EXHAUSTED: out of memory')
     return lambda: None
+
   with pytest.warns(UserWarning, match="'a' failed"):
     assert kernel_choice.choose('k', ('a', 'b'), make, memo={}) == 'b'
   assert json.load(open(private_cache)) == {'k': 'b'}
 
   def boom():
     raise RuntimeError('failed at run time')
+
   with pytest.warns(UserWarning, match="'a' failed while being timed"):
     times = kernel_choice.time_candidates({'a': boom, 'b': lambda: None}, repeats=2)
   assert times['a'] == float('inf') and times['b'] < float('inf')

@@ -1,4 +1,5 @@
 """The fast transposed convolution and batch norm against independent computations."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,9 @@ from pga_jax.models import layers
 def test_upsample_conv_equals_lax_conv_transpose(kernel_size, size):
   x = jax.random.normal(jax.random.PRNGKey(0), (3, size, size, 6))
   w = jax.random.normal(jax.random.PRNGKey(1), (kernel_size, kernel_size, 6, 5))
-  expected = jax.lax.conv_transpose(x, w, (2, 2), 'SAME',
-                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  expected = jax.lax.conv_transpose(
+    x, w, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   got = layers.upsample_conv(x, w)
   assert got.shape == (3, 2 * size, 2 * size, 5)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
@@ -25,10 +27,10 @@ def test_upconv_matches_flax_conv_transpose_forward_and_gradients():
   ours = layers.UpConv(4)
   params = ours.init(jax.random.PRNGKey(3), x)
   params = jax.tree_util.tree_map(
-      lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(4), p.shape), params)
+    lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(4), p.shape), params
+  )
   theirs = nn.ConvTranspose(4, (5, 5), strides=(2, 2), padding='SAME')
-  np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
 
   def loss(module):
     return lambda p, inp: jnp.sum(jnp.sin(module.apply(p, inp)))
@@ -42,8 +44,12 @@ def test_upconv_matches_flax_conv_transpose_forward_and_gradients():
 def test_batch_norm_uses_batch_statistics_like_numpy():
   x = np.random.RandomState(0).randn(6, 3, 3, 4).astype(np.float32) * 3 + 1
   bn = layers.BatchNorm()
-  params = {'params': {'scale': np.array([1., 2., .5, 1.], np.float32),
-                       'bias': np.array([0., 1., -1., .2], np.float32)}}
+  params = {
+    'params': {
+      'scale': np.array([1.0, 2.0, 0.5, 1.0], np.float32),
+      'bias': np.array([0.0, 1.0, -1.0, 0.2], np.float32),
+    }
+  }
   mean = x.mean(axis=(0, 1, 2))
   var = x.var(axis=(0, 1, 2))
   expected = (x - mean) / np.sqrt(var + 1e-3) * params['params']['scale'] + params['params']['bias']

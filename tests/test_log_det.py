@@ -1,4 +1,5 @@
 """The Eq. (6) estimator against exact log-determinants, and the exact diagnostic."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,9 +68,10 @@ def test_nonlinear_network_estimate_matches_linearisation_and_bounds_exact():
   z = jnp.asarray(rs.randn(5, 3) * 0.5)
   deltas = losses.sample_sphere(jax.random.PRNGKey(7), (64, 5, 3), 1e-5)
   est = losses.log_det_estimates(h, z, deltas)
-  jac = jax.vmap(jax.jacfwd(h))(z)                      # exact Jacobians, (5, 3, 3)
-  lin = 1.5 * jnp.mean(jnp.log(jnp.sum(jnp.einsum('nij,knj->kni', jac, deltas) ** 2, -1)
-                               / jnp.sum(deltas ** 2, -1)), 0)
+  jac = jax.vmap(jax.jacfwd(h))(z)  # exact Jacobians, (5, 3, 3)
+  lin = 1.5 * jnp.mean(
+    jnp.log(jnp.sum(jnp.einsum('nij,knj->kni', jac, deltas) ** 2, -1) / jnp.sum(deltas**2, -1)), 0
+  )
   np.testing.assert_allclose(est, lin, rtol=1e-4, atol=1e-4)
   exact = diagnostics.exact_log_det(h, z)
   np.testing.assert_allclose(exact, np.linalg.slogdet(np.asarray(jac))[1], rtol=1e-10)
@@ -83,16 +85,21 @@ def test_exact_log_det_against_finite_difference_jacobian():
   h = lambda v: jnp.sin(v @ w) + v
   z = jnp.asarray(rs.randn(2, 3))
   for n in range(2):
-    fd = np.stack([(np.asarray(h(z[n] + 1e-6 * e)) - np.asarray(h(z[n] - 1e-6 * e))) / 2e-6
-                   for e in np.eye(3)], axis=1)
-    np.testing.assert_allclose(diagnostics.exact_log_det(h, z)[n], np.linalg.slogdet(fd)[1],
-                               rtol=1e-6)
+    fd = np.stack(
+      [(np.asarray(h(z[n] + 1e-6 * e)) - np.asarray(h(z[n] - 1e-6 * e))) / 2e-6 for e in np.eye(3)],
+      axis=1,
+    )
+    np.testing.assert_allclose(
+      diagnostics.exact_log_det(h, z)[n], np.linalg.slogdet(fd)[1], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize('use_bn', [False, True])
 def test_model_exact_log_det_matches_single_sample_jacobian(use_bn):
   model = AutoEncoder('conv_mnist', 3, 1, use_bn=use_bn)
-  params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), model.init(jax.random.PRNGKey(0)))
+  params = jax.tree_util.tree_map(
+    lambda p: p.astype(jnp.float64), model.init(jax.random.PRNGKey(0))
+  )
   reference = jax.random.normal(jax.random.PRNGKey(1), (16, 3), jnp.float64)
   z = jax.random.normal(jax.random.PRNGKey(2), (2, 3), jnp.float64)
   got = diagnostics.model_exact_log_det(model, params, z, reference)

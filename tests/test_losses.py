@@ -37,13 +37,16 @@ def test_reconstruction_loss_value_and_gradient():
 
 def test_latent_reconstruction_loss_value_and_gradient():
   a, b = arr(6, 3), arr(6, 3)
-  np.testing.assert_allclose(losses.latent_reconstruction_loss(a, b), np.mean((np.asarray(a) - b) ** 2))
+  np.testing.assert_allclose(
+    losses.latent_reconstruction_loss(a, b), np.mean((np.asarray(a) - b) ** 2)
+  )
   check_grads(losses.latent_reconstruction_loss, (a, b), order=2)
 
 
 def test_encoder_nll_is_negative_gaussian_log_density_per_dim():
   z = arr(7, 4)
   from scipy.stats import multivariate_normal
+
   expected = -np.mean(multivariate_normal(np.zeros(4), np.eye(4)).logpdf(np.asarray(z))) / 4
   np.testing.assert_allclose(losses.encoder_nll(z), expected, rtol=1e-12)
   check_grads(losses.encoder_nll, (z,), order=2)
@@ -69,8 +72,9 @@ def test_vae_loss_is_mse_plus_beta_kl():
   x, xr, m, lv = arr(3, 4, 4, 1), arr(3, 4, 4, 1), arr(3, 2), 0.2 * arr(3, 2)
   var = np.exp(np.asarray(lv))
   kl = np.mean(0.5 * (var + np.asarray(m) ** 2 - 1 - np.log(var)))
-  np.testing.assert_allclose(losses.vae_loss(xr, x, m, lv, 0.1),
-                             np.mean((np.asarray(xr) - x) ** 2) + 0.1 * kl, rtol=1e-12)
+  np.testing.assert_allclose(
+    losses.vae_loss(xr, x, m, lv, 0.1), np.mean((np.asarray(xr) - x) ** 2) + 0.1 * kl, rtol=1e-12
+  )
   check_grads(lambda a, b, c, d: losses.vae_loss(a, b, c, d, 0.1), (xr, x, m, lv), order=1)
 
 
@@ -97,6 +101,7 @@ def test_log_det_estimates_value_and_gradient():
     expected.append(np.mean(vals))
   np.testing.assert_allclose(out, expected, rtol=1e-10)
   check_grads(lambda zz: losses.log_det_estimates(small_h, zz, deltas), (z,), order=1)
-  check_grads(lambda zz: losses.decoder_nll(losses.log_det_estimates(small_h, zz, deltas), 3),
-              (z,), order=1)
+  check_grads(
+    lambda zz: losses.decoder_nll(losses.log_det_estimates(small_h, zz, deltas), 3), (z,), order=1
+  )
   np.testing.assert_allclose(losses.decoder_nll(out, 3), np.mean(expected) / 3, rtol=1e-10)

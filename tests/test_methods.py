@@ -1,5 +1,6 @@
 """Methods: gradient routing, agreement with the reference's two-loss form,
 warm-up, adding a term, and jit/non-jit agreement."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -44,10 +45,13 @@ def test_each_term_reaches_only_the_parameters_it_may_update(method_name):
   rng, step = jax.random.PRNGKey(2), jnp.asarray(10)
   summed = jax.tree_util.tree_map(jnp.zeros_like, params)
   for term in method.terms:
+
     def weighted(p, term=term):
-      value = term.fn(model, methods.route(p, term.updates), images,
-                      methods.term_rng(rng, term.name), config)
+      value = term.fn(
+        model, methods.route(p, term.updates), images, methods.term_rng(rng, term.name), config
+      )
       return methods.term_coefficient(term, config, step) * value
+
     grads = jax.grad(weighted)(params)
     if term.updates == 'encoder':
       assert tree_norm(grads['decoder']) == 0.0, term.name
@@ -78,12 +82,19 @@ def test_lpga_gradients_equal_reference_encoder_and_decoder_losses():
     zh = sg(z)
     lrn = jnp.mean((h(zn) - zn) ** 2)
     lrh = jnp.mean((h(zh) - zh) ** 2)
-    nll_e = jnp.mean(0.5 * jnp.sum(z ** 2, 1) + 0.5 * H * np.log(2 * np.pi)) / H
-    nll_d = jnp.mean(H / 2 * jnp.log(jnp.sum((h(zh + d) - h(zh)) ** 2, 1) / eps ** 2)) / H
+    nll_e = jnp.mean(0.5 * jnp.sum(z**2, 1) + 0.5 * H * np.log(2 * np.pi)) / H
+    nll_d = jnp.mean(H / 2 * jnp.log(jnp.sum((h(zh + d) - h(zh)) ** 2, 1) / eps**2)) / H
     enc_loss = rec + config.zn_rec * lrn + config.zh_rec * lrh + config.nll * nll_e
     dec_loss = rec + config.nll * nll_d
     return enc_loss, dec_loss
 
+  assert_routed_like_two_losses(parts, loss_fn, params, images, rng, step)
+
+
+def assert_routed_like_two_losses(parts, loss_fn, params, images, rng, step):
+  """Our one routed loss's gradient w.r.t. the encoder equals d enc_loss / d
+  encoder, w.r.t. the decoder d dec_loss / d decoder (`parts(enc, dec) ->
+  (enc_loss, dec_loss)`, written out independently)."""
   g_enc = jax.grad(lambda e: parts(e, params['decoder'])[0])(params['encoder'])
   g_dec = jax.grad(lambda d_: parts(params['encoder'], d_)[1])(params['decoder'])
   ours = jax.grad(lambda p: loss_fn(p, images, rng, step)[0])(params)
@@ -105,18 +116,16 @@ def test_vpga_gradients_equal_reference_encoder_and_decoder_losses():
     lrn = jnp.mean((h_live(zn) - zn) ** 2)
     lrh = jnp.mean((h_live(sg(mu)) - sg(mu)) ** 2)
     m = sg(mu)
-    s = jnp.sqrt(jnp.mean(m ** 2, 0))
+    s = jnp.sqrt(jnp.mean(m**2, 0))
     vrec = jnp.mean(((h_frozen_enc(m) - h_frozen_enc(m + jnp.exp(0.5 * logvar) * n)) / s) ** 2)
-    kl = jnp.mean(-0.5 * (1 + logvar - mu ** 2 - jnp.exp(logvar)))
-    enc_loss = rec + config.zn_rec * lrn + config.zh_rec * lrh + config.vrec * vrec + config.vkld * kl
+    kl = jnp.mean(-0.5 * (1 + logvar - mu**2 - jnp.exp(logvar)))
+    enc_loss = (
+      rec + config.zn_rec * lrn + config.zh_rec * lrh + config.vrec * vrec + config.vkld * kl
+    )
     dec_loss = rec + config.vrec * vrec
     return enc_loss, dec_loss
 
-  g_enc = jax.grad(lambda e: parts(e, params['decoder'])[0])(params['encoder'])
-  g_dec = jax.grad(lambda d_: parts(params['encoder'], d_)[1])(params['decoder'])
-  ours = jax.grad(lambda p: loss_fn(p, images, rng, step)[0])(params)
-  assert_trees_close(ours['encoder'], g_enc)
-  assert_trees_close(ours['decoder'], g_dec)
+  assert_routed_like_two_losses(parts, loss_fn, params, images, rng, step)
 
 
 def test_warmup_switches_off_every_term_but_reconstruction():
@@ -131,24 +140,30 @@ def test_warmup_switches_off_every_term_but_reconstruction():
     np.testing.assert_allclose(loss_before, rec_only, rtol=1e-6)
   assert float(metrics['zn_rec']) > 0  # computed and logged, but weighted 0
   loss_after, metrics = loss_fn(params, images, rng, jnp.asarray(101))
-  expected = rec_only + sum(config[c] * float(metrics[n]) for n, c in
-                            [('zn_rec', 'zn_rec'), ('zh_rec', 'zh_rec'),
-                             ('nll_enc', 'nll'), ('nll_dec', 'nll')])
+  expected = rec_only + sum(
+    config[c] * float(metrics[n])
+    for n, c in [('zn_rec', 'zn_rec'), ('zh_rec', 'zh_rec'), ('nll_enc', 'nll'), ('nll_dec', 'nll')]
+  )
   np.testing.assert_allclose(loss_after, expected, rtol=1e-5)
   assert float(methods.warmup_weight(100, 100)) == 0.0
   assert float(methods.warmup_weight(101, 100)) == 1.0
 
 
 def test_warmup_ramp_raises_the_coefficients_linearly_after_init_steps():
-  config, loss_fn, model, method, params, images = make('lpga', init_steps=100,
-                                                        warmup_ramp_steps=4)
+  config, loss_fn, model, method, params, images = make('lpga', init_steps=100, warmup_ramp_steps=4)
   rng = jax.random.PRNGKey(5)
   rec_only, _ = loss_fn(params, images, rng, jnp.asarray(100))
   for step, share in ((101, 0.25), (102, 0.5), (103, 0.75), (104, 1.0), (500, 1.0)):
     loss, metrics = loss_fn(params, images, rng, jnp.asarray(step))
-    weighted = sum(config[c] * float(metrics[n]) for n, c in
-                   [('zn_rec', 'zn_rec'), ('zh_rec', 'zh_rec'), ('nll_enc', 'nll'),
-                    ('nll_dec', 'nll')])
+    weighted = sum(
+      config[c] * float(metrics[n])
+      for n, c in [
+        ('zn_rec', 'zn_rec'),
+        ('zh_rec', 'zh_rec'),
+        ('nll_enc', 'nll'),
+        ('nll_dec', 'nll'),
+      ]
+    )
     np.testing.assert_allclose(loss, float(rec_only) + share * weighted, rtol=1e-5)
 
 
@@ -162,25 +177,40 @@ def decoded_prior_total_variation(model, params, images, rng, config):
 def test_adding_a_custom_term_is_one_function_and_one_coefficient():
   config, base_loss_fn, model, method, params, images = make('lpga')
   config.tv = 0.5
-  config.extra_terms = ({'name': 'tv', 'fn': 'tests.test_methods:decoded_prior_total_variation',
-                         'updates': 'decoder', 'coeff': 'tv'},)
+  config.extra_terms = (
+    {
+      'name': 'tv',
+      'fn': 'tests.test_methods:decoded_prior_total_variation',
+      'updates': 'decoder',
+      'coeff': 'tv',
+    },
+  )
   config_lib.validate(config)
   loss_fn, _, extended = methods.make_loss_fn(config, channels=1)
   assert [t.name for t in extended.terms][-1] == 'tv'
   rng, step = jax.random.PRNGKey(6), jnp.asarray(10)
   base, _ = base_loss_fn(params, images, rng, step)
   total, metrics = loss_fn(params, images, rng, step)
-  tv_value = decoded_prior_total_variation(model, params, images, methods.term_rng(rng, 'tv'), config)
+  tv_value = decoded_prior_total_variation(
+    model, params, images, methods.term_rng(rng, 'tv'), config
+  )
   np.testing.assert_allclose(total, base + 0.5 * tv_value, rtol=1e-6)
   np.testing.assert_allclose(metrics['tv'], tv_value, rtol=1e-6)
   g_base = jax.grad(lambda p: base_loss_fn(p, images, rng, step)[0])(params)
   g_new = jax.grad(lambda p: loss_fn(p, images, rng, step)[0])(params)
-  assert_trees_close(g_new['encoder'], g_base['encoder'])       # decoder-only term
-  g_tv = jax.grad(lambda d: decoded_prior_total_variation(
-      model, {'encoder': params['encoder'], 'decoder': d}, images,
-      methods.term_rng(rng, 'tv'), config))(params['decoder'])
-  assert_trees_close(g_new['decoder'],
-                     jax.tree_util.tree_map(lambda a, b: a + 0.5 * b, g_base['decoder'], g_tv))
+  assert_trees_close(g_new['encoder'], g_base['encoder'])  # decoder-only term
+  g_tv = jax.grad(
+    lambda d: decoded_prior_total_variation(
+      model,
+      {'encoder': params['encoder'], 'decoder': d},
+      images,
+      methods.term_rng(rng, 'tv'),
+      config,
+    )
+  )(params['decoder'])
+  assert_trees_close(
+    g_new['decoder'], jax.tree_util.tree_map(lambda a, b: a + 0.5 * b, g_base['decoder'], g_tv)
+  )
 
 
 def test_extra_term_with_unknown_coefficient_is_rejected():

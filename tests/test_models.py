@@ -1,4 +1,5 @@
 """Architectures: shapes, dtypes, hand-counted parameters, initialisation, batch norm."""
+
 import math
 
 import jax
@@ -24,24 +25,57 @@ def expected_counts(arch, H, C, bn, logvar):
   b = lambda n: 2 * n if bn else 0  # batch norm scale + offset
   heads = lambda nin: dense(nin, H) * (2 if logvar else 1)
   if arch == 'conv_mnist':
-    enc = conv(5, C, 64) + conv(5, 64, 128) + b(128) + dense(7 * 7 * 128, 1024) + b(1024) + heads(1024)
-    dec = dense(H, 1024) + dense(1024, 7 * 7 * 128) + b(7 * 7 * 128) + conv(5, 128, 64) + conv(5, 64, C)
+    enc = (
+      conv(5, C, 64) + conv(5, 64, 128) + b(128) + dense(7 * 7 * 128, 1024) + b(1024) + heads(1024)
+    )
+    dec = (
+      dense(H, 1024) + dense(1024, 7 * 7 * 128) + b(7 * 7 * 128) + conv(5, 128, 64) + conv(5, 64, C)
+    )
   elif arch == 'conv_32':
-    enc = conv(5, C, 64) + conv(5, 64, 128) + b(128) + conv(5, 128, 256) + b(256) + heads(4 * 4 * 256)
+    enc = (
+      conv(5, C, 64) + conv(5, 64, 128) + b(128) + conv(5, 128, 256) + b(256) + heads(4 * 4 * 256)
+    )
     dec = dense(H, 4 * 4 * 256) + conv(5, 256, 128) + b(128) + conv(5, 128, 64) + conv(5, 64, C)
   elif arch == 'conv_64':
-    enc = (conv(5, C, 64) + conv(5, 64, 128) + conv(5, 128, 256) + b(256) + conv(5, 256, 512)
-           + b(512) + heads(4 * 4 * 512))
-    dec = (dense(H, 4 * 4 * 512) + conv(5, 512, 256) + b(256) + conv(5, 256, 128) + b(128)
-           + conv(5, 128, 64) + conv(5, 64, C))
+    enc = (
+      conv(5, C, 64)
+      + conv(5, 64, 128)
+      + conv(5, 128, 256)
+      + b(256)
+      + conv(5, 256, 512)
+      + b(512)
+      + heads(4 * 4 * 512)
+    )
+    dec = (
+      dense(H, 4 * 4 * 512)
+      + conv(5, 512, 256)
+      + b(256)
+      + conv(5, 256, 128)
+      + b(128)
+      + conv(5, 128, 64)
+      + conv(5, 64, C)
+    )
   else:  # resnet_32, width 512
     w = 512
     block = lambda cin: b(cin) + conv(3, cin, w) + b(w) + conv(3, w, w)
-    enc = (conv(1, C, w) + conv(3, C, w) + b(w) + conv(3, w, w)      # down0, no pre-activation
-           + conv(1, w, w) + block(w)                                # down1
-           + 2 * block(w) + heads(8 * 8 * w))                        # plain0, plain1
-    dec = (dense(H, 4 * 4 * 4 * w) + conv(1, 4 * w, w) + block(4 * w)
-           + 2 * (conv(1, w, w) + block(w)) + b(w) + conv(3, w, C))
+    enc = (
+      conv(1, C, w)
+      + conv(3, C, w)
+      + b(w)
+      + conv(3, w, w)  # down0, no pre-activation
+      + conv(1, w, w)
+      + block(w)  # down1
+      + 2 * block(w)
+      + heads(8 * 8 * w)
+    )  # plain0, plain1
+    dec = (
+      dense(H, 4 * 4 * 4 * w)
+      + conv(1, 4 * w, w)
+      + block(4 * w)
+      + 2 * (conv(1, w, w) + block(w))
+      + b(w)
+      + conv(3, w, C)
+    )
   return enc, dec
 
 
@@ -96,8 +130,9 @@ def test_initialisation_glorot_uniform_zero_bias_logvar_bias():
     name = jax.tree_util.keystr(path)
     if name.endswith("['bias']") and 'logvar' not in name:
       assert not np.any(np.asarray(leaf)), name
-  np.testing.assert_allclose(params['encoder']['heads']['logvar']['bias'], 2 * np.log(0.1),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    params['encoder']['heads']['logvar']['bias'], 2 * np.log(0.1), rtol=1e-6
+  )
 
 
 def test_sampling_with_batch_norm_is_independent_of_sample_batch_size():
@@ -106,8 +141,9 @@ def test_sampling_with_batch_norm_is_independent_of_sample_batch_size():
   reference = jax.random.normal(jax.random.PRNGKey(1), (64, 6))
   z = jax.random.normal(jax.random.PRNGKey(2), (10, 6))
   all_at_once = model.decode_with_reference(params['decoder'], z, reference)
-  one_by_one = jnp.concatenate([model.decode_with_reference(params['decoder'], z[i:i + 1], reference)
-                                for i in range(10)])
+  one_by_one = jnp.concatenate(
+    [model.decode_with_reference(params['decoder'], z[i : i + 1], reference) for i in range(10)]
+  )
   np.testing.assert_allclose(all_at_once, one_by_one, rtol=1e-5, atol=1e-5)
   # Plain decoding, by contrast, depends on the batch through its statistics.
   plain = model.decode(params['decoder'], z)

@@ -36,6 +36,7 @@ requires the comparison to fail.
 Run `python -m tests.test_reference_transcription` for a table of the
 largest relative gradient differences per method, batch norm and path.
 """
+
 import dataclasses
 import functools
 import math
@@ -51,10 +52,10 @@ from pga_jax import methods
 
 sg = jax.lax.stop_gradient
 
-B, H = 8, 4                # batch size, z_dim
-INIT_STEPS = 20            # the reference's init_steps
-STEP_AFTER_WARMUP = 1000   # global_step well past the warm-up
-TOLERANCE = 1e-4           # largest relative gradient difference allowed
+B, H = 8, 4  # batch size, z_dim
+INIT_STEPS = 20  # the reference's init_steps
+STEP_AFTER_WARMUP = 1000  # global_step well past the warm-up
+TOLERANCE = 1e-4  # largest relative gradient difference allowed
 # Every coefficient on, distinct values within each method, chosen so that
 # every term moves the gradient it reaches by >1e-2 relative (at these
 # parameters; see test_a_removed_or_rerouted_term_is_detected): the log-det
@@ -62,8 +63,7 @@ TOLERANCE = 1e-4           # largest relative gradient difference allowed
 # L_r's at initialisation, hence their small coefficients there, and VPGA's
 # vrec reaches the encoder only through sigma, hence its large one.
 COEFFICIENTS = dict(zn_rec=0.05, zh_rec=0.2, nll=0.15, vrec=0.25, vkld=0.35, beta=0.4)
-METHOD_COEFFICIENTS = {'lpga': dict(nll=1e-3), 'vpga': dict(vrec=2.0),
-                       'lvpga': dict(vrec=2e-3)}
+METHOD_COEFFICIENTS = {'lpga': dict(nll=1e-3), 'vpga': dict(vrec=2.0), 'lvpga': dict(vrec=2e-3)}
 METHOD_NAMES = ('ae', 'vae', 'lpga', 'vpga', 'lvpga')
 # Zero-gradient leaves. With batch norm on, the bias of a layer right before
 # batch norm has an exactly-zero gradient in exact arithmetic (the
@@ -101,7 +101,7 @@ def after_warmup(coeff, global_step, init_steps):
 
 def kl_loss(z_mu, z_log_sigma_sq):
   """-tf.reduce_mean(0.5 * (1 + log s^2 - mu^2 - exp(log s^2))): over batch and dims."""
-  return -jnp.mean(0.5 * (1.0 + z_log_sigma_sq - z_mu ** 2 - jnp.exp(z_log_sigma_sq)))
+  return -jnp.mean(0.5 * (1.0 + z_log_sigma_sq - z_mu**2 - jnp.exp(z_log_sigma_sq)))
 
 
 class Networks:
@@ -178,11 +178,12 @@ def lpga_losses(nets, img, rng, global_step, config):
 
   def log_det_jacobian(z):
     z = sg(z)
-    epsilon = 1e-2 * z_dim ** 0.5
+    epsilon = 1e-2 * z_dim**0.5
     delta = jax.random.normal(methods.term_rng(rng, 'nll_dec'), (1, B, z_dim))[0]
     delta = delta / jnp.sqrt(jnp.sum(jnp.square(delta), 1, keepdims=True)) * epsilon
-    return z_dim / 2 * jnp.log(jnp.sum(jnp.square(1 / epsilon * (dec_enc(z + delta) -
-                                                                 dec_enc(z))), 1))
+    return (
+      z_dim / 2 * jnp.log(jnp.sum(jnp.square(1 / epsilon * (dec_enc(z + delta) - dec_enc(z))), 1))
+    )
 
   img_rec_loss = mean_squared_error(img, img_rec)
   zn_rec_loss = mean_squared_error(zn_targ, zn_rec)
@@ -228,7 +229,8 @@ def vpga_losses(nets, img, rng, global_step, config):
 
   z_mu, z_log_sigma_sq, img_rec = enc_dec(img)
   z_noise = jnp.exp(0.5 * z_log_sigma_sq) * jax.random.normal(
-      methods.term_rng(rng, 'vrec'), z_mu.shape)
+    methods.term_rng(rng, 'vrec'), z_mu.shape
+  )
   zn_targ, zh_targ = _prior_sample(rng), sg(z_mu)
   zn_rec, zh_rec = dec_enc(zn_targ), dec_enc(zh_targ)
   z_mu_rec = dec_enc(sg(z_mu), no_enc_grad=True)
@@ -241,8 +243,9 @@ def vpga_losses(nets, img, rng, global_step, config):
   vrec_loss = mean_squared_error(z_mu_rec / z_mu_norm, z_rec / z_mu_norm)
   vkld_loss = kl_loss(z_mu, z_log_sigma_sq)
 
-  enc_loss = (img_rec_loss + config.zn_rec * zn_rec_loss + config.vrec * vrec_loss +
-              config.vkld * vkld_loss)
+  enc_loss = (
+    img_rec_loss + config.zn_rec * zn_rec_loss + config.vrec * vrec_loss + config.vkld * vkld_loss
+  )
   if config.zh_rec > 0:
     enc_loss += config.zh_rec * zh_rec_loss
   dec_loss = img_rec_loss + config.vrec * vrec_loss
@@ -267,12 +270,22 @@ def lvpga_losses(nets, img, rng, global_step, config):
   def log_det_jacobian(z):
     z = sg(z)
     # sigma is NOT stop-gradient: the log-variance head learns through delta.
-    delta = (jax.random.normal(methods.term_rng(rng, 'vrec'), (1, B, z_dim))[0] *
-             (jnp.exp(0.5 * z_log_sigma_sq) + 1e-2))
+    delta = jax.random.normal(methods.term_rng(rng, 'vrec'), (1, B, z_dim))[0] * (
+      jnp.exp(0.5 * z_log_sigma_sq) + 1e-2
+    )
     epsilon = sg(jnp.sqrt(jnp.sum(jnp.square(delta), 1, keepdims=True)))
-    return z_dim / 2 * jnp.log(jnp.sum(jnp.square(
-        1 / epsilon * (dec_enc(z + delta, no_enc_grad=True) -
-                       dec_enc(z, no_enc_grad=True))), 1))
+    return (
+      z_dim
+      / 2
+      * jnp.log(
+        jnp.sum(
+          jnp.square(
+            1 / epsilon * (dec_enc(z + delta, no_enc_grad=True) - dec_enc(z, no_enc_grad=True))
+          ),
+          1,
+        )
+      )
+    )
 
   img_rec_loss = mean_squared_error(img, img_rec)
   zn_rec_loss = mean_squared_error(zn_targ, zn_rec)
@@ -285,8 +298,13 @@ def lvpga_losses(nets, img, rng, global_step, config):
   vrec_coeff = after_warmup(config.vrec, global_step, init_steps)
   vkld_coeff = after_warmup(config.vkld, global_step, init_steps)
   nll_coeff = after_warmup(config.nll, global_step, init_steps)
-  enc_loss = (img_rec_loss + zn_rec_coeff * zn_rec_loss + vrec_coeff * vrec_loss +
-              vkld_coeff * vkld_loss + nll_coeff * nll_enc_loss)
+  enc_loss = (
+    img_rec_loss
+    + zn_rec_coeff * zn_rec_loss
+    + vrec_coeff * vrec_loss
+    + vkld_coeff * vkld_loss
+    + nll_coeff * nll_enc_loss
+  )
   if config.zh_rec > 0:
     zh_rec_coeff = after_warmup(config.zh_rec, global_step, init_steps)
     enc_loss += zh_rec_coeff * zh_rec_loss
@@ -294,8 +312,13 @@ def lvpga_losses(nets, img, rng, global_step, config):
   return enc_loss, dec_loss
 
 
-REFERENCE_LOSSES = {'ae': ae_losses, 'vae': vae_losses, 'lpga': lpga_losses,
-                    'vpga': vpga_losses, 'lvpga': lvpga_losses}
+REFERENCE_LOSSES = {
+  'ae': ae_losses,
+  'vae': vae_losses,
+  'lpga': lpga_losses,
+  'vpga': vpga_losses,
+  'lvpga': lvpga_losses,
+}
 
 
 # ------------------------------------------------------------------------------
@@ -327,8 +350,10 @@ def make_params(model, key):
   heads = params['encoder']['heads']
   if 'logvar' in heads:
     logvar = dict(heads['logvar'], bias=jnp.zeros_like(heads['logvar']['bias']))
-    params = {'encoder': dict(params['encoder'], heads=dict(heads, logvar=logvar)),
-              'decoder': params['decoder']}
+    params = {
+      'encoder': dict(params['encoder'], heads=dict(heads, logvar=logvar)),
+      'decoder': params['decoder'],
+    }
   return params
 
 
@@ -376,8 +401,9 @@ def relative_difference(ours, reference):
   Per leaf: ||ours - ref|| / ||ref||, or / ||ref of the whole network|| for a
   zero-gradient leaf (see ZERO_LEAF).
   """
-  total = math.sqrt(sum(float(jnp.sum(jnp.square(x)))
-                        for x in jax.tree_util.tree_leaves(reference)))
+  total = math.sqrt(
+    sum(float(jnp.sum(jnp.square(x))) for x in jax.tree_util.tree_leaves(reference))
+  )
   assert total > 0.0
   worst, worst_name = 0.0, ''
   flat_ref = jax.tree_util.tree_flatten_with_path(reference)[0]
@@ -412,8 +438,9 @@ def assert_close(diffs, label):
   for net in ('encoder', 'decoder'):
     rel, leaf = diffs[net]
     assert rel <= TOLERANCE, (
-        f'{label}: gradient w.r.t. the {net} differs from the reference transcription '
-        f'by {rel:.3g} relative (largest at leaf {leaf}); allowed {TOLERANCE}')
+      f'{label}: gradient w.r.t. the {net} differs from the reference transcription '
+      f'by {rel:.3g} relative (largest at leaf {leaf}); allowed {TOLERANCE}'
+    )
 
 
 # ------------------------------------------------------------------------------
@@ -430,8 +457,9 @@ def test_gradients_equal_the_reference_encoder_and_decoder_losses(method_name, u
 
 
 @pytest.mark.parametrize('fast', [True, False], ids=['fast', 'plain'])
-@pytest.mark.parametrize('step', [INIT_STEPS, INIT_STEPS + 1],
-                         ids=['at_init_steps_only_rec', 'after_init_steps_all_terms'])
+@pytest.mark.parametrize(
+  'step', [INIT_STEPS, INIT_STEPS + 1], ids=['at_init_steps_only_rec', 'after_init_steps_all_terms']
+)
 def test_lpga_warmup_boundary_is_the_references(step, fast):
   """The reference's terms are on when global_step > init_steps (steps applied)."""
   diffs = measure('lpga', False, fast, step)
@@ -459,12 +487,14 @@ def _mutations():
 
 def mutate(method, term_name: str, mutation: str):
   if mutation == 'remove':
-    return dataclasses.replace(method, terms=tuple(t for t in method.terms
-                                                   if t.name != term_name))
-  side = mutation[len('to_'):]
-  return dataclasses.replace(method, terms=tuple(
-      dataclasses.replace(t, updates=side) if t.name == term_name else t
-      for t in method.terms))
+    return dataclasses.replace(method, terms=tuple(t for t in method.terms if t.name != term_name))
+  side = mutation[len('to_') :]
+  return dataclasses.replace(
+    method,
+    terms=tuple(
+      dataclasses.replace(t, updates=side) if t.name == term_name else t for t in method.terms
+    ),
+  )
 
 
 def measure_mutation(method_name: str, term_name: str, mutation: str):
@@ -473,8 +503,11 @@ def measure_mutation(method_name: str, term_name: str, mutation: str):
   assert mutated != method
   step = jnp.asarray(STEP_AFTER_WARMUP, jnp.int32)
   reference = reference_grads(params, images, rng, step)
-  ours = jax.jit(jax.grad(lambda p: methods.method_loss(
-      mutated, model, p, images, rng, step, config, fast=False)[0]))(params)
+  ours = jax.jit(
+    jax.grad(
+      lambda p: methods.method_loss(mutated, model, p, images, rng, step, config, fast=False)[0]
+    )
+  )(params)
   return compare(ours, reference)
 
 
@@ -484,8 +517,9 @@ def test_a_removed_or_rerouted_term_is_detected(method_name, term_name, mutation
   diffs = measure_mutation(method_name, term_name, mutation)
   worst = max(diffs['encoder'][0], diffs['decoder'][0])
   assert worst > 100 * TOLERANCE, (
-      f'{method_name} with term {term_name!r} mutated ({mutation}) still matches the '
-      f'reference: relative differences {diffs}')
+    f'{method_name} with term {term_name!r} mutated ({mutation}) still matches the '
+    f'reference: relative differences {diffs}'
+  )
 
 
 # ------------------------------------------------------------------------------
@@ -495,36 +529,49 @@ def test_a_removed_or_rerouted_term_is_detected(method_name, term_name, mutation
 
 def main(argv):
   with_mutations = '--mutations' in argv
-  print(f'conv_mnist, batch {B}, latent {H}, init_steps {INIT_STEPS}, '
-        f'step {STEP_AFTER_WARMUP}, coefficients {COEFFICIENTS}, per method '
-        f'{METHOD_COEFFICIENTS}, log-variance bias 0')
-  print('largest relative difference over parameter leaves, ours vs. the '
-        'transcribed reference (d enc_loss/d encoder, d dec_loss/d decoder)')
-  header = f"{'method':<7} {'bn':<5} {'path':<6} {'step':>5} {'encoder':>10} {'decoder':>10}  result"
+  print(
+    f'conv_mnist, batch {B}, latent {H}, init_steps {INIT_STEPS}, '
+    f'step {STEP_AFTER_WARMUP}, coefficients {COEFFICIENTS}, per method '
+    f'{METHOD_COEFFICIENTS}, log-variance bias 0'
+  )
+  print(
+    'largest relative difference over parameter leaves, ours vs. the '
+    'transcribed reference (d enc_loss/d encoder, d dec_loss/d decoder)'
+  )
+  header = (
+    f'{"method":<7} {"bn":<5} {"path":<6} {"step":>5} {"encoder":>10} {"decoder":>10}  result'
+  )
   print(header)
   print('-' * len(header))
-  rows = [(m, bn, fast, STEP_AFTER_WARMUP) for m in METHOD_NAMES
-          for bn in (False, True) for fast in (True, False)]
-  rows += [('lpga', False, fast, s) for s in (INIT_STEPS, INIT_STEPS + 1)
-           for fast in (True, False)]
+  rows = [
+    (m, bn, fast, STEP_AFTER_WARMUP)
+    for m in METHOD_NAMES
+    for bn in (False, True)
+    for fast in (True, False)
+  ]
+  rows += [('lpga', False, fast, s) for s in (INIT_STEPS, INIT_STEPS + 1) for fast in (True, False)]
   rows += [(m, False, False, 0) for m in ('ae', 'vae', 'vpga')]
   for method_name, use_bn, fast, step in rows:
     diffs = measure(method_name, use_bn, fast, step)
     ok = max(diffs['encoder'][0], diffs['decoder'][0]) <= TOLERANCE
-    print(f"{method_name:<7} {str(use_bn):<5} {'fast' if fast else 'plain':<6} {step:>5} "
-          f"{diffs['encoder'][0]:>10.2e} {diffs['decoder'][0]:>10.2e}  "
-          f"{'ok' if ok else 'FAIL'}")
+    print(
+      f'{method_name:<7} {str(use_bn):<5} {"fast" if fast else "plain":<6} {step:>5} '
+      f'{diffs["encoder"][0]:>10.2e} {diffs["decoder"][0]:>10.2e}  '
+      f'{"ok" if ok else "FAIL"}'
+    )
   if with_mutations:
     print()
     print('mutations (bn off, plain path): a removed or rerouted term must FAIL')
-    header = f"{'method':<7} {'term':<8} {'mutation':<11} {'encoder':>10} {'decoder':>10}  detected"
+    header = f'{"method":<7} {"term":<8} {"mutation":<11} {"encoder":>10} {"decoder":>10}  detected'
     print(header)
     print('-' * len(header))
     for method_name, term_name, mutation in _mutations():
       diffs = measure_mutation(method_name, term_name, mutation)
       detected = max(diffs['encoder'][0], diffs['decoder'][0]) > 100 * TOLERANCE
-      print(f"{method_name:<7} {term_name:<8} {mutation:<11} {diffs['encoder'][0]:>10.2e} "
-            f"{diffs['decoder'][0]:>10.2e}  {'yes' if detected else 'NO'}")
+      print(
+        f'{method_name:<7} {term_name:<8} {mutation:<11} {diffs["encoder"][0]:>10.2e} '
+        f'{diffs["decoder"][0]:>10.2e}  {"yes" if detected else "NO"}'
+      )
 
 
 if __name__ == '__main__':

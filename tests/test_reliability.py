@@ -11,6 +11,7 @@ leave what was saved byte for byte as it was.
 Random points: set PGA_FAULT_SEED to replay a failing draw (the seed is in
 every assertion message).
 """
+
 import fcntl
 import glob
 import hashlib
@@ -39,35 +40,33 @@ NUM_STEPS = 14
 RUN_TIMEOUT = 240  # seconds for any one `pga train` process
 SEED = int(os.environ.get('PGA_FAULT_SEED', time.time_ns() % 2**32))
 
-CONFIG_TEMPLATE = '''\
-from pga_jax import config as config_lib
 
-
-def get_config():
-  c = config_lib.base_config('lpga')
-  c.dataset = 'folder'
-  c.data_dir = {data_dir!r}
-  c.image_size = 28
-  c.channels = 1
-  c.batch_size = 8
-  c.num_steps = {num_steps}
-  c.init_steps = 2
-  c.log_every = 1
-  c.sample_every = 1000
-  c.checkpoint_every = 2
-  c.keep_checkpoints = 2
-  c.max_bad_steps = 3
-  # An inert fault term (coefficient 0: never computed); --config.fault=1 turns it on.
-  c.fault = 0.0
-  c.extra_terms = ({{'name': 'collapse', 'fn': 'pga_jax.faults:collapsed_decoder_nll',
-                    'updates': 'decoder', 'coeff': 'fault'}},)
-  return c
-'''
+def config_text(data_dir: str) -> str:
+  """The reference run's config file: LPGA on a folder of PNGs."""
+  return helpers.config_file_text(
+    data_dir,
+    dataset='folder',
+    image_size=28,
+    channels=1,
+    num_steps=NUM_STEPS,
+    log_every=1,
+    sample_every=1000,
+    checkpoint_every=2,
+    keep_checkpoints=2,
+    max_bad_steps=3,
+    # An inert fault term (coefficient 0: never computed); --config.fault=1 turns it on.
+    extra_lines=(
+      '  c.fault = 0.0\n'
+      "  c.extra_terms = ({'name': 'collapse', 'fn': 'pga_jax.faults:collapsed_decoder_nll',\n"
+      "                    'updates': 'decoder', 'coeff': 'fault'},)\n"
+    ),
+  )
 
 
 # --------------------------------------------------------------------------
 # Running `pga train` as a real process.
 # --------------------------------------------------------------------------
+
 
 def pga_command():
   script = os.path.join(os.path.dirname(sys.executable), 'pga')
@@ -80,18 +79,29 @@ class PgaProcess:
   STEP_LINE = re.compile(r'\] \[(\d+)\] finite=')
 
   def __init__(self, args, cache_dir, cwd, wrapper=()):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu',
-               JAX_COMPILATION_CACHE_DIR=str(cache_dir))
+    env = dict(
+      os.environ,
+      TF_CPP_MIN_LOG_LEVEL='3',
+      PYTHONUNBUFFERED='1',
+      JAX_PLATFORMS='cpu',
+      JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+    )
     self.args = args
-    self.proc = subprocess.Popen(list(wrapper) + pga_command() + list(args),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env=env, cwd=str(cwd), start_new_session=True)
+    self.proc = subprocess.Popen(
+      list(wrapper) + pga_command() + list(args),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+      cwd=str(cwd),
+      start_new_session=True,
+    )
     self.out, self.err = [], []
     self.last_step = 0
-    self._readers = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out),
-                                      daemon=True),
-                     threading.Thread(target=self._read, args=(self.proc.stderr, self.err),
-                                      daemon=True)]
+    self._readers = [
+      threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+      threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
+    ]
     for reader in self._readers:
       reader.start()
 
@@ -111,8 +121,10 @@ class PgaProcess:
         return result
       if self.proc.poll() is not None:
         self.finish()
-        pytest.fail(f'pga exited ({self.proc.returncode}) before the fault could be injected '
-                    f'[PGA_FAULT_SEED={SEED}]\n{self.tail()}')
+        pytest.fail(
+          f'pga exited ({self.proc.returncode}) before the fault could be injected '
+          f'[PGA_FAULT_SEED={SEED}]\n{self.tail()}'
+        )
       time.sleep(poll)
     self.kill()
     pytest.fail(f'timed out waiting to inject a fault [PGA_FAULT_SEED={SEED}]\n{self.tail()}')
@@ -218,6 +230,7 @@ def the_error_line(process, traceback_allowed=False):
 # pytest-xdist workers, through a lock file).
 # --------------------------------------------------------------------------
 
+
 def source_digest():
   """sha256 of the package's sources: runs are only comparable under the same code."""
   package = os.path.dirname(checkpointing.__file__)
@@ -253,9 +266,10 @@ def reference(tmp_path_factory):
       os.makedirs(ref.cache)
       write_pngs(ref.images, helpers.synthetic_digits(48))
       with open(ref.config, 'w') as f:
-        f.write(CONFIG_TEMPLATE.format(data_dir=ref.images, num_steps=NUM_STEPS))
-      run = run_pga(['train', f'--config={ref.config}', f'--workdir={ref.workdir}'],
-                    ref.cache, ref.root)
+        f.write(config_text(ref.images))
+      run = run_pga(
+        ['train', f'--config={ref.config}', f'--workdir={ref.workdir}'], ref.cache, ref.root
+      )
       assert run.proc.returncode == 0, run.tail()
       assert f'training finished at step {NUM_STEPS}' in run.stdout, run.tail()
       with open(ref.source_file, 'w') as f:
@@ -269,14 +283,16 @@ def copy_run(src, dst):
   """A copy of a run directory (config and checkpoints; figures and logs are not needed)."""
   os.makedirs(dst)
   shutil.copy(os.path.join(src, checkpointing.CONFIG_FILE), dst)
-  shutil.copytree(os.path.join(src, checkpointing.CHECKPOINT_DIR),
-                  os.path.join(dst, checkpointing.CHECKPOINT_DIR))
+  shutil.copytree(
+    os.path.join(src, checkpointing.CHECKPOINT_DIR), os.path.join(dst, checkpointing.CHECKPOINT_DIR)
+  )
   return dst
 
 
 def largest_file(step_dir):
-  files = [p for p in glob.glob(os.path.join(step_dir, '**', '*'), recursive=True)
-           if os.path.isfile(p)]
+  files = [
+    p for p in glob.glob(os.path.join(step_dir, '**', '*'), recursive=True) if os.path.isfile(p)
+  ]
   return max(files, key=os.path.getsize)
 
 
@@ -284,8 +300,10 @@ def largest_file(step_dir):
 # 1 + 3. Preemption, kills during checkpoint writes, a truncated checkpoint.
 # --------------------------------------------------------------------------
 
+
 def test_preempted_killed_and_corrupted_run_resumes_to_the_uninterrupted_parameters(
-    reference, tmp_path):
+  reference, tmp_path
+):
   """One run's life under faults, each on a real `pga train` process:
 
   A. SIGTERM at a random step: finishes the step, checkpoints, says so, exits 0.
@@ -363,8 +381,11 @@ def test_preempted_killed_and_corrupted_run_resumes_to_the_uninterrupted_paramet
   run = run_pga(args, reference.cache, tmp_path)
   assert run.proc.returncode == 0, f'{seed_note}\n{run.tail()}'
   assert f'training finished at step {NUM_STEPS}' in run.stdout, run.tail()
-  assert re.search(rf'Checkpoint\(s\) {damaged} could not be read .* resuming from step '
-                   rf'{previous} instead', run.stderr), run.tail()
+  assert re.search(
+    rf'Checkpoint\(s\) {damaged} could not be read .* resuming from step '
+    rf'{previous} instead',
+    run.stderr,
+  ), run.tail()
   quarantined = os.listdir(os.path.join(workdir, checkpointing.QUARANTINE_DIR))
   assert [n.split('-')[0] for n in quarantined] == [str(damaged)], quarantined
 
@@ -378,15 +399,25 @@ def test_preempted_killed_and_corrupted_run_resumes_to_the_uninterrupted_paramet
 # 2. Non-finite steps.
 # --------------------------------------------------------------------------
 
+
 def test_collapsed_h_stops_the_run_naming_the_term_and_keeps_the_last_good_checkpoint(
-    reference, tmp_path):
+  reference, tmp_path
+):
   """Resume the finished reference run with its fault term on: Eq. 6 evaluated
   with a collapsed decoder gives log(0) = -inf and NaN gradients at every step."""
   workdir = copy_run(reference.workdir, str(tmp_path / 'run'))
   before = tree_manifest(os.path.join(workdir, checkpointing.CHECKPOINT_DIR))
-  run = run_pga(['train', f'--config={reference.config}', f'--workdir={workdir}',
-                 '--config.fault=1.0', f'--config.num_steps={NUM_STEPS + 10}'],
-                reference.cache, tmp_path)
+  run = run_pga(
+    [
+      'train',
+      f'--config={reference.config}',
+      f'--workdir={workdir}',
+      '--config.fault=1.0',
+      f'--config.num_steps={NUM_STEPS + 10}',
+    ],
+    reference.cache,
+    tmp_path,
+  )
   assert run.proc.returncode == 1, run.tail()  # a failure during the work
   line = the_error_line(run)
   assert f'3 consecutive steps up to step {NUM_STEPS + 3} had non-finite values' in line
@@ -416,8 +447,10 @@ def lpga_step():
 
 def assert_not_applied(old, new):
   assert int(new.step) == int(old.step) + 1
-  for a, b in zip(jax.tree_util.tree_leaves((old.params, old.opt_state)),
-                  jax.tree_util.tree_leaves((new.params, new.opt_state))):
+  for a, b in zip(
+    jax.tree_util.tree_leaves((old.params, old.opt_state)),
+    jax.tree_util.tree_leaves((new.params, new.opt_state)),
+  ):
     np.testing.assert_array_equal(a, b)
 
 
@@ -426,13 +459,17 @@ def test_non_finite_steps_are_not_applied(lpga_step):
   new_state, metrics = step_fn(state, images)
   assert float(metrics['finite']) == 1.0  # the healthy step is applied
   leaves = jax.tree_util.tree_leaves
-  assert any(not np.array_equal(a, b) for a, b in zip(leaves(state.params),
-                                                      leaves(new_state.params)))
+  assert any(
+    not np.array_equal(a, b) for a, b in zip(leaves(state.params), leaves(new_state.params))
+  )
 
   # h collapses: zero decoder, so h(z + eps) - h(z) = 0 and Eq. 6's log is -inf.
-  collapsed = state._replace(params={'encoder': state.params['encoder'],
-                                     'decoder': jax.tree_util.tree_map(jnp.zeros_like,
-                                                                       state.params['decoder'])})
+  collapsed = state._replace(
+    params={
+      'encoder': state.params['encoder'],
+      'decoder': jax.tree_util.tree_map(jnp.zeros_like, state.params['decoder']),
+    }
+  )
   new_state, metrics = step_fn(collapsed, images)
   metrics = jax.device_get(metrics)
   assert metrics['nll_dec'] == -np.inf and metrics['finite'] == 0.0
@@ -462,10 +499,12 @@ def test_a_step_with_finite_loss_but_non_finite_gradients_is_not_applied():
     del rng, step
     loss = jnp.mean((params['w'] * images) ** 2) + 0.0 * _nan_gradient(params['v'])
     return loss, {'loss': loss}
+
   optimizer = optax.sgd(0.1, momentum=0.9)
   params = {'w': jnp.ones(3), 'v': jnp.ones(())}
-  state = ts.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
-                        jax.random.PRNGKey(0))
+  state = ts.TrainState(
+    jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(0)
+  )
   new_state, metrics = jax.jit(ts.make_train_step(loss_fn, optimizer))(state, jnp.ones(3))
   assert np.isfinite(float(metrics['loss'])) and float(metrics['finite']) == 0.0
   assert_not_applied(state, new_state)
@@ -487,6 +526,7 @@ def test_bad_step_monitor_counts_consecutive_steps_only():
 # 3. Damaged checkpoints, in process.
 # --------------------------------------------------------------------------
 
+
 def flip_bytes(path, count=8):
   size = os.path.getsize(path)
   with open(path, 'r+b') as f:
@@ -505,7 +545,8 @@ def restore_target(workdir):
 
 
 def test_bit_flips_in_the_latest_checkpoint_are_detected_and_it_is_moved_aside(
-    reference, tmp_path, caplog):
+  reference, tmp_path, caplog
+):
   """Orbax alone would load these flipped bytes silently (no checksum): the digest catches them."""
   workdir = copy_run(reference.workdir, str(tmp_path / 'run'))
   older, latest = checkpoint_steps(workdir)
@@ -525,8 +566,9 @@ def test_bit_flips_in_the_latest_checkpoint_are_detected_and_it_is_moved_aside(
     state, step = checkpointing.restore_latest_good(manager, restore_target(workdir), workdir)
   warnings = [r.getMessage() for r in caplog.records]
   assert step == older and manager.latest_step() == older
-  assert_bitwise_equal([np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)],
-                       expected, 'fallback state')
+  assert_bitwise_equal(
+    [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)], expected, 'fallback state'
+  )
   assert any(f'Checkpoint(s) {latest} could not be read' in w for w in warnings), warnings
   moved = glob.glob(os.path.join(workdir, checkpointing.QUARANTINE_DIR, f'{latest}-*'))
   assert len(moved) == 1 and not os.path.exists(step_dir)
@@ -534,29 +576,36 @@ def test_bit_flips_in_the_latest_checkpoint_are_detected_and_it_is_moved_aside(
 
 
 def test_when_no_checkpoint_can_be_read_nothing_is_moved_and_the_error_says_what_to_do(
-    reference, tmp_path):
+  reference, tmp_path
+):
   workdir = copy_run(reference.workdir, str(tmp_path / 'run'))
   for step in checkpoint_steps(workdir):
-    os.remove(os.path.join(workdir, checkpointing.CHECKPOINT_DIR, str(step), 'state',
-                           'manifest.ocdbt'))
+    os.remove(
+      os.path.join(workdir, checkpointing.CHECKPOINT_DIR, str(step), 'state', 'manifest.ocdbt')
+    )
   before = tree_manifest(workdir)
   manager = checkpointing.checkpoint_manager(workdir, 2)
-  with pytest.raises(checkpointing.WorkdirError, match='can be read .*Nothing was changed.* '
-                     'move .* aside'):
+  with pytest.raises(
+    checkpointing.WorkdirError, match='can be read .*Nothing was changed.* move .* aside'
+  ):
     checkpointing.restore_latest_good(manager, restore_target(workdir), workdir)
   assert tree_manifest(workdir) == before
 
 
 def test_a_damaged_run_config_is_a_clear_error(tmp_path):
   (tmp_path / checkpointing.CONFIG_FILE).write_text('{"method": "lpga", "latent')
-  with pytest.raises(checkpointing.WorkdirError, match=r'cannot read the run config .*'
-                     r'JSONDecodeError.*restore it from a copy'):
+  with pytest.raises(
+    checkpointing.WorkdirError,
+    match=r'cannot read the run config .*'
+    r'JSONDecodeError.*restore it from a copy',
+  ):
     checkpointing.load_config(str(tmp_path))
 
 
 # --------------------------------------------------------------------------
 # 4. Bad input: one-line errors, exit 2, nothing saved touched.
 # --------------------------------------------------------------------------
+
 
 def test_bad_input_gives_one_line_errors_and_touches_nothing(reference, tmp_path):
   """Each case is a `pga train` process (run side by side); most point at the
@@ -576,28 +625,54 @@ def test_bad_input_gives_one_line_errors_and_touches_nothing(reference, tmp_path
   before = tree_manifest(saved)
   base = ['train', f'--config={reference.config}']
   cases = {
-      'empty folder': (base + [f'--workdir={saved}', f'--config.data_dir={empty}'],
-                       ['no files in', str(empty), 'Put png/jpg images there']),
-      'non-image file': (base + [f'--workdir={saved}', f'--config.data_dir={with_junk}'],
-                         ['cannot read', 'notes.png', 'skip_bad_files=True']),
-      'wrong channels': (base + [f'--workdir={saved}', f'--config.data_dir={rgb}'],
-                         ['has 3 channel(s)', 'the channels option is 1', 'Set channels']),
-      'config vs checkpoint': (base + [f'--workdir={saved}', '--config.latent_dim=5',
-                                       '--config.use_bn=True'],
-                               ['another config', 'latent_dim: stored 12, given 5',
-                                'use_bn: stored False, given True', 'Use a new --workdir']),
-      'unwritable workdir': (base + [f'--workdir={not_a_dir}/run'],
-                             ['cannot write to workdir', 'Not a directory',
-                              'choose a --workdir you can write to']),
-      'too few images': (base + [f'--workdir={tmp_path}/fresh', f'--config.data_dir={rgb}',
-                                 '--config.channels=3', '--config.batch_size=32'],
-                         ['config.batch_size: 32 is larger than the 16 training images',
-                          'lower batch_size or add images']),
-      'missing Inception weights': (
-          base + [f'--workdir={saved}', '--config.eval_every=5',
-                  '--config.eval_features=inception',
-                  f'--config.eval_inception_weights={tmp_path}/missing.npz'],
-          ['FID Inception weights not found', f'{tmp_path}/missing.npz', 'convert_inception']),
+    'empty folder': (
+      base + [f'--workdir={saved}', f'--config.data_dir={empty}'],
+      ['no files in', str(empty), 'Put png/jpg images there'],
+    ),
+    'non-image file': (
+      base + [f'--workdir={saved}', f'--config.data_dir={with_junk}'],
+      ['cannot read', 'notes.png', 'skip_bad_files=True'],
+    ),
+    'wrong channels': (
+      base + [f'--workdir={saved}', f'--config.data_dir={rgb}'],
+      ['has 3 channel(s)', 'the channels option is 1', 'Set channels'],
+    ),
+    'config vs checkpoint': (
+      base + [f'--workdir={saved}', '--config.latent_dim=5', '--config.use_bn=True'],
+      [
+        'another config',
+        'latent_dim: stored 12, given 5',
+        'use_bn: stored False, given True',
+        'Use a new --workdir',
+      ],
+    ),
+    'unwritable workdir': (
+      base + [f'--workdir={not_a_dir}/run'],
+      ['cannot write to workdir', 'Not a directory', 'choose a --workdir you can write to'],
+    ),
+    'too few images': (
+      base
+      + [
+        f'--workdir={tmp_path}/fresh',
+        f'--config.data_dir={rgb}',
+        '--config.channels=3',
+        '--config.batch_size=32',
+      ],
+      [
+        'config.batch_size: 32 is larger than the 16 training images',
+        'lower batch_size or add images',
+      ],
+    ),
+    'missing Inception weights': (
+      base
+      + [
+        f'--workdir={saved}',
+        '--config.eval_every=5',
+        '--config.eval_features=inception',
+        f'--config.eval_inception_weights={tmp_path}/missing.npz',
+      ],
+      ['FID Inception weights not found', f'{tmp_path}/missing.npz', 'convert_inception'],
+    ),
   }
   runs = {name: PgaProcess(args, reference.cache, tmp_path) for name, (args, _) in cases.items()}
 
@@ -608,10 +683,20 @@ def test_bad_input_gives_one_line_errors_and_touches_nothing(reference, tmp_path
 
   small_disk = ['bash', '-c', 'trap "" XFSZ; ulimit -f 30720; exec "$@"', 'small-disk']
   runs['disk full'] = PgaProcess(
-      base + [f'--workdir={full}', f'--config.num_steps={NUM_STEPS + 4}'],
-      reference.cache, tmp_path, wrapper=small_disk)
-  cases['disk full'] = (None, ['writing a checkpoint to', 'File too large',
-                               'the checkpoints already there are intact', 'Free disk space'])
+    base + [f'--workdir={full}', f'--config.num_steps={NUM_STEPS + 4}'],
+    reference.cache,
+    tmp_path,
+    wrapper=small_disk,
+  )
+  cases['disk full'] = (
+    None,
+    [
+      'writing a checkpoint to',
+      'File too large',
+      'the checkpoints already there are intact',
+      'Free disk space',
+    ],
+  )
   try:
     for name, run in runs.items():
       run.finish()
@@ -652,6 +737,7 @@ def test_unreadable_files_can_be_skipped_and_are_counted(tmp_path, caplog):
 
 def test_missing_inception_weights_name_the_file_and_how_to_make_it(tmp_path):
   from pga_jax.evaluation import inception
+
   missing = str(tmp_path / 'nowhere' / 'fid_inception.npz')
   with pytest.raises(FileNotFoundError) as info:
     inception.load_inception(missing)

@@ -13,6 +13,7 @@ The same warmed-up state is continued both ways, so the switch alone differs.
 At batch 16 the same warm-up survives the switch (L_r rises 4-fold and
 recovers); at the reference's batch 64 it does not.
 """
+
 import jax
 import numpy as np
 import pytest
@@ -59,8 +60,11 @@ def test_the_reference_switch_diverges_and_a_ramp_trains_through():
 
   reference = outcomes[0]
   # The reference's switch: a step goes non-finite, or L_r is ruined.
-  broken = [m for m in reference if not m['finite'] or not np.isfinite(m['rec'])
-            or m['rec'] > 5 * rec_before]
+  broken = [
+    m
+    for m in reference
+    if not m['finite'] or not np.isfinite(m['rec']) or m['rec'] > 5 * rec_before
+  ]
   assert broken, [round(m['rec'], 4) for m in reference]
   # With the ramp: every step finite, L_r within 50% of its pre-switch level.
   ramp = outcomes[500]

@@ -1,8 +1,7 @@
 """End to end: the CLI path trains, resumes exactly, writes figures; config checks."""
+
 import json
 import os
-import subprocess
-import sys
 import threading
 
 import jax
@@ -17,10 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def idx_dir(tmp_path_factory):
-  folder = str(tmp_path_factory.mktemp('idx'))
-  helpers.write_idx_images(folder, helpers.synthetic_digits(96))
-  helpers.write_idx_images(folder, helpers.synthetic_digits(40, seed=1), prefix='t10k')
-  return folder
+  return helpers.make_idx_dir(tmp_path_factory, num_test=40)
 
 
 def params_of(result):
@@ -37,8 +33,10 @@ def test_interrupted_and_resumed_run_ends_with_identical_parameters(idx_dir, tmp
     np.testing.assert_array_equal(a, b)
   # ... and training really moved the parameters.
   fresh = first.state  # state after 4 steps differs from after 6
-  assert any(not np.array_equal(a, b) for a, b in
-             zip(jax.tree_util.tree_leaves(jax.device_get(fresh.params)), params_of(straight)))
+  assert any(
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(fresh.params)), params_of(straight))
+  )
 
 
 def test_stop_event_checkpoints_after_current_step(idx_dir, tmp_path):
@@ -57,19 +55,23 @@ def test_resuming_with_an_incompatible_config_is_an_error(idx_dir, tmp_path):
 
 
 def run_cli(*args, timeout=300):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run([sys.executable, '-m', 'pga_jax.cli', *args], capture_output=True,
-                        text=True, timeout=timeout, env=env, cwd=REPO)
+  return helpers.run_cli(*args, timeout=timeout)
 
 
 def test_cli_train_then_sample_reconstruct_interpolate(idx_dir, tmp_path):
   workdir = str(tmp_path / 'run')
   config_file = tmp_path / 'tiny.py'
   config_file.write_text(
-      'from tests import helpers\n'
-      f'def get_config():\n  return helpers.tiny_config({idx_dir!r}, method="vpga")\n')
-  out = run_cli('train', f'--config={config_file}', f'--workdir={workdir}',
-                '--config.num_steps=3', '--config.latent_dim=6')
+    'from tests import helpers\n'
+    f'def get_config():\n  return helpers.tiny_config({idx_dir!r}, method="vpga")\n'
+  )
+  out = run_cli(
+    'train',
+    f'--config={config_file}',
+    f'--workdir={workdir}',
+    '--config.num_steps=3',
+    '--config.latent_dim=6',
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'training finished at step 3' in out.stdout
   stored = json.load(open(os.path.join(workdir, 'config.json')))
@@ -90,8 +92,12 @@ def test_cli_train_then_sample_reconstruct_interpolate(idx_dir, tmp_path):
 
 
 def test_cli_reports_bad_config_and_missing_run_without_traceback(idx_dir, tmp_path):
-  out = run_cli('train', '--config=experiments/configs/quickstart.py', f'--workdir={tmp_path}/w',
-                '--config.arch=conv_64')
+  out = run_cli(
+    'train',
+    '--config=experiments/configs/quickstart.py',
+    f'--workdir={tmp_path}/w',
+    '--config.arch=conv_64',
+  )
   assert out.returncode == 2
   assert 'config.arch' in out.stderr and 'Traceback' not in out.stderr
   out = run_cli('sample', f'--workdir={tmp_path}/nothing', f'--out={tmp_path}/x.png')
@@ -99,9 +105,17 @@ def test_cli_reports_bad_config_and_missing_run_without_traceback(idx_dir, tmp_p
 
 
 INVALID = [
-    ('method', 'gan'), ('arch', 'vgg'), ('latent_dim', 0), ('batch_size', 0),
-    ('zn_rec', -1.0), ('nll', -0.5), ('num_perturbations', 0), ('dataset', 'imagenet'),
-    ('init_steps', -3), ('compute_dtype', 'float16'), ('num_steps', 0),
+  ('method', 'gan'),
+  ('arch', 'vgg'),
+  ('latent_dim', 0),
+  ('batch_size', 0),
+  ('zn_rec', -1.0),
+  ('nll', -0.5),
+  ('num_perturbations', 0),
+  ('dataset', 'imagenet'),
+  ('init_steps', -3),
+  ('compute_dtype', 'float16'),
+  ('num_steps', 0),
 ]
 
 
@@ -126,6 +140,7 @@ def test_config_validation_batch_divisibility_and_optimizer():
 
 def test_every_experiment_config_is_valid():
   import importlib.util
+
   folder = os.path.join(REPO, 'experiments', 'configs')
   names = sorted(f for f in os.listdir(folder) if f.endswith('.py') and f != '__init__.py')
   assert len(names) >= 13
@@ -139,29 +154,63 @@ def test_every_experiment_config_is_valid():
 # The reference's published settings, copied from the shared reference notes
 # (not from our config code): (file, {field: value}).
 PUBLISHED = [
-    ('mnist_lpga', dict(arch='conv_mnist', use_bn=False, latent_dim=12, zn_rec=6e-2, zh_rec=0.0,
-                        nll=1.5e-2, init_steps=3000, lr=0.1, steps=600 * 60000 // 64)),
-    ('mnist_vpga', dict(latent_dim=32, zn_rec=6e-2, vrec=1e-2, vkld=2e-2, init_steps=0, lr=0.1)),
-    ('mnist_lvpga', dict(latent_dim=32, zn_rec=6e-2, vrec=2e-2, vkld=2e-2, nll=0.0,
-                         init_steps=3000)),
-    ('cifar10_lpga', dict(arch='conv_32', use_bn=True, latent_dim=128, zn_rec=3e-2, nll=1.5e-2,
-                          lr=0.2, steps=400 * 50000 // 64)),
-    ('cifar10_vpga', dict(latent_dim=128, zn_rec=3e-2, vrec=5e-3, vkld=3e-2, lr=0.2)),
-    ('cifar10_lvpga', dict(latent_dim=128, zn_rec=3e-2, vrec=1.5e-2, vkld=5e-2, nll=2e-2)),
-    ('celeba_lpga', dict(arch='conv_64', use_bn=True, latent_dim=128, zn_rec=3e-2, zh_rec=1e-2,
-                         nll=1e-2, lr=0.4, steps=100 * 162770 // 64)),
-    ('celeba_vpga', dict(latent_dim=128, zn_rec=3e-2, zh_rec=1e-2, vkld=2e-3, vrec=1e-2,
-                         steps=60 * 162770 // 64)),
-    ('celeba_lvpga', dict(latent_dim=128, zn_rec=3e-2, zh_rec=1e-2, vrec=1e-2, vkld=5e-3,
-                          nll=1e-2)),
-    ('mnist_vae', dict(beta=0.1, lr=2e-4, optimizer='adam')),
-    ('celeba_vae', dict(beta=0.05, optimizer='adam', arch='conv_64')),
+  (
+    'mnist_lpga',
+    dict(
+      arch='conv_mnist',
+      use_bn=False,
+      latent_dim=12,
+      zn_rec=6e-2,
+      zh_rec=0.0,
+      nll=1.5e-2,
+      init_steps=3000,
+      lr=0.1,
+      steps=600 * 60000 // 64,
+    ),
+  ),
+  ('mnist_vpga', dict(latent_dim=32, zn_rec=6e-2, vrec=1e-2, vkld=2e-2, init_steps=0, lr=0.1)),
+  ('mnist_lvpga', dict(latent_dim=32, zn_rec=6e-2, vrec=2e-2, vkld=2e-2, nll=0.0, init_steps=3000)),
+  (
+    'cifar10_lpga',
+    dict(
+      arch='conv_32',
+      use_bn=True,
+      latent_dim=128,
+      zn_rec=3e-2,
+      nll=1.5e-2,
+      lr=0.2,
+      steps=400 * 50000 // 64,
+    ),
+  ),
+  ('cifar10_vpga', dict(latent_dim=128, zn_rec=3e-2, vrec=5e-3, vkld=3e-2, lr=0.2)),
+  ('cifar10_lvpga', dict(latent_dim=128, zn_rec=3e-2, vrec=1.5e-2, vkld=5e-2, nll=2e-2)),
+  (
+    'celeba_lpga',
+    dict(
+      arch='conv_64',
+      use_bn=True,
+      latent_dim=128,
+      zn_rec=3e-2,
+      zh_rec=1e-2,
+      nll=1e-2,
+      lr=0.4,
+      steps=100 * 162770 // 64,
+    ),
+  ),
+  (
+    'celeba_vpga',
+    dict(latent_dim=128, zn_rec=3e-2, zh_rec=1e-2, vkld=2e-3, vrec=1e-2, steps=60 * 162770 // 64),
+  ),
+  ('celeba_lvpga', dict(latent_dim=128, zn_rec=3e-2, zh_rec=1e-2, vrec=1e-2, vkld=5e-3, nll=1e-2)),
+  ('mnist_vae', dict(beta=0.1, lr=2e-4, optimizer='adam')),
+  ('celeba_vae', dict(beta=0.05, optimizer='adam', arch='conv_64')),
 ]
 
 
 @pytest.mark.parametrize('name,expected', PUBLISHED)
 def test_experiment_configs_hold_the_published_settings(name, expected):
   import importlib.util
+
   path = os.path.join(REPO, 'experiments', 'configs', f'{name}.py')
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
@@ -169,6 +218,9 @@ def test_experiment_configs_hold_the_published_settings(name, expected):
   config = module.get_config()
   assert config.batch_size == 64 and config.optimizer.momentum == 0.9
   for field, value in expected.items():
-    actual = {'lr': config.optimizer.learning_rate, 'steps': config.num_steps,
-              'optimizer': config.optimizer.name}.get(field, config.get(field))
+    actual = {
+      'lr': config.optimizer.learning_rate,
+      'steps': config.num_steps,
+      'optimizer': config.optimizer.name,
+    }.get(field, config.get(field))
     assert actual == pytest.approx(value) if isinstance(value, float) else actual == value, field

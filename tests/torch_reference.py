@@ -8,6 +8,7 @@ pure-Python parts (``models.inception``, ``transforms``), so in that case only
 that one module is replaced by an empty one. torch itself must import: a
 missing torch is an error, never a skip.
 """
+
 import sys
 import types
 

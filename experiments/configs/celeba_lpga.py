@@ -2,6 +2,7 @@
 
 Run: pga train --config=experiments/configs/celeba_lpga.py --workdir=runs/celeba_lpga
 """
+
 from pga_jax import config as config_lib
 
 

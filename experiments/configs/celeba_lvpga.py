@@ -2,6 +2,7 @@
 
 Run: pga train --config=experiments/configs/celeba_lvpga.py --workdir=runs/celeba_lvpga
 """
+
 from pga_jax import config as config_lib
 
 

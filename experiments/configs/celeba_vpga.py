@@ -2,6 +2,7 @@
 
 Run: pga train --config=experiments/configs/celeba_vpga.py --workdir=runs/celeba_vpga
 """
+
 from pga_jax import config as config_lib
 
 

@@ -2,6 +2,7 @@
 
 Run: pga train --config=experiments/configs/cifar10_lpga.py --workdir=runs/cifar10_lpga
 """
+
 from pga_jax import config as config_lib
 
 

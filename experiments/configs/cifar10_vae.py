@@ -5,6 +5,7 @@ beta1 0.5) as the reference VAE. The paper does not state its beta; this is
 the reference VAE's value (0.1 MNIST, 0.05 CelebA; 0.05 for CIFAR-10 by analogy).
 Run: pga train --config=experiments/configs/cifar10_vae.py --workdir=runs/cifar10_vae
 """
+
 from pga_jax import config as config_lib
 
 

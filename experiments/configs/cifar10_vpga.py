@@ -2,6 +2,7 @@
 
 Run: pga train --config=experiments/configs/cifar10_vpga.py --workdir=runs/cifar10_vpga
 """
+
 from pga_jax import config as config_lib
 
 

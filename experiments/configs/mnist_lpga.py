@@ -2,6 +2,7 @@
 
 Run: pga train --config=experiments/configs/mnist_lpga.py --workdir=runs/mnist_lpga
 """
+
 from pga_jax import config as config_lib
 
 

@@ -2,6 +2,7 @@
 
 Run: pga train --config=experiments/configs/mnist_lvpga.py --workdir=runs/mnist_lvpga
 """
+
 from pga_jax import config as config_lib
 
 

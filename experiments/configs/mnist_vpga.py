@@ -2,6 +2,7 @@
 
 Run: pga train --config=experiments/configs/mnist_vpga.py --workdir=runs/mnist_vpga
 """
+
 from pga_jax import config as config_lib
 
 

@@ -8,6 +8,7 @@ reference's switch diverges after a 500-step warm-up (README, "The switch-on").
 
 Run: pga train --config=experiments/configs/quickstart.py --workdir=runs/quickstart
 """
+
 from pga_jax import config as config_lib
 
 

@@ -16,6 +16,7 @@ AE step of the same architecture (timed alternately in the same process).
 The machine may be shared: compare ratios measured in one session, not
 absolute numbers across sessions. See docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,23 +29,41 @@ from pga_jax.commands import common
 
 def define_flags():
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file('config', None, 'Config file (experiments/configs/*.py).',
-                                  lock_config=True)
+
+  config_flags.DEFINE_config_file(
+    'config', None, 'Config file (experiments/configs/*.py).', lock_config=True
+  )
   flags.DEFINE_integer('steps', 20, 'Timed steps (after the warm-up steps).')
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
-  flags.DEFINE_integer('at_step', None, 'Step number the state starts at (default: '
-                       'config.init_steps + 1, i.e. after the warm-up, every term on).')
+  flags.DEFINE_integer(
+    'at_step',
+    None,
+    'Step number the state starts at (default: '
+    'config.init_steps + 1, i.e. after the warm-up, every term on).',
+  )
   flags.DEFINE_bool('ae_ratio', True, 'Also time the AE step of the same architecture.')
   flags.DEFINE_string('json', None, 'Write the result as JSON to this path.')
-  flags.DEFINE_string('peer_command', None, 'External command run between our timing '
-                      'rounds; placeholders {method} {batch} {steps}; its last output line '
-                      'must be a JSON object {method: images_per_sec}.')
+  flags.DEFINE_string(
+    'peer_command',
+    None,
+    'External command run between our timing '
+    'rounds; placeholders {method} {batch} {steps}; its last output line '
+    'must be a JSON object {method: images_per_sec}.',
+  )
   flags.DEFINE_integer('peer_rounds', 3, 'Rounds of peer / ours with --peer_command.')
   flags.DEFINE_integer('peer_steps', 10, 'The {steps} passed to the peer command.')
-  flags.DEFINE_bool('decoder_only', False, 'Time the decoder alone: lax.conv_transpose '
-                    '(flax ConvTranspose) vs the phase-decomposed UpConv.')
-  flags.DEFINE_bool('layers', False, "Profile conv_mnist's layers (forward, weight and "
-                    'input gradients) against a large matmul, the peak FLOP/s.')
+  flags.DEFINE_bool(
+    'decoder_only',
+    False,
+    'Time the decoder alone: lax.conv_transpose '
+    '(flax ConvTranspose) vs the phase-decomposed UpConv.',
+  )
+  flags.DEFINE_bool(
+    'layers',
+    False,
+    "Profile conv_mnist's layers (forward, weight and "
+    'input gradients) against a large matmul, the peak FLOP/s.',
+  )
   flags.DEFINE_string('arch', 'conv_mnist', 'Architecture for --decoder_only.')
   flags.DEFINE_integer('batch_size', 64, 'Batch size for --decoder_only and --layers.')
   flags.DEFINE_integer('latent_dim', 12, 'Latent size for --decoder_only.')
@@ -53,6 +72,7 @@ def define_flags():
 def main(argv):
   del argv
   from pga_jax import benchmark, config as config_lib  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
   log = lambda s: print(f'pga: {s}', file=sys.stderr, flush=True)
   if f.layers:
@@ -60,8 +80,9 @@ def main(argv):
     print(benchmark.format_layer_profile(result))
   elif f.decoder_only:
     try:
-      result = benchmark.decoder_benchmark(f.arch, f.batch_size, f.latent_dim,
-                                           steps=f.steps, warmup=f.warmup)
+      result = benchmark.decoder_benchmark(
+        f.arch, f.batch_size, f.latent_dim, steps=f.steps, warmup=f.warmup
+      )
     except ValueError as err:
       common.user_error(err)
     print(benchmark.format_decoder_result(result))
@@ -70,9 +91,16 @@ def main(argv):
       common.user_error(ValueError('--config is required (or pass --decoder_only)'))
     try:
       result = benchmark.benchmark_config(
-          f.config, steps=f.steps, warmup=f.warmup, at_step=f.at_step, ae_ratio=f.ae_ratio,
-          peer_command=f.peer_command, peer_rounds=f.peer_rounds, peer_steps=f.peer_steps,
-          log=log)
+        f.config,
+        steps=f.steps,
+        warmup=f.warmup,
+        at_step=f.at_step,
+        ae_ratio=f.ae_ratio,
+        peer_command=f.peer_command,
+        peer_rounds=f.peer_rounds,
+        peer_steps=f.peer_steps,
+        log=log,
+      )
     except (config_lib.ConfigError, ValueError, RuntimeError) as err:
       common.user_error(err)
     print(benchmark.format_result(result))

@@ -1,4 +1,5 @@
 """Helpers shared by the `pga` subcommands."""
+
 from __future__ import annotations
 
 import os
@@ -29,6 +30,7 @@ def check_count(flag: str, value: int, minimum: int = 1) -> None:
 def check_writable(flag: str, path: str) -> None:
   """Fails at once, naming `flag`, if the file `path` (local or gs://) cannot be written."""
   from pga_jax import storage  # pylint: disable=g-import-not-at-top
+
   if storage.is_remote(path):  # a probe object in its folder: bucket, permission, network
     try:
       if storage.isdir(path):
@@ -37,8 +39,11 @@ def check_writable(flag: str, path: str) -> None:
     except storage.StorageError as err:
       user_error(ValueError(f'--{flag}={path}: {err}'))
     except OSError as err:
-      user_error(ValueError(f'--{flag}={path}: cannot write there ({err.strerror}); '
-                            'choose a path you can write to'))
+      user_error(
+        ValueError(
+          f'--{flag}={path}: cannot write there ({err.strerror}); choose a path you can write to'
+        )
+      )
     return
   folder = os.path.dirname(os.path.abspath(path))
   try:
@@ -49,8 +54,11 @@ def check_writable(flag: str, path: str) -> None:
     os.close(fd)
     os.remove(probe)
   except OSError as err:
-    user_error(ValueError(f'--{flag}={path}: cannot write there ({err.strerror}); '
-                          'choose a path you can write to'))
+    user_error(
+      ValueError(
+        f'--{flag}={path}: cannot write there ({err.strerror}); choose a path you can write to'
+      )
+    )
 
 
 def check_out(out: str) -> None:
@@ -60,9 +68,18 @@ def check_out(out: str) -> None:
   check_writable('out', out)
 
 
+def load_run_for_images(flags_values):
+  """The checks every image-writing command makes (--num, --out), then its run:
+  (config, model, params, step)."""
+  check_count('num', flags_values.num)
+  check_out(flags_values.out)
+  return load_run(flags_values.workdir, flags_values.step)
+
+
 def load_run(workdir, step):
   """(config, model, params, step) of a trained run, or a clear error."""
   from pga_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
   try:
     return checkpointing.load_trained(workdir, step)
   except checkpointing.WorkdirError as err:
@@ -74,6 +91,7 @@ def write_images(images, grid, out):
   import io  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pga_jax import figures, storage  # pylint: disable=g-import-not-at-top
+
   check_out(out)
   try:
     if out.endswith('.npz'):
@@ -90,15 +108,21 @@ def write_images(images, grid, out):
 def data_images(config, num, split, what='--num'):
   """The first `num` images of a split of the run's dataset, in [-1, 1]."""
   from pga_jax import config as config_lib, data  # pylint: disable=g-import-not-at-top
+
   size, _, channels = config_lib.image_shape(config)
   try:
-    images = data.load_split(config.dataset, split, config.data_dir, image_size=size,
-                             channels=channels).images
+    images = data.load_split(
+      config.dataset, split, config.data_dir, image_size=size, channels=channels
+    ).images
   except data.DatasetError as err:
     user_error(err)
   if len(images) < num:
-    user_error(ValueError(f'{what} needs {num} images but split {split!r} of dataset '
-                          f'{config.dataset!r} has {len(images)}; ask for fewer'))
+    user_error(
+      ValueError(
+        f'{what} needs {num} images but split {split!r} of dataset '
+        f'{config.dataset!r} has {len(images)}; ask for fewer'
+      )
+    )
   return data.scale_images(images[:num])
 
 

@@ -1,4 +1,5 @@
 """pga interpolate --workdir=DIR --num=N --out=FILE: decoded paths between encodings."""
+
 from __future__ import annotations
 
 from absl import flags
@@ -10,19 +11,22 @@ def define_flags():
   common.define_run_flags()
   flags.DEFINE_string('split', 'test', 'Data split to take the images from.')
   flags.DEFINE_integer('num', 10, 'Number of image pairs (one row each).')
-  flags.DEFINE_integer('steps', 9, 'Decoded points on each path, from f(a) to f(b) included; '
-                       'each row shows a, these points, then b.')
+  flags.DEFINE_integer(
+    'steps',
+    9,
+    'Decoded points on each path, from f(a) to f(b) included; '
+    'each row shows a, these points, then b.',
+  )
 
 
 def main(argv):
   del argv
   from pga_jax import figures, sampling  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
-  common.check_count('num', f.num)
   common.check_count('steps', f.steps, 2)
-  common.check_out(f.out)
-  config, model, params, _ = common.load_run(f.workdir, f.step)
+  config, model, params, _ = common.load_run_for_images(f)
   images = common.data_images(config, 2 * f.num, f.split, what=f'--num={f.num} (pairs)')
-  a, b = images[:f.num], images[f.num:2 * f.num]
+  a, b = images[: f.num], images[f.num : 2 * f.num]
   path = sampling.interpolate(model, params, a, b, steps=f.steps)
   common.write_images(path, figures.interpolation_grid(a, path, b), f.out)

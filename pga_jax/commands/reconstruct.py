@@ -1,4 +1,5 @@
 """pga reconstruct --workdir=DIR --num=N --out=FILE: data images beside g(f(x))."""
+
 from __future__ import annotations
 
 from absl import flags
@@ -15,10 +16,9 @@ def define_flags():
 def main(argv):
   del argv
   from pga_jax import figures, sampling  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
-  common.check_count('num', f.num)
-  common.check_out(f.out)
-  config, model, params, _ = common.load_run(f.workdir, f.step)
+  config, model, params, _ = common.load_run_for_images(f)
   images = common.data_images(config, f.num, f.split)
   recons = sampling.reconstruct(model, params, images)
   common.write_images(recons, figures.reconstruction_grid(images, recons), f.out)

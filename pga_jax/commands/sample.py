@@ -1,4 +1,5 @@
 """pga sample --workdir=DIR --num=N --out=FILE.png|.npz: random samples g(z), z ~ N(0, I)."""
+
 from __future__ import annotations
 
 from absl import flags
@@ -16,11 +17,10 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   from pga_jax import figures, sampling  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
-  common.check_count('num', f.num)
-  common.check_out(f.out)
-  config, model, params, _ = common.load_run(f.workdir, f.step)
+  config, model, params, _ = common.load_run_for_images(f)
   reference = sampling.reference_latents(model, config.batch_size, config.seed)
   images = sampling.sample(model, params, jax.random.PRNGKey(f.seed), f.num, reference)
-  rows = max(1, int(round(f.num ** 0.5)))
+  rows = max(1, int(round(f.num**0.5)))
   common.write_images(images, figures.sample_grid(images, rows=rows), f.out)

@@ -5,6 +5,7 @@ classifier on the dataset's labels), saves it with orbax and reports its test
 accuracy. If the classifier already exists it is loaded and its stored
 accuracy reported. (`pga evaluate` also trains it on first use.)
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,14 @@ def define_flags():
   flags.DEFINE_string('dataset', None, 'Dataset (a labelled tfds dataset, e.g. fashion_mnist).')
   flags.DEFINE_string('data_dir', None, 'Data directory for --dataset.')
   flags.DEFINE_string('workdir', None, 'Or: a run directory; its dataset is used.')
-  flags.DEFINE_string('cache_dir', None, 'Cache directory (default: $PGA_CACHE_DIR or '
-                      '~/.cache/pga_jax).')
-  flags.DEFINE_string('classifier_dir', None, 'Classifier directory (default: '
-                      '<cache_dir>/classifiers/<dataset>-<hash>).')
+  flags.DEFINE_string(
+    'cache_dir', None, 'Cache directory (default: $PGA_CACHE_DIR or ~/.cache/pga_jax).'
+  )
+  flags.DEFINE_string(
+    'classifier_dir',
+    None,
+    'Classifier directory (default: <cache_dir>/classifiers/<dataset>-<hash>).',
+  )
 
 
 def main(argv):
@@ -30,6 +35,7 @@ def main(argv):
   from pga_jax import checkpointing, data  # pylint: disable=g-import-not-at-top
   from pga_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from pga_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
   if bool(f.dataset) == bool(f.workdir):
     common.user_error(ValueError('pass either --dataset=NAME or --workdir=DIR'))
@@ -43,18 +49,28 @@ def main(argv):
   else:
     dataset, data_dir = f.dataset, f.data_dir
     if dataset not in catalog.TFDS_SHAPES:
-      common.user_error(ValueError(f'--dataset={dataset!r}: choose one of '
-                                   f'{sorted(catalog.TFDS_SHAPES)} (other data: --workdir)'))
+      common.user_error(
+        ValueError(
+          f'--dataset={dataset!r}: choose one of '
+          f'{sorted(catalog.TFDS_SHAPES)} (other data: --workdir)'
+        )
+      )
     size, channels = catalog.TFDS_SHAPES[dataset]
   try:
     train_split = evaluate.load_split(dataset, 'train', data_dir, size, channels)
     test_split = evaluate.load_split(dataset, 'test', data_dir, size, channels)
-    network = evaluate.domain_network(dataset, train_split, test_split,
-                                      cache_dir=f.cache_dir or evaluate.default_cache_dir(),
-                                      classifier_dir=f.classifier_dir)
+    network = evaluate.domain_network(
+      dataset,
+      train_split,
+      test_split,
+      cache_dir=f.cache_dir or evaluate.default_cache_dir(),
+      classifier_dir=f.classifier_dir,
+    )
   except (evaluate.EvaluationError, data.DatasetError) as err:
     common.user_error(err)
   print(json.dumps(network.info, indent=2, sort_keys=True))
-  print(f'pga: classifier for {dataset}: test accuracy {network.info["test_accuracy"]:.4f} '
-        f'({len(test_split.images)} test images)')
+  print(
+    f'pga: classifier for {dataset}: test accuracy {network.info["test_accuracy"]:.4f} '
+    f'({len(test_split.images)} test images)'
+  )
   print(f'pga: saved in {network.info["directory"]}')

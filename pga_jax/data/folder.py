@@ -7,6 +7,7 @@ CSVs, ...) and hidden files and folders (names starting with '.') are ignored. E
 channel count the config asks for (1 for grayscale, 3 for RGB): nothing is
 silently converted between grayscale and colour.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -28,13 +29,13 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 
 # PIL mode -> (channel count, mode the pixels are converted to before resizing).
 _MODES = {
-    '1': (1, 'L'),
-    'L': (1, 'L'),
-    'LA': (2, 'LA'),
-    'RGB': (3, 'RGB'),
-    'YCbCr': (3, 'RGB'),
-    'RGBA': (4, 'RGBA'),
-    'CMYK': (4, 'CMYK'),
+  '1': (1, 'L'),
+  'L': (1, 'L'),
+  'LA': (2, 'LA'),
+  'RGB': (3, 'RGB'),
+  'YCbCr': (3, 'RGB'),
+  'RGBA': (4, 'RGBA'),
+  'CMYK': (4, 'CMYK'),
 }
 _OUTPUT_MODES = {1: 'L', 3: 'RGB'}
 _SPLIT_FOLDER_NAMES = ('train', 'test', 'validation')
@@ -42,6 +43,7 @@ _SPLIT_FOLDER_NAMES = ('train', 'test', 'validation')
 
 class FolderImages(NamedTuple):
   """Images (N, S, S, C) uint8, the files they came from, and skipped files."""
+
   images: np.ndarray
   files: List[str]
   skipped: List[Tuple[str, str]]  # (path, reason)
@@ -57,11 +59,13 @@ def list_image_files(folder: str) -> List[str]:
   found = []
   for root, dirs, files in storage.walk(folder):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-    if any(part.startswith('.') for part in root[len(folder):].split('/')):
+    if any(part.startswith('.') for part in root[len(folder) :].split('/')):
       continue  # (remote listings are not pruned by `dirs`)
     found.extend(
-        storage.join(root, name) for name in files
-        if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS))
+      storage.join(root, name)
+      for name in files
+      if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)
+    )
   return sorted(found)
 
 
@@ -75,12 +79,12 @@ def resolve_split_folder(data_dir: str, split: str) -> str:
   candidate = storage.join(data_dir, split)
   if storage.isdir(candidate):
     return candidate
-  present = [n for n in _SPLIT_FOLDER_NAMES
-             if storage.isdir(storage.join(data_dir, n))]
+  present = [n for n in _SPLIT_FOLDER_NAMES if storage.isdir(storage.join(data_dir, n))]
   if present:
     raise DatasetError(
-        f"dataset 'folder': {data_dir!r} has split folders {present} but no "
-        f'{split!r} folder. Create {candidate!r} or choose one of {present}.')
+      f"dataset 'folder': {data_dir!r} has split folders {present} but no "
+      f'{split!r} folder. Create {candidate!r} or choose one of {present}.'
+    )
   return data_dir
 
 
@@ -115,8 +119,7 @@ def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
   return square.resize((size, size), Image.BICUBIC)
 
 
-def _read_one(path: str,
-              size: int) -> Union[Tuple[Optional[np.ndarray], int], _BadFile]:
+def _read_one(path: str, size: int) -> Union[Tuple[Optional[np.ndarray], int], _BadFile]:
   """Decodes, crops and resizes one file; a _BadFile if it is not an image.
 
   Returns (pixels (size, size, C) uint8, channel count of the file); pixels
@@ -139,23 +142,26 @@ def _read_one(path: str,
   return pixels, channels
 
 
-def _channel_error(path: str, found: int, wanted: Optional[int],
-                   inferred_from: Optional[str]) -> DatasetError:
+def _channel_error(
+  path: str, found: int, wanted: Optional[int], inferred_from: Optional[str]
+) -> DatasetError:
   """The error for an image whose channel count is not the wanted one."""
-  kinds = {1: 'grayscale (L)', 2: 'grayscale+alpha (LA)', 3: 'RGB',
-           4: 'RGBA/CMYK'}
+  kinds = {1: 'grayscale (L)', 2: 'grayscale+alpha (LA)', 3: 'RGB', 4: 'RGBA/CMYK'}
   if wanted is None:
-    wanted_text = ('the channels option is unset and only 1 (grayscale) or 3 '
-                   '(RGB) channels are supported')
+    wanted_text = (
+      'the channels option is unset and only 1 (grayscale) or 3 (RGB) channels are supported'
+    )
   elif inferred_from:
-    wanted_text = (f'channels={wanted} (unset in the config, so taken from '
-                   f'the first image, {inferred_from})')
+    wanted_text = (
+      f'channels={wanted} (unset in the config, so taken from the first image, {inferred_from})'
+    )
   else:
     wanted_text = f'the channels option is {wanted}'
   return DatasetError(
-      f"dataset 'folder': {path} has {found} channel(s) "
-      f'({kinds.get(found, "?")}) but {wanted_text}. Set channels to the '
-      'channel count of your images (1 grayscale, 3 RGB) or convert the file.')
+    f"dataset 'folder': {path} has {found} channel(s) "
+    f'({kinds.get(found, "?")}) but {wanted_text}. Set channels to the '
+    'channel count of your images (1 grayscale, 3 RGB) or convert the file.'
+  )
 
 
 def _read_all(paths: List[str], size: int, max_workers: Optional[int]):
@@ -170,9 +176,13 @@ def _read_all(paths: List[str], size: int, max_workers: Optional[int]):
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def load_folder(folder: str, image_size: int, channels: Optional[int],
-                skip_bad_files: bool = False,
-                max_workers: Optional[int] = None) -> FolderImages:
+def load_folder(
+  folder: str,
+  image_size: int,
+  channels: Optional[int],
+  skip_bad_files: bool = False,
+  max_workers: Optional[int] = None,
+) -> FolderImages:
   """Loads every image under `folder` as uint8 (N, image_size, image_size, C).
 
   Args:
@@ -191,15 +201,17 @@ def load_folder(folder: str, image_size: int, channels: Optional[int],
   """
   if not storage.isdir(folder):
     raise DatasetError(
-        f"dataset 'folder': {folder!r} is not a directory. Set data_dir to a "
-        'folder of png/jpg images.')
+      f"dataset 'folder': {folder!r} is not a directory. Set data_dir to a "
+      'folder of png/jpg images.'
+    )
   if channels is not None and channels not in _OUTPUT_MODES:
     raise ValueError(f'channels must be 1 or 3, got {channels}')
   paths = list_image_files(folder)
   if not paths:
     raise DatasetError(
-        f"dataset 'folder': no files in {folder!r} (searched recursively for "
-        '.png, .jpg and .jpeg; hidden files ignored). Put png/jpg images there.')
+      f"dataset 'folder': no files in {folder!r} (searched recursively for "
+      '.png, .jpg and .jpeg; hidden files ignored). Put png/jpg images there.'
+    )
   inferred_from = None
   images, files, skipped = [], [], []
   with contextlib.closing(_read_all(paths, image_size, max_workers)) as results:
@@ -207,9 +219,10 @@ def load_folder(folder: str, image_size: int, channels: Optional[int],
       if isinstance(result, _BadFile):
         if not skip_bad_files:
           raise DatasetError(
-              f"dataset 'folder': cannot read {result.path} as an image "
-              f'({result.reason}). Remove the file, or set skip_bad_files=True '
-              'to skip unreadable files.')
+            f"dataset 'folder': cannot read {result.path} as an image "
+            f'({result.reason}). Remove the file, or set skip_bad_files=True '
+            'to skip unreadable files.'
+          )
         skipped.append((result.path, result.reason))
         continue
       pixels, found = result
@@ -220,10 +233,14 @@ def load_folder(folder: str, image_size: int, channels: Optional[int],
       images.append(pixels)
       files.append(path)
   if skipped:
-    _LOG.warning("dataset 'folder': skipped %d unreadable file(s) in %s, "
-                 'e.g. %s (%s)', len(skipped), folder, *skipped[0])
+    _LOG.warning(
+      "dataset 'folder': skipped %d unreadable file(s) in %s, e.g. %s (%s)",
+      len(skipped),
+      folder,
+      *skipped[0],
+    )
   if not images:
     raise DatasetError(
-        f"dataset 'folder': none of the {len(paths)} file(s) in {folder!r} is "
-        'a readable image.')
+      f"dataset 'folder': none of the {len(paths)} file(s) in {folder!r} is a readable image."
+    )
   return FolderImages(np.stack(images), files, skipped)

@@ -9,6 +9,7 @@ Process p of P takes the contiguous slice p of those rows, so processes read
 disjoint data and together form exactly the single-process global batch, and
 resuming at step t reproduces an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import queue
@@ -43,8 +44,14 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 class BatchSource:
   """Batches of a uint8 (N, S, S, C) array, float32 in [-1, 1], by step number."""
 
-  def __init__(self, images: np.ndarray, global_batch_size: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
+  def __init__(
+    self,
+    images: np.ndarray,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     """Validates the arguments.
 
     Raises:
@@ -55,25 +62,26 @@ class BatchSource:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
       raise ValueError(
-          f'images must be a uint8 array (N, S, S, C), got {images.dtype} of '
-          f'shape {images.shape}')
-    self._global_batch_size = _check_positive_int('global_batch_size',
-                                                  global_batch_size)
+        f'images must be a uint8 array (N, S, S, C), got {images.dtype} of shape {images.shape}'
+      )
+    self._global_batch_size = _check_positive_int('global_batch_size', global_batch_size)
     self._process_count = _check_positive_int('process_count', process_count)
-    self._process_index = _check_non_negative_int('process_index',
-                                                  process_index)
+    self._process_index = _check_non_negative_int('process_index', process_index)
     self._seed = _check_non_negative_int('seed', seed)
     if self._process_index >= self._process_count:
-      raise ValueError(f'process_index ({process_index}) must be smaller than '
-                       f'process_count ({process_count})')
+      raise ValueError(
+        f'process_index ({process_index}) must be smaller than process_count ({process_count})'
+      )
     if self._global_batch_size % self._process_count:
       raise ValueError(
-          f'global_batch_size ({global_batch_size}) must be divisible by '
-          f'process_count ({process_count})')
+        f'global_batch_size ({global_batch_size}) must be divisible by '
+        f'process_count ({process_count})'
+      )
     if len(images) < self._global_batch_size:
       raise ValueError(
-          f'global_batch_size ({global_batch_size}) is larger than the number '
-          f'of images ({len(images)}); lower global_batch_size or use more data')
+        f'global_batch_size ({global_batch_size}) is larger than the number '
+        f'of images ({len(images)}); lower global_batch_size or use more data'
+      )
     self._images = images
     # (epoch, permutation) of the last epoch used; replaced as a whole, so a
     # prefetch thread and the caller can share it without a lock.
@@ -108,19 +116,20 @@ class BatchSource:
     step = _check_non_negative_int('step', step)
     epoch, position = divmod(step, self.steps_per_epoch)
     start = position * self._global_batch_size
-    return self.epoch_permutation(epoch)[start:start + self._global_batch_size]
+    return self.epoch_permutation(epoch)[start : start + self._global_batch_size]
 
   def local_indices(self, step: int) -> np.ndarray:
     """This process's contiguous slice of `global_indices(step)`."""
     start = self._process_index * self.local_batch_size
-    return self.global_indices(step)[start:start + self.local_batch_size]
+    return self.global_indices(step)[start : start + self.local_batch_size]
 
   def batch_at(self, step: int) -> np.ndarray:
     """float32 (global_batch_size // process_count, S, S, C) in [-1, 1]."""
     return scale_images(self._images[self.local_indices(step)])
 
-  def iterate(self, start_step: int = 0, num_steps: Optional[int] = None,
-              prefetch: int = 2) -> Iterator[Tuple[int, np.ndarray]]:
+  def iterate(
+    self, start_step: int = 0, num_steps: Optional[int] = None, prefetch: int = 2
+  ) -> Iterator[Tuple[int, np.ndarray]]:
     """Yields (step, batch_at(step)) from start_step on, prefetched by a thread.
 
     Args:
@@ -152,8 +161,13 @@ def _put_unless_stopped(q: queue.Queue, stop: threading.Event, item) -> bool:
   return False
 
 
-def _produce(source: BatchSource, start_step: int, num_steps: Optional[int],
-             q: queue.Queue, stop: threading.Event) -> None:
+def _produce(
+  source: BatchSource,
+  start_step: int,
+  num_steps: Optional[int],
+  q: queue.Queue,
+  stop: threading.Event,
+) -> None:
   """Thread body: puts (step, batch) items, then _END, or the error raised."""
   step = start_step
   try:
@@ -173,15 +187,16 @@ class _PrefetchIterator:
   without `close()` is garbage-collected and its thread then stops too.
   """
 
-  def __init__(self, source: BatchSource, start_step: int,
-               num_steps: Optional[int], prefetch: int):
+  def __init__(self, source: BatchSource, start_step: int, num_steps: Optional[int], prefetch: int):
     self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
     self._stop = threading.Event()
     self._done = False
     self._thread = threading.Thread(
-        target=_produce,
-        args=(source, start_step, num_steps, self._queue, self._stop),
-        name='BatchSource-prefetch', daemon=True)
+      target=_produce,
+      args=(source, start_step, num_steps, self._queue, self._stop),
+      name='BatchSource-prefetch',
+      daemon=True,
+    )
     self._thread.start()
 
   def __iter__(self) -> '_PrefetchIterator':

@@ -1,4 +1,5 @@
 """Synthetic images for benchmarks, the accelerator check and tests."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ stdout/stderr whatever the logging setup. While a dataset is prepared, these
 go to the log (the `pga_detail.tfds` logger: the workdir's pga.log, or the
 console with --verbosity); the project logs one line of its own instead.
 """
+
 from __future__ import annotations
 
 import contextlib

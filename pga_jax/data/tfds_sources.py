@@ -6,6 +6,7 @@ read whole into memory as uint8 (N, S, S, C) with its integer labels when the
 dataset has them. Only CelebA is transformed (center crop and resize, as in
 the reference implementation).
 """
+
 from __future__ import annotations
 
 import socket
@@ -28,13 +29,13 @@ from pga_jax.data.catalog import TFDS_SHAPES
 # 108x108 at offsets ((218-108)//2, (178-108)//2), bicubic resize to 64x64.
 CELEB_A_HEIGHT, CELEB_A_WIDTH = 218, 178
 CELEB_A_CROP = 108
-CELEB_A_OFFSETS = ((CELEB_A_HEIGHT - CELEB_A_CROP) // 2,
-                   (CELEB_A_WIDTH - CELEB_A_CROP) // 2)
+CELEB_A_OFFSETS = ((CELEB_A_HEIGHT - CELEB_A_CROP) // 2, (CELEB_A_WIDTH - CELEB_A_CROP) // 2)
 CELEB_A_SIZE = 64
 
 
 class TfdsSpec(NamedTuple):
   """How one dataset is read: its tfds name, the key of its labels, where tfds downloads it."""
+
   tfds_name: str
   label_key: Optional[str]
   download_host: str
@@ -42,11 +43,12 @@ class TfdsSpec(NamedTuple):
 
 # Output shapes are in `sources.TFDS_SHAPES`. Download hosts: the URLs in tfds's builders.
 TFDS_DATASETS: Dict[str, TfdsSpec] = {
-    'mnist': TfdsSpec('mnist', 'label', 'storage.googleapis.com'),
-    'fashion_mnist': TfdsSpec('fashion_mnist', 'label',
-                              'fashion-mnist.s3-website.eu-central-1.amazonaws.com'),
-    'cifar10': TfdsSpec('cifar10', 'label', 'www.cs.toronto.edu'),
-    'celeb_a': TfdsSpec('celeb_a', None, 'drive.google.com'),  # 40 attributes, no class label
+  'mnist': TfdsSpec('mnist', 'label', 'storage.googleapis.com'),
+  'fashion_mnist': TfdsSpec(
+    'fashion_mnist', 'label', 'fashion-mnist.s3-website.eu-central-1.amazonaws.com'
+  ),
+  'cifar10': TfdsSpec('cifar10', 'label', 'www.cs.toronto.edu'),
+  'celeb_a': TfdsSpec('celeb_a', None, 'drive.google.com'),  # 40 attributes, no class label
 }
 _CONNECT_TIMEOUT = 10.0  # seconds
 
@@ -58,6 +60,7 @@ def _unreachable(host: str) -> Optional[str]:
   except OSError as err:
     return f'{type(err).__name__}: {err.strerror or err}'
   return None
+
 
 _READ_BATCH = 1024
 
@@ -73,9 +76,10 @@ def celeb_a_crop_resize_tf(images: tf.Tensor) -> tf.Tensor:
   by a sub-pixel shift.
   """
   top, left = CELEB_A_OFFSETS
-  crop = images[..., top:top + CELEB_A_CROP, left:left + CELEB_A_CROP, :]
-  resized = tf.image.resize(tf.cast(crop, tf.float32),
-                            (CELEB_A_SIZE, CELEB_A_SIZE), method='bicubic')
+  crop = images[..., top : top + CELEB_A_CROP, left : left + CELEB_A_CROP, :]
+  resized = tf.image.resize(
+    tf.cast(crop, tf.float32), (CELEB_A_SIZE, CELEB_A_SIZE), method='bicubic'
+  )
   return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
 
 
@@ -84,8 +88,9 @@ def celeb_a_crop_resize(images: np.ndarray) -> np.ndarray:
   images = np.asarray(images)
   if images.shape[-3:] != (CELEB_A_HEIGHT, CELEB_A_WIDTH, 3):
     raise ValueError(
-        f'CelebA images must be (..., {CELEB_A_HEIGHT}, {CELEB_A_WIDTH}, 3) '
-        f'(the aligned 178x218 images), got {images.shape}')
+      f'CelebA images must be (..., {CELEB_A_HEIGHT}, {CELEB_A_WIDTH}, 3) '
+      f'(the aligned 178x218 images), got {images.shape}'
+    )
   return celeb_a_crop_resize_tf(tf.constant(images, tf.uint8)).numpy()
 
 
@@ -98,40 +103,44 @@ def missing_data_message(dataset: str, where: str, cause: str) -> str:
   """The message of the error raised when a tfds dataset is not available."""
   name = TFDS_DATASETS[dataset].tfds_name
   message = (
-      f'dataset {dataset!r} is not prepared in {where} and tfds could not get '
-      f'it: {cause}. To get it, run once on a machine with internet access '
-      f"(tfds downloads and prepares it into data_dir), then copy its '{name}' "
-      'folder into data_dir here.')
+    f'dataset {dataset!r} is not prepared in {where} and tfds could not get '
+    f'it: {cause}. To get it, run once on a machine with internet access '
+    f"(tfds downloads and prepares it into data_dir), then copy its '{name}' "
+    'folder into data_dir here.'
+  )
   if dataset == 'fashion_mnist':
-    message += (' No local Fashion-MNIST files were found in '
-                f'{fashion_mnist_offline.local_files_dir()} either. '
-                + fashion_mnist_offline.HOW_TO_GET)
+    message += (
+      ' No local Fashion-MNIST files were found in '
+      f'{fashion_mnist_offline.local_files_dir()} either. ' + fashion_mnist_offline.HOW_TO_GET
+    )
   if dataset == 'mnist':
-    message += (" MNIST's IDX files can also be read directly with dataset "
-                "'idx' (data_dir = the folder holding them).")
+    message += (
+      " MNIST's IDX files can also be read directly with dataset "
+      "'idx' (data_dir = the folder holding them)."
+    )
   return message
 
 
 def _download_and_prepare(builder, dataset: str, allow_download: bool) -> None:
   """Runs tfds's own download_and_prepare, turning failures into DatasetError."""
   if not allow_download:
-    raise DatasetError(missing_data_message(
-        dataset, builder.data_dir, 'downloading is disabled'))
+    raise DatasetError(missing_data_message(dataset, builder.data_dir, 'downloading is disabled'))
   host = TFDS_DATASETS[dataset].download_host
   unreachable = _unreachable(host)
   if unreachable:  # fail now rather than after tfds's retries (minutes)
-    raise DatasetError(missing_data_message(
-        dataset, builder.data_dir, f'cannot reach its download server {host} ({unreachable})'))
+    raise DatasetError(
+      missing_data_message(
+        dataset, builder.data_dir, f'cannot reach its download server {host} ({unreachable})'
+      )
+    )
   try:
     with tfds_quiet.quiet_build(dataset, builder.data_dir):
       builder.download_and_prepare()
   except Exception as e:  # network, checksum, missing module, ...
     cause = f'{type(e).__name__}: {e}'
     if isinstance(e, ModuleNotFoundError) and e.name:
-      cause += (f' (tfds needs the Python module {e.name!r} to download; '
-                f'`pip install {e.name}`)')
-    raise DatasetError(
-        missing_data_message(dataset, builder.data_dir, cause)) from e
+      cause += f' (tfds needs the Python module {e.name!r} to download; `pip install {e.name}`)'
+    raise DatasetError(missing_data_message(dataset, builder.data_dir, cause)) from e
 
 
 def prepare(dataset: str, data_dir: Optional[str], allow_download: bool = True):
@@ -157,8 +166,7 @@ def prepare(dataset: str, data_dir: Optional[str], allow_download: bool = True):
   return builder
 
 
-def read_split(builder, dataset: str,
-               split: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def read_split(builder, dataset: str, split: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
   """Reads a prepared split into memory: (uint8 images, int64 labels or None).
 
   Raises:
@@ -177,8 +185,9 @@ def read_split(builder, dataset: str,
     ds = builder.as_dataset(split=split, shuffle_files=False)
   except ValueError as e:  # an unknown split name or a malformed slice
     raise DatasetError(
-        f'dataset {dataset!r}: unknown split {split!r}; choose one of '
-        f'{sorted(builder.info.splits)} (or a slice such as \'train[:10%]\')') from e
+      f'dataset {dataset!r}: unknown split {split!r}; choose one of '
+      f"{sorted(builder.info.splits)} (or a slice such as 'train[:10%]')"
+    ) from e
   ds = ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(_READ_BATCH).prefetch(2)
   images, labels = [], []
@@ -188,9 +197,10 @@ def read_split(builder, dataset: str,
       labels.append(label_batch)
   except tf.errors.OpError as e:
     raise DatasetError(
-        f'dataset {dataset!r}: cannot read split {split!r} from '
-        f'{builder.data_dir} ({type(e).__name__}: {e.message}). The prepared '
-        'files are damaged: delete that folder and run again.') from e
+      f'dataset {dataset!r}: cannot read split {split!r} from '
+      f'{builder.data_dir} ({type(e).__name__}: {e.message}). The prepared '
+      'files are damaged: delete that folder and run again.'
+    ) from e
   size, channels = TFDS_SHAPES[dataset]
   image_array = _concatenate(images, (0, size, size, channels), np.uint8)
   _check_count(builder, dataset, split, len(image_array))
@@ -211,14 +221,15 @@ def _check_count(builder, dataset: str, split: str, count: int) -> None:
     return  # unknown split bookkeeping (e.g. mocked datasets)
   if expected and expected != count:
     raise DatasetError(
-        f'dataset {dataset!r}: read {count} examples of split {split!r} from '
-        f'{builder.data_dir} but tfds recorded {expected}. The prepared files '
-        'are damaged: delete that folder and run again.')
+      f'dataset {dataset!r}: read {count} examples of split {split!r} from '
+      f'{builder.data_dir} but tfds recorded {expected}. The prepared files '
+      'are damaged: delete that folder and run again.'
+    )
 
 
-def load_tfds_split(dataset: str, split: str, data_dir: Optional[str],
-                    allow_download: bool = True
-                    ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def load_tfds_split(
+  dataset: str, split: str, data_dir: Optional[str], allow_download: bool = True
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
   """Prepares (if needed) and reads one split of a tfds dataset."""
   if data_dir and storage.is_remote(data_dir):
     return _load_remote_split(dataset, split, data_dir)
@@ -226,8 +237,9 @@ def load_tfds_split(dataset: str, split: str, data_dir: Optional[str],
   return read_split(builder, dataset, split)
 
 
-def _load_remote_split(dataset: str, split: str, data_dir: str
-                       ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def _load_remote_split(
+  dataset: str, split: str, data_dir: str
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
   """Reads a split of a dataset prepared in a gs:// data_dir.
 
   tf.data would read gs:// through TensorFlow's GCS filesystem, which cannot
@@ -241,7 +253,8 @@ def _load_remote_split(dataset: str, split: str, data_dir: str
     builder = tfds.builder(name, data_dir=local_dir)
     if not builder.is_prepared():
       raise DatasetError(
-          f'dataset {dataset!r} is not prepared in {data_dir}: prepare it in a local '
-          f'data_dir first (any `pga` command with --config.data_dir=DIR), then copy '
-          f'DIR/{name} to {storage.join(data_dir, name)} (`gcloud storage cp -r`).')
+        f'dataset {dataset!r} is not prepared in {data_dir}: prepare it in a local '
+        f'data_dir first (any `pga` command with --config.data_dir=DIR), then copy '
+        f'DIR/{name} to {storage.join(data_dir, name)} (`gcloud storage cp -r`).'
+      )
     return read_split(builder, dataset, split)

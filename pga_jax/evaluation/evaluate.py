@@ -20,6 +20,7 @@ samples; precision/recall use equally many real and generated points
 (min(num_samples, 10000) real points of a fixed random subset); KID uses 100
 random subsets of min(1000, ...) points of each.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,6 +59,7 @@ def default_cache_dir() -> str:
 @dataclasses.dataclass
 class FeatureNetwork:
   """images in [-1, 1] (N, S, S, C) float32 -> (N, D) features, with its identity."""
+
   kind: str
   identity: str
   fn: Callable[[np.ndarray], np.ndarray]
@@ -67,54 +69,75 @@ class FeatureNetwork:
     return self.fn(images)
 
 
-def domain_network(dataset: str, train_split, test_split, *, cache_dir: str,
-                   classifier_dir: Optional[str] = None,
-                   spec: Optional[classifier_lib.ClassifierSpec] = None) -> FeatureNetwork:
+def domain_network(
+  dataset: str,
+  train_split,
+  test_split,
+  *,
+  cache_dir: str,
+  classifier_dir: Optional[str] = None,
+  spec: Optional[classifier_lib.ClassifierSpec] = None,
+) -> FeatureNetwork:
   """The dataset's classifier (trained and saved first if missing) as a feature network."""
   spec = spec or classifier_lib.ClassifierSpec()
-  data_fp = classifier_lib.fingerprint(train_split.images, train_split.labels,
-                                       test_split.images, test_split.labels)
-  directory = classifier_dir or classifier_lib.default_directory(cache_dir, dataset, spec,
-                                                                  data_fp)
+  data_fp = classifier_lib.fingerprint(
+    train_split.images, train_split.labels, test_split.images, test_split.labels
+  )
+  directory = classifier_dir or classifier_lib.default_directory(cache_dir, dataset, spec, data_fp)
   try:
-    clf = classifier_lib.load_or_train(directory, dataset, spec, train_split, test_split,
-                                       data_fp)
+    clf = classifier_lib.load_or_train(directory, dataset, spec, train_split, test_split, data_fp)
   except classifier_lib.ClassifierError as err:
     raise EvaluationError(str(err)) from err
-  info = {'kind': 'domain', 'identity': clf.identity, 'directory': clf.directory,
-          'test_accuracy': clf.test_accuracy, 'feature_dim': clf.module.dense_features,
-          'spec': clf.info['spec']}
+  info = {
+    'kind': 'domain',
+    'identity': clf.identity,
+    'directory': clf.directory,
+    'test_accuracy': clf.test_accuracy,
+    'feature_dim': clf.module.dense_features,
+    'spec': clf.info['spec'],
+  }
   return FeatureNetwork('domain', clf.identity, clf.features, info)
 
 
-def inception_network(weights_path: Optional[str], flag: str = '--inception_weights'
-                      ) -> FeatureNetwork:
+def inception_network(
+  weights_path: Optional[str], flag: str = '--inception_weights'
+) -> FeatureNetwork:
   """The FID Inception network from converted weights (see convert_inception)."""
   from pga_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
-  how = ('convert pytorch-fid\'s pt_inception-2015-12-05-6726825d.pth with `python -m '
-         'pga_jax.evaluation.convert_inception --torch_weights=... --out=PATH`')
+
+  how = (
+    "convert pytorch-fid's pt_inception-2015-12-05-6726825d.pth with `python -m "
+    'pga_jax.evaluation.convert_inception --torch_weights=... --out=PATH`'
+  )
   if not weights_path:
-    raise EvaluationError(f'features=inception needs the FID Inception weights: set {flag}=PATH '
-                          f'({how})')
+    raise EvaluationError(
+      f'features=inception needs the FID Inception weights: set {flag}=PATH ({how})'
+    )
   if not os.path.isfile(weights_path):
-    raise EvaluationError(f'FID Inception weights not found at {weights_path!r} ({flag}); '
-                          f'{how}')
+    raise EvaluationError(f'FID Inception weights not found at {weights_path!r} ({flag}); {how}')
   try:
     params = inception.load_inception(weights_path)
   except (ValueError, OSError) as err:
     first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-    raise EvaluationError(f'cannot use the FID Inception weights {weights_path!r}: '
-                          f'{first_line}') from err
+    raise EvaluationError(
+      f'cannot use the FID Inception weights {weights_path!r}: {first_line}'
+    ) from err
   identity = storage.sha256(weights_path)
-  info = {'kind': 'inception', 'identity': identity,
-          'weights': os.path.abspath(weights_path), 'feature_dim': inception.FEATURE_DIM}
-  return FeatureNetwork('inception', identity,
-                        lambda images: inception.inception_features(params, images), info)
+  info = {
+    'kind': 'inception',
+    'identity': identity,
+    'weights': os.path.abspath(weights_path),
+    'feature_dim': inception.FEATURE_DIM,
+  }
+  return FeatureNetwork(
+    'inception', identity, lambda images: inception.inception_features(params, images), info
+  )
 
 
 @dataclasses.dataclass
 class Evaluator:
   """A feature network and the reference statistics of a real split."""
+
   dataset: str
   network: FeatureNetwork
   reference: reference_stats.ReferenceStats
@@ -123,29 +146,43 @@ class Evaluator:
   kid_subset_size: int = metrics.KID_SUBSET_SIZE
 
   def features(self, images: np.ndarray, chunk: int = 1000) -> np.ndarray:
-    return np.concatenate([self.network(np.asarray(images[i:i + chunk], np.float32))
-                           for i in range(0, len(images), chunk)])
+    return np.concatenate(
+      [
+        self.network(np.asarray(images[i : i + chunk], np.float32))
+        for i in range(0, len(images), chunk)
+      ]
+    )
 
   def evaluate_features(self, fake_features: np.ndarray, seed: int = 0) -> dict:
     """Metrics of generated features against the reference, plus what they were computed on."""
-    results = metrics.all_metrics(self.reference.features, fake_features,
-                                  real_statistics=(self.reference.mu, self.reference.sigma),
-                                  k=self.k, kid_subsets=self.kid_subsets,
-                                  kid_subset_size=self.kid_subset_size, seed=seed)
-    results.update({
+    results = metrics.all_metrics(
+      self.reference.features,
+      fake_features,
+      real_statistics=(self.reference.mu, self.reference.sigma),
+      k=self.k,
+      kid_subsets=self.kid_subsets,
+      kid_subset_size=self.kid_subset_size,
+      seed=seed,
+    )
+    results.update(
+      {
         'num_samples': int(len(fake_features)),
         'features': self.network.kind,
         'feature_network': self.network.info,
         'dataset': self.dataset,
-        'reference': {'split': self.reference.meta['split'],
-                      'num_images': self.reference.meta['num_images'],
-                      'num_subset_features': int(len(self.reference.features)),
-                      'cache': self.reference.meta.get('path')},
+        'reference': {
+          'split': self.reference.meta['split'],
+          'num_images': self.reference.meta['num_images'],
+          'num_subset_features': int(len(self.reference.features)),
+          'cache': self.reference.meta.get('path'),
+        },
         'k': self.k,
         'kid_subsets': self.kid_subsets,
-        'kid_subset_size': int(min(self.kid_subset_size, len(fake_features),
-                                   len(self.reference.features))),
-    })
+        'kid_subset_size': int(
+          min(self.kid_subset_size, len(fake_features), len(self.reference.features))
+        ),
+      }
+    )
     return results
 
   def evaluate_images(self, images: np.ndarray, seed: int = 0) -> dict:
@@ -153,20 +190,28 @@ class Evaluator:
     return self.evaluate_features(self.features(images), seed)
 
 
-def load_split(dataset: str, split: str, data_dir: Optional[str], image_size: int,
-               channels: int):
+def load_split(dataset: str, split: str, data_dir: Optional[str], image_size: int, channels: int):
   from pga_jax import data  # pylint: disable=g-import-not-at-top
+
   return data.load_split(dataset, split, data_dir, image_size=image_size, channels=channels)
 
 
-def build_evaluator(dataset: str, data_dir: Optional[str], image_size: int, channels: int,
-                    features: str = 'domain', *, inception_weights: Optional[str] = None,
-                    inception_flag: str = '--inception_weights',
-                    reference_split: str = REFERENCE_SPLIT, cache_dir: Optional[str] = None,
-                    classifier_dir: Optional[str] = None,
-                    classifier_spec: Optional[classifier_lib.ClassifierSpec] = None,
-                    subset_size: int = reference_stats.DEFAULT_SUBSET_SIZE,
-                    use_cache: bool = True) -> Evaluator:
+def build_evaluator(
+  dataset: str,
+  data_dir: Optional[str],
+  image_size: int,
+  channels: int,
+  features: str = 'domain',
+  *,
+  inception_weights: Optional[str] = None,
+  inception_flag: str = '--inception_weights',
+  reference_split: str = REFERENCE_SPLIT,
+  cache_dir: Optional[str] = None,
+  classifier_dir: Optional[str] = None,
+  classifier_spec: Optional[classifier_lib.ClassifierSpec] = None,
+  subset_size: int = reference_stats.DEFAULT_SUBSET_SIZE,
+  use_cache: bool = True,
+) -> Evaluator:
   """Loads data, the feature network (training the classifier if needed) and the reference.
 
   Raises EvaluationError, pga_jax.data.DatasetError (one-line messages).
@@ -179,24 +224,41 @@ def build_evaluator(dataset: str, data_dir: Optional[str], image_size: int, chan
     network = inception_network(inception_weights, inception_flag)
   reference_images = load_split(dataset, reference_split, data_dir, image_size, channels)
   if features == 'domain':
-    train_split = (reference_images if reference_split == 'train'
-                   else load_split(dataset, 'train', data_dir, image_size, channels))
+    train_split = (
+      reference_images
+      if reference_split == 'train'
+      else load_split(dataset, 'train', data_dir, image_size, channels)
+    )
     test_split = load_split(dataset, 'test', data_dir, image_size, channels)
-    network = domain_network(dataset, train_split, test_split, cache_dir=cache_dir,
-                             classifier_dir=classifier_dir, spec=classifier_spec)
+    network = domain_network(
+      dataset,
+      train_split,
+      test_split,
+      cache_dir=cache_dir,
+      classifier_dir=classifier_dir,
+      spec=classifier_spec,
+    )
   reference = reference_stats.reference_statistics(
-      reference_images.images, network, dataset=dataset, split=reference_split,
-      network_kind=network.kind, network_id=network.identity,
-      cache_dir=cache_dir if use_cache else None, subset_size=subset_size)
+    reference_images.images,
+    network,
+    dataset=dataset,
+    split=reference_split,
+    network_kind=network.kind,
+    network_id=network.identity,
+    cache_dir=cache_dir if use_cache else None,
+    subset_size=subset_size,
+  )
   return Evaluator(dataset, network, reference)
 
 
 def evaluator_for_config(config, features: Optional[str] = None, **kwargs) -> Evaluator:
   """`build_evaluator` for a run's config (dataset, data_dir, image shape)."""
   from pga_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
   size, _, channels = config_lib.image_shape(config)
-  return build_evaluator(config.dataset, config.data_dir, size, channels,
-                         features or config.eval_features, **kwargs)
+  return build_evaluator(
+    config.dataset, config.data_dir, size, channels, features or config.eval_features, **kwargs
+  )
 
 
 def quantize(images: np.ndarray) -> np.ndarray:
@@ -204,31 +266,42 @@ def quantize(images: np.ndarray) -> np.ndarray:
   return scale_images(to_uint8(images))
 
 
-def sample_features(evaluator: Evaluator, model, params, config, num_samples: int, seed: int,
-                    chunk: int = 1000) -> np.ndarray:
+def sample_features(
+  evaluator: Evaluator, model, params, config, num_samples: int, seed: int, chunk: int = 1000
+) -> np.ndarray:
   """Features of `num_samples` quantized samples g(z), z from PRNGKey(seed)."""
   from pga_jax import sampling  # pylint: disable=g-import-not-at-top
+
   reference = sampling.reference_latents(model, config.batch_size, config.seed)
   # The latents of sampling.sample(model, params, PRNGKey(seed), num_samples, reference),
   # decoded and featurized chunk by chunk.
   latents = jax.random.normal(jax.random.PRNGKey(seed), (num_samples, model.latent_dim))
   out = []
   for i in range(0, num_samples, chunk):
-    images = sampling.decode_latents(model, params, latents[i:i + chunk], reference)
+    images = sampling.decode_latents(model, params, latents[i : i + chunk], reference)
     out.append(evaluator.network(quantize(images)))
   return np.concatenate(out)
 
 
-def evaluate_model(evaluator: Evaluator, model, params, config, num_samples: int,
-                   seed: int = 0, step: Optional[int] = None) -> dict:
+def evaluate_model(
+  evaluator: Evaluator,
+  model,
+  params,
+  config,
+  num_samples: int,
+  seed: int = 0,
+  step: Optional[int] = None,
+) -> dict:
   """Metrics of the model's samples; the result records num_samples, seed and step."""
   if num_samples < 2:
     raise EvaluationError(f'num_samples must be >= 2, got {num_samples}')
   start = time.time()
   results = evaluator.evaluate_features(
-      sample_features(evaluator, model, params, config, num_samples, seed), seed)
-  results.update({'source': 'samples', 'seed': seed, 'step': step,
-                  'seconds': round(time.time() - start, 1)})
+    sample_features(evaluator, model, params, config, num_samples, seed), seed
+  )
+  results.update(
+    {'source': 'samples', 'seed': seed, 'step': step, 'seconds': round(time.time() - start, 1)}
+  )
   return results
 
 
@@ -245,19 +318,25 @@ def training_evaluate_fn(config, cache_dir: Optional[str] = None) -> Callable:
   Each call draws `config.eval_num_samples` samples with `PRNGKey(config.seed)`.
   """
   from pga_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
   config_lib.validate(config, jax.device_count())  # name a bad field before any work
   if config.eval_features == 'inception' and not config.get('eval_inception_weights'):
     raise EvaluationError(
-        'config.eval_features is inception, which needs the FID Inception weights: set '
-        '--config.eval_inception_weights=PATH (see `python -m pga_jax.evaluation.'
-        'convert_inception`), or use --config.eval_features=domain, or --config.eval_every=0')
+      'config.eval_features is inception, which needs the FID Inception weights: set '
+      '--config.eval_inception_weights=PATH (see `python -m pga_jax.evaluation.'
+      'convert_inception`), or use --config.eval_features=domain, or --config.eval_every=0'
+    )
   evaluator = evaluator_for_config(
-      config, inception_weights=config.get('eval_inception_weights'),
-      inception_flag='config.eval_inception_weights', cache_dir=cache_dir)
+    config,
+    inception_weights=config.get('eval_inception_weights'),
+    inception_flag='config.eval_inception_weights',
+    cache_dir=cache_dir,
+  )
 
   def evaluate_fn(model, params, step):
-    results = evaluate_model(evaluator, model, params, config, config.eval_num_samples,
-                             seed=config.seed, step=int(step))
+    results = evaluate_model(
+      evaluator, model, params, config, config.eval_num_samples, seed=config.seed, step=int(step)
+    )
     scalars = scalar_summaries(results)
     logging.info('step %d: %s', step, ', '.join(f'{k} {v:.4g}' for k, v in scalars.items()))
     return scalars
@@ -272,4 +351,5 @@ def to_json(results: dict) -> str:
 def write_json(results: dict, path: str) -> str:
   """Writes the results atomically (a local path or a gs:// URL); returns the path."""
   from pga_jax import storage  # pylint: disable=g-import-not-at-top
+
   return storage.write_atomic(path, to_json(results) + '\n')

@@ -20,6 +20,7 @@ Pure numpy functions of (N, D) feature arrays (real first, generated second):
 Distances and kernels are computed in float64, in row blocks, so memory stays
 bounded for tens of thousands of points.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -75,17 +76,17 @@ def knn_radii(features: np.ndarray, k: int = K_NEAREST) -> np.ndarray:
     raise ValueError(f'k={k} needs more than k points, got {n}')
   radii = np.empty(n)
   for start in range(0, n, _BLOCK):
-    d = squared_distances(x[start:start + _BLOCK], x)
-    radii[start:start + _BLOCK] = np.partition(d, k, axis=1)[:, k]
+    d = squared_distances(x[start : start + _BLOCK], x)
+    radii[start : start + _BLOCK] = np.partition(d, k, axis=1)[:, k]
   return np.sqrt(radii)
 
 
 def coverage_fraction(centres: np.ndarray, radii: np.ndarray, points: np.ndarray) -> float:
   """Fraction of `points` within distance radii[i] of some centre i."""
-  squared_radii = radii ** 2
+  squared_radii = radii**2
   inside = 0
   for start in range(0, points.shape[0], _BLOCK):
-    d = squared_distances(points[start:start + _BLOCK], centres)
+    d = squared_distances(points[start : start + _BLOCK], centres)
     inside += int(np.count_nonzero(np.any(d <= squared_radii[None, :], axis=1)))
   return inside / points.shape[0]
 
@@ -123,13 +124,20 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
   kxx = polynomial_kernel(x, x)
   kyy = polynomial_kernel(y, y)
   kxy = polynomial_kernel(x, y)
-  return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-               + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-               - 2.0 * kxy.mean())
+  return float(
+    (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+    + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+    - 2.0 * kxy.mean()
+  )
 
 
-def kid(real: np.ndarray, fake: np.ndarray, num_subsets: int = KID_SUBSETS,
-        subset_size: int = KID_SUBSET_SIZE, seed: int = 0) -> Tuple[float, float]:
+def kid(
+  real: np.ndarray,
+  fake: np.ndarray,
+  num_subsets: int = KID_SUBSETS,
+  subset_size: int = KID_SUBSET_SIZE,
+  seed: int = 0,
+) -> Tuple[float, float]:
   """(mean, std) over `num_subsets` random subsets of the unbiased MMD^2 estimate.
 
   Each subset draws min(subset_size, N) rows of each set without replacement.
@@ -140,17 +148,27 @@ def kid(real: np.ndarray, fake: np.ndarray, num_subsets: int = KID_SUBSETS,
     raise ValueError(f'feature sizes differ: real {real.shape[1]}, fake {fake.shape[1]}')
   m = min(subset_size, real.shape[0], fake.shape[0])
   rng = np.random.default_rng(seed)
-  values = np.array([
-      mmd2_unbiased(real[rng.choice(real.shape[0], m, replace=False)],
-                    fake[rng.choice(fake.shape[0], m, replace=False)])
-      for _ in range(num_subsets)])
+  values = np.array(
+    [
+      mmd2_unbiased(
+        real[rng.choice(real.shape[0], m, replace=False)],
+        fake[rng.choice(fake.shape[0], m, replace=False)],
+      )
+      for _ in range(num_subsets)
+    ]
+  )
   return float(values.mean()), float(values.std())
 
 
-def all_metrics(real_features: np.ndarray, fake_features: np.ndarray,
-                real_statistics: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-                k: int = K_NEAREST, kid_subsets: int = KID_SUBSETS,
-                kid_subset_size: int = KID_SUBSET_SIZE, seed: int = 0) -> dict:
+def all_metrics(
+  real_features: np.ndarray,
+  fake_features: np.ndarray,
+  real_statistics: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+  k: int = K_NEAREST,
+  kid_subsets: int = KID_SUBSETS,
+  kid_subset_size: int = KID_SUBSET_SIZE,
+  seed: int = 0,
+) -> dict:
   """fid, precision, recall, kid, kid_std of fake against real features.
 
   FID uses `real_statistics` (mu, sigma) when given (e.g. of a whole split),
@@ -164,11 +182,10 @@ def all_metrics(real_features: np.ndarray, fake_features: np.ndarray,
   precision, recall = precision_recall(real_features[:n], fake_features[:n], k)
   kid_mean, kid_std = kid(real_features, fake_features, kid_subsets, kid_subset_size, seed)
   return {
-      'fid': fid(real_statistics if real_statistics is not None else real_features,
-                 fake_features),
-      'precision': precision,
-      'recall': recall,
-      'kid': kid_mean,
-      'kid_std': kid_std,
-      'num_pr_points': n,
+    'fid': fid(real_statistics if real_statistics is not None else real_features, fake_features),
+    'precision': precision,
+    'recall': recall,
+    'kid': kid_mean,
+    'kid_std': kid_std,
+    'num_pr_points': n,
   }

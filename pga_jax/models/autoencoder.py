@@ -4,6 +4,7 @@ Parameters are a plain pytree `{'encoder': ..., 'decoder': ...}`; every
 method takes the subtree it needs, so losses can stop gradients on one side
 (`pga_jax.methods.route`) without filtering gradients by name.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,16 +18,17 @@ import jax.numpy as jnp
 from pga_jax.models import dcgan, layers, resnet
 
 ARCHITECTURES = {
-    # name: native image size (networks: dcgan.py, resnet.py; built by the methods below)
-    'conv_mnist': 28,
-    'conv_32': 32,
-    'conv_64': 64,
-    'resnet_32': 32,
+  # name: native image size (networks: dcgan.py, resnet.py; built by the methods below)
+  'conv_mnist': 28,
+  'conv_32': 32,
+  'conv_64': 64,
+  'resnet_32': 32,
 }
 
 
 class Encoding(NamedTuple):
   """Encoder output: latent mean (= f(x)) and log(sigma^2), or None."""
+
   mean: jax.Array
   logvar: Optional[jax.Array]
 
@@ -45,6 +47,7 @@ class AutoEncoder:
   everywhere (`jax.jvp` / `jacfwd` work), 'phase' / 'adjoint' force those
   forms.
   """
+
   arch: str
   latent_dim: int
   channels: int
@@ -57,8 +60,7 @@ class AutoEncoder:
     if self.arch not in ARCHITECTURES:
       raise ValueError(f'unknown arch {self.arch!r}; choose one of {sorted(ARCHITECTURES)}')
     if self.conv_impl not in layers.CONV_IMPLS:
-      raise ValueError(f'unknown conv_impl {self.conv_impl!r}; choose one of '
-                       f'{layers.CONV_IMPLS}')
+      raise ValueError(f'unknown conv_impl {self.conv_impl!r}; choose one of {layers.CONV_IMPLS}')
 
   @property
   def image_size(self) -> int:
@@ -71,21 +73,29 @@ class AutoEncoder:
   @property
   def encoder(self) -> nn.Module:
     if self.arch == 'resnet_32':
-      return resnet.ResnetEncoder(self.latent_dim, self.use_bn, self.with_logvar,
-                                  dtype=self.dtype)
-    spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32,
-            'conv_64': dcgan.CONV_64}[self.arch]
-    return dcgan.DcganEncoder(spec, self.latent_dim, self.use_bn, self.with_logvar,
-                              dtype=self.dtype, conv_impl=self.conv_impl)
+      return resnet.ResnetEncoder(self.latent_dim, self.use_bn, self.with_logvar, dtype=self.dtype)
+    spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32, 'conv_64': dcgan.CONV_64}[
+      self.arch
+    ]
+    return dcgan.DcganEncoder(
+      spec,
+      self.latent_dim,
+      self.use_bn,
+      self.with_logvar,
+      dtype=self.dtype,
+      conv_impl=self.conv_impl,
+    )
 
   @property
   def decoder(self) -> nn.Module:
     if self.arch == 'resnet_32':
       return resnet.ResnetDecoder(self.channels, self.use_bn, dtype=self.dtype)
-    spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32,
-            'conv_64': dcgan.CONV_64}[self.arch]
-    return dcgan.DcganDecoder(spec, self.channels, self.use_bn, dtype=self.dtype,
-                              conv_impl=self.conv_impl)
+    spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32, 'conv_64': dcgan.CONV_64}[
+      self.arch
+    ]
+    return dcgan.DcganDecoder(
+      spec, self.channels, self.use_bn, dtype=self.dtype, conv_impl=self.conv_impl
+    )
 
   def init(self, rng: jax.Array) -> dict:
     """Glorot-uniform weights, zero biases (log-variance bias 2*log(0.1))."""
@@ -95,11 +105,12 @@ class AutoEncoder:
     # The convolution form does not change the parameters: initialise with
     # XLA's own, so 'auto' measures nothing for this throwaway batch of 2.
     plain = dataclasses.replace(self, conv_impl='xla')
-    return {'encoder': plain.encoder.init(enc_rng, x)['params'],
-            'decoder': plain.decoder.init(dec_rng, z)['params']}
+    return {
+      'encoder': plain.encoder.init(enc_rng, x)['params'],
+      'decoder': plain.decoder.init(dec_rng, z)['params'],
+    }
 
-  def encode(self, encoder_params, images: jax.Array,
-             stat_rows: Optional[int] = None) -> Encoding:
+  def encode(self, encoder_params, images: jax.Array, stat_rows: Optional[int] = None) -> Encoding:
     """f(x). Batch norm (if on) uses this batch's statistics (see layers.BatchNorm)."""
     chex.assert_rank(images, 4)
     chex.assert_equal(images.shape[1:], self.image_shape)
@@ -107,8 +118,9 @@ class AutoEncoder:
     chex.assert_shape(mean, (images.shape[0], self.latent_dim))
     return Encoding(mean, logvar)
 
-  def decode(self, decoder_params, latents: jax.Array,
-             stat_rows: Optional[int] = None) -> jax.Array:
+  def decode(
+    self, decoder_params, latents: jax.Array, stat_rows: Optional[int] = None
+  ) -> jax.Array:
     """g(z): images in [-1, 1]."""
     chex.assert_shape(latents, (None, self.latent_dim))
     images = self.decoder.apply({'params': decoder_params}, latents, stat_rows)
@@ -136,8 +148,9 @@ class AutoEncoder:
     codes = jax.lax.stop_gradient(self.encode(params['encoder'], images).mean)
     return self.encode_decode_frozen_encoder(params, codes)
 
-  def decode_with_reference(self, decoder_params, latents: jax.Array,
-                            reference_latents: jax.Array) -> jax.Array:
+  def decode_with_reference(
+    self, decoder_params, latents: jax.Array, reference_latents: jax.Array
+  ) -> jax.Array:
     """g(z) with batch-norm statistics taken from `reference_latents` only.
 
     Makes a sample independent of the other samples it is drawn with (and so
@@ -150,8 +163,9 @@ class AutoEncoder:
     both = jnp.concatenate([reference_latents, latents], axis=0)
     return self.decode(decoder_params, both, stat_rows=rows)[rows:]
 
-  def encode_with_reference(self, encoder_params, images: jax.Array,
-                            reference_images: jax.Array) -> Encoding:
+  def encode_with_reference(
+    self, encoder_params, images: jax.Array, reference_images: jax.Array
+  ) -> Encoding:
     """f(x) with batch-norm statistics from `reference_images` only."""
     if not self.use_bn:
       return self.encode(encoder_params, images)

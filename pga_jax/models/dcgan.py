@@ -9,6 +9,7 @@ Each architecture is described by a small spec (layer widths and where batch
 norm goes) so the three stay visibly the same family, exactly as the
 reference lists them in `docs/reference-implementation.md`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,6 +35,7 @@ class DcganSpec:
   dec_start: spatial size after the decoder's projection; its channel count
   is the first deconv's input width (dim * dec_start_mult), with bn flag.
   """
+
   enc_convs: tuple
   enc_dense: Optional[tuple]
   dec_dense_hidden: Optional[tuple]
@@ -44,29 +46,39 @@ class DcganSpec:
 
 
 CONV_MNIST = DcganSpec(
-    enc_convs=((1, False), (2, True)),
-    enc_dense=(1024, True),
-    dec_dense_hidden=(1024, False),
-    dec_start=7, dec_start_mult=2, dec_start_bn=True,
-    dec_deconvs=((1, False),))
+  enc_convs=((1, False), (2, True)),
+  enc_dense=(1024, True),
+  dec_dense_hidden=(1024, False),
+  dec_start=7,
+  dec_start_mult=2,
+  dec_start_bn=True,
+  dec_deconvs=((1, False),),
+)
 
 CONV_32 = DcganSpec(
-    enc_convs=((1, False), (2, True), (4, True)),
-    enc_dense=None,
-    dec_dense_hidden=None,
-    dec_start=4, dec_start_mult=4, dec_start_bn=False,
-    dec_deconvs=((2, True), (1, False)))
+  enc_convs=((1, False), (2, True), (4, True)),
+  enc_dense=None,
+  dec_dense_hidden=None,
+  dec_start=4,
+  dec_start_mult=4,
+  dec_start_bn=False,
+  dec_deconvs=((2, True), (1, False)),
+)
 
 CONV_64 = DcganSpec(
-    enc_convs=((1, False), (2, False), (4, True), (8, True)),
-    enc_dense=None,
-    dec_dense_hidden=None,
-    dec_start=4, dec_start_mult=8, dec_start_bn=False,
-    dec_deconvs=((4, True), (2, True), (1, False)))
+  enc_convs=((1, False), (2, False), (4, True), (8, True)),
+  enc_dense=None,
+  dec_dense_hidden=None,
+  dec_start=4,
+  dec_start_mult=8,
+  dec_start_bn=False,
+  dec_deconvs=((4, True), (2, True), (1, False)),
+)
 
 
 class EncoderHeads(nn.Module):
   """Dense latent mean head and optional log-variance head."""
+
   latent_dim: int
   with_logvar: bool
   dtype: Optional[jnp.dtype] = None
@@ -77,9 +89,12 @@ class EncoderHeads(nn.Module):
     mean = mean.astype(layers.at_least_float32(mean.dtype))
     if not self.with_logvar:
       return mean, None
-    logvar = layers.dense(self.latent_dim, self.dtype,
-                          bias_init=nn.initializers.constant(LOGVAR_BIAS_INIT),
-                          name='logvar')(features)
+    logvar = layers.dense(
+      self.latent_dim,
+      self.dtype,
+      bias_init=nn.initializers.constant(LOGVAR_BIAS_INIT),
+      name='logvar',
+    )(features)
     return mean, logvar.astype(layers.at_least_float32(logvar.dtype))
 
 
@@ -88,20 +103,22 @@ class DcganEncoder(nn.Module):
 
   Returns (mean, logvar); logvar is None unless `with_logvar`.
   """
+
   spec: DcganSpec
   latent_dim: int
   use_bn: bool = False
   with_logvar: bool = False
   dim: int = 64
   dtype: Optional[jnp.dtype] = None
-  conv_impl: str = 'auto'   # layers.layer_forms
+  conv_impl: str = 'auto'  # layers.layer_forms
 
   @nn.compact
   def __call__(self, x: jax.Array, stat_rows: Optional[int] = None):
     h = x.astype(self.dtype or x.dtype)
     for i, (mult, has_bn) in enumerate(self.spec.enc_convs):
-      h = layers.conv(self.dim * mult, dtype=self.dtype, name=f'conv{i}',
-                      conv_impl=self.conv_impl)(h)
+      h = layers.conv(self.dim * mult, dtype=self.dtype, name=f'conv{i}', conv_impl=self.conv_impl)(
+        h
+      )
       h = layers.maybe_batch_norm(h, self.use_bn and has_bn, stat_rows, f'bn_conv{i}')
       h = layers.leaky_relu(h)
     h = layers.flatten(h)
@@ -115,12 +132,13 @@ class DcganEncoder(nn.Module):
 
 class DcganDecoder(nn.Module):
   """[dense relu] -> dense(s*s*c) [bn] relu -> reshape -> deconv [bn] relu ... -> deconv(channels) tanh."""
+
   spec: DcganSpec
   channels: int
   use_bn: bool = False
   dim: int = 64
   dtype: Optional[jnp.dtype] = None
-  conv_impl: str = 'auto'   # layers.layer_forms
+  conv_impl: str = 'auto'  # layers.layer_forms
 
   @nn.compact
   def __call__(self, z: jax.Array, stat_rows: Optional[int] = None) -> jax.Array:
@@ -132,17 +150,17 @@ class DcganDecoder(nn.Module):
       h = layers.maybe_batch_norm(h, self.use_bn and has_bn, stat_rows, 'bn_hidden')
       h = nn.relu(h)
     start_channels = self.dim * spec.dec_start_mult
-    h = layers.dense(spec.dec_start * spec.dec_start * start_channels, self.dtype,
-                     name='project')(h)
-    h = layers.maybe_batch_norm(h, self.use_bn and spec.dec_start_bn, stat_rows,
-                                'bn_project')
+    h = layers.dense(spec.dec_start * spec.dec_start * start_channels, self.dtype, name='project')(
+      h
+    )
+    h = layers.maybe_batch_norm(h, self.use_bn and spec.dec_start_bn, stat_rows, 'bn_project')
     h = nn.relu(h)
     h = h.reshape(h.shape[0], spec.dec_start, spec.dec_start, start_channels)
     for i, (mult, has_bn) in enumerate(spec.dec_deconvs):
-      h = layers.UpConv(self.dim * mult, dtype=self.dtype, conv_impl=self.conv_impl,
-                        name=f'deconv{i}')(h)
+      h = layers.UpConv(
+        self.dim * mult, dtype=self.dtype, conv_impl=self.conv_impl, name=f'deconv{i}'
+      )(h)
       h = layers.maybe_batch_norm(h, self.use_bn and has_bn, stat_rows, f'bn_deconv{i}')
       h = nn.relu(h)
-    h = layers.UpConv(self.channels, dtype=self.dtype, conv_impl=self.conv_impl,
-                      name='to_image')(h)
+    h = layers.UpConv(self.channels, dtype=self.dtype, conv_impl=self.conv_impl, name='to_image')(h)
     return jnp.tanh(h.astype(layers.at_least_float32(h.dtype)))

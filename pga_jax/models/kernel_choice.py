@@ -54,6 +54,7 @@ it is measured, not guessed from thresholds:
 Values never depend on the choice: every candidate is exact up to float
 rounding (tests/test_fast_paths.py compares each with `lax` and its autodiff).
 """
+
 from __future__ import annotations
 
 import json
@@ -98,14 +99,18 @@ def read_cache(path: str, warn: bool = True) -> dict:
     return {}
   except (OSError, ValueError) as err:
     if warn:
-      warnings.warn(f'pga_jax: convolution choice cache {path} is unreadable ({err}); '
-                  'rebuilding it')
+      warnings.warn(
+        f'pga_jax: convolution choice cache {path} is unreadable ({err}); rebuilding it'
+      )
     return {}
   if not isinstance(entries, dict) or not all(
-      isinstance(k, str) and isinstance(v, str) for k, v in entries.items()):
+    isinstance(k, str) and isinstance(v, str) for k, v in entries.items()
+  ):
     if warn:
-      warnings.warn(f'pga_jax: convolution choice cache {path} does not hold a '
-                    '{key: form} object; rebuilding it')
+      warnings.warn(
+        f'pga_jax: convolution choice cache {path} does not hold a '
+        '{key: form} object; rebuilding it'
+      )
     return {}
   return entries
 
@@ -125,8 +130,10 @@ def write_cache(path: str, entries: dict) -> bool:
   except OSError as err:
     if tmp is not None and os.path.exists(tmp):
       os.unlink(tmp)
-    warnings.warn(f'pga_jax: cannot write the convolution choice cache {path} ({err}); '
-                  f'set {CACHE_ENV} to a writable folder to keep the measurements')
+    warnings.warn(
+      f'pga_jax: cannot write the convolution choice cache {path} ({err}); '
+      f'set {CACHE_ENV} to a writable folder to keep the measurements'
+    )
     return False
 
 
@@ -163,17 +170,36 @@ def device_identity(device=None) -> tuple:
   return device.platform, kind
 
 
-def choice_key(op: str, platform: str, device_kind: str, x_shape: Sequence[int],
-               kernel_shape: Sequence[int], stride: int, dtype) -> str:
+def choice_key(
+  op: str,
+  platform: str,
+  device_kind: str,
+  x_shape: Sequence[int],
+  kernel_shape: Sequence[int],
+  stride: int,
+  dtype,
+) -> str:
   """The cache key of one measured choice (a readable string)."""
-  return '|'.join([op, platform, device_kind, f'jax{jax.__version__}',
-                   'x' + 'x'.join(map(str, x_shape)), 'k' + 'x'.join(map(str, kernel_shape)),
-                   f's{stride}', str(np.dtype(dtype))])
+  return '|'.join(
+    [
+      op,
+      platform,
+      device_kind,
+      f'jax{jax.__version__}',
+      'x' + 'x'.join(map(str, x_shape)),
+      'k' + 'x'.join(map(str, kernel_shape)),
+      f's{stride}',
+      str(np.dtype(dtype)),
+    ]
+  )
 
 
-def time_candidates(fns: Dict[str, Callable[[], object]], repeats: int = REPEATS,
-                    slow_factor: float = SLOW_FACTOR,
-                    clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
+def time_candidates(
+  fns: Dict[str, Callable[[], object]],
+  repeats: int = REPEATS,
+  slow_factor: float = SLOW_FACTOR,
+  clock: Callable[[], float] = time.perf_counter,
+) -> Dict[str, float]:
   """Median seconds of each zero-argument function (already compiled is best).
 
   One warm-up call each (also timed: a candidate slower than `slow_factor`
@@ -185,8 +211,9 @@ def time_candidates(fns: Dict[str, Callable[[], object]], repeats: int = REPEATS
     try:
       jax.block_until_ready(fn())
     except Exception as err:  # pylint: disable=broad-except  (e.g. out of memory)
-      warnings.warn(f'pga_jax: convolution form {name!r} failed while being timed ({err}); '
-                    'not using it')
+      warnings.warn(
+        f'pga_jax: convolution form {name!r} failed while being timed ({err}); not using it'
+      )
       warm[name] = float('inf')
       continue
     warm[name] = clock() - t0
@@ -209,10 +236,14 @@ def choices_made(memo: Optional[dict] = None) -> Dict[str, str]:
   return {key: form for (_, key), form in sorted(memo.items())}
 
 
-def choose(key: str, candidates: Sequence[str],
-           make_timed: Callable[[str], Callable[[], object]],
-           path: Optional[str] = None, memo: Optional[dict] = None,
-           timer: Optional[Callable[[Dict[str, Callable]], Dict[str, float]]] = None) -> str:
+def choose(
+  key: str,
+  candidates: Sequence[str],
+  make_timed: Callable[[str], Callable[[], object]],
+  path: Optional[str] = None,
+  memo: Optional[dict] = None,
+  timer: Optional[Callable[[Dict[str, Callable]], Dict[str, float]]] = None,
+) -> str:
   """The fastest of `candidates` for `key`: from the memo, the cache file, or
   measured now (then written to the cache).
 
@@ -223,7 +254,7 @@ def choose(key: str, candidates: Sequence[str],
   if not candidates:
     raise ValueError(f'no candidate forms for {key}')
   if len(candidates) == 1 or jax.process_count() > 1:
-    return candidates[0]   # several processes: see the module docstring
+    return candidates[0]  # several processes: see the module docstring
   path = cache_path() if path is None else path
   memo = _MEMO if memo is None else memo
   choice = memo.get((path, key))
@@ -237,8 +268,10 @@ def choose(key: str, candidates: Sequence[str],
           try:
             fns[name] = make_timed(name)
           except Exception as err:  # pylint: disable=broad-except  (e.g. out of memory)
-            warnings.warn(f'pga_jax: convolution form {name!r} failed to compile for '
-                          f'timing ({err}); not using it')
+            warnings.warn(
+              f'pga_jax: convolution form {name!r} failed to compile for '
+              f'timing ({err}); not using it'
+            )
         times = (timer or time_candidates)(fns) if fns else {}
       finite = [n for n in candidates if times.get(n, float('inf')) < float('inf')]
       if finite:
@@ -247,7 +280,8 @@ def choose(key: str, candidates: Sequence[str],
         write_cache(path, dict(read_cache(path, warn=False), **{key: choice}))
       else:
         choice = candidates[0]
-        warnings.warn(f'pga_jax: no convolution form could be timed for {key}; using '
-                      f'{choice!r} (not cached)')
+        warnings.warn(
+          f'pga_jax: no convolution form could be timed for {key}; using {choice!r} (not cached)'
+        )
   memo[(path, key)] = choice
   return choice

@@ -3,6 +3,7 @@
 Everything here is a `flax.linen` module over NHWC arrays, initialised as in
 the reference implementation (Glorot/Xavier-uniform weights, zero biases).
 """
+
 from __future__ import annotations
 
 import functools
@@ -121,9 +122,9 @@ def phase_kernel(kernel: jax.Array, stride: int) -> tuple[jax.Array, int, int]:
   for phase, phase_taps in enumerate(taps):
     for d, t in phase_taps:
       index[phase, d - low] = t
-  rows = index[:, None, :, None]   # (phase_r, 1, n, 1)
-  cols = index[None, :, None, :]   # (1, phase_c, 1, n)
-  gathered = padded[rows, cols]    # (pr, pc, n, n, in, out)
+  rows = index[:, None, :, None]  # (phase_r, 1, n, 1)
+  cols = index[None, :, None, :]  # (1, phase_c, 1, n)
+  gathered = padded[rows, cols]  # (pr, pc, n, n, in, out)
   gathered = jnp.transpose(gathered, (2, 3, 4, 0, 1, 5))
   return gathered.reshape(n, n, cin, stride * stride * cout), -low, high
 
@@ -133,9 +134,12 @@ def _upsample_fused(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   cout = kernel.shape[-1]
   fused, pad_low, pad_high = phase_kernel(kernel.astype(x.dtype), stride)
   y = jax.lax.conv_general_dilated(
-      x, fused, window_strides=(1, 1),
-      padding=((pad_low, pad_high), (pad_low, pad_high)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x,
+    fused,
+    window_strides=(1, 1),
+    padding=((pad_low, pad_high), (pad_low, pad_high)),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
   y = y.reshape(n, h, w, stride, stride, cout)
   y = jnp.transpose(y, (0, 1, 3, 2, 4, 5))
   return y.reshape(n, h * stride, w * stride, cout)
@@ -160,12 +164,17 @@ def _upsample_per_phase(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arr
       row_d, row_t = zip(*row_taps)
       col_d, col_t = zip(*col_taps)
       sub = kernel[np.asarray(row_t)][:, np.asarray(col_t)]
-      cols.append(jax.lax.conv_general_dilated(
-          x, sub, window_strides=(1, 1),
+      cols.append(
+        jax.lax.conv_general_dilated(
+          x,
+          sub,
+          window_strides=(1, 1),
           padding=((-min(row_d), max(row_d)), (-min(col_d), max(col_d))),
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
-    rows.append(jnp.stack(cols, axis=3))       # (n, h, w, phase_c, out)
-  y = jnp.stack(rows, axis=2)                  # (n, h, phase_r, w, phase_c, out)
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        )
+      )
+    rows.append(jnp.stack(cols, axis=3))  # (n, h, w, phase_c, out)
+  y = jnp.stack(rows, axis=2)  # (n, h, phase_r, w, phase_c, out)
   return y.reshape(n, h * stride, w * stride, cout)
 
 
@@ -189,12 +198,15 @@ def _adjoint_kernel(kernel: jax.Array) -> jax.Array:
 def _strided_conv(images: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   low, high = _adjoint_padding(kernel.shape[0], stride)
   return jax.lax.conv_general_dilated(
-      images, kernel, window_strides=(stride, stride), padding=((low, high), (low, high)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    images,
+    kernel,
+    window_strides=(stride, stride),
+    padding=((low, high), (low, high)),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
 
 
-def transposed_conv(x: jax.Array, kernel: jax.Array, stride: int,
-                    form: str = 'phase') -> jax.Array:
+def transposed_conv(x: jax.Array, kernel: jax.Array, stride: int, form: str = 'phase') -> jax.Array:
   """`lax.conv_transpose(x, kernel, (s, s), 'SAME')` without an autodiff rule of
   its own (it is used inside the custom VJPs below), in one of two exact forms:
   'xla', XLA's own (lhs-dilated) convolution, or 'phase', the per-phase
@@ -204,16 +216,16 @@ def transposed_conv(x: jax.Array, kernel: jax.Array, stride: int,
   the callers' forms choose by measurement (`kernel_choice`).
   """
   if form == 'xla':
-    return jax.lax.conv_transpose(x, kernel, (stride, stride), 'SAME',
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jax.lax.conv_transpose(
+      x, kernel, (stride, stride), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
   if form == 'phase':
     return _upsample_per_phase(x, kernel, stride)
   raise ValueError(f"transposed_conv form must be 'xla' or 'phase', got {form!r}")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _upsample_adjoint(x: jax.Array, kernel: jax.Array, stride: int,
-                      forward: str) -> jax.Array:
+def _upsample_adjoint(x: jax.Array, kernel: jax.Array, stride: int, forward: str) -> jax.Array:
   return transposed_conv(x, kernel, stride, forward)
 
 
@@ -294,8 +306,12 @@ def layer_forms(conv_impl: str) -> tuple[str, str]:
   """
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}')
-  return {'auto': ('auto', 'auto'), 'xla': ('xla', 'xla'), 'phase': ('phase', 'phase'),
-          'adjoint': ('adjoint', 'phase')}[conv_impl]
+  return {
+    'auto': ('auto', 'auto'),
+    'xla': ('xla', 'xla'),
+    'phase': ('phase', 'phase'),
+    'adjoint': ('adjoint', 'phase'),
+  }[conv_impl]
 
 
 def _adjoint_applies(kernel_shape, stride: int) -> bool:
@@ -303,8 +319,12 @@ def _adjoint_applies(kernel_shape, stride: int) -> bool:
 
 
 def _downsample_applies(x_shape, kernel_shape, stride: int) -> bool:
-  return (stride > 1 and _adjoint_applies(kernel_shape, stride)
-          and x_shape[1] % stride == 0 and x_shape[2] % stride == 0)
+  return (
+    stride > 1
+    and _adjoint_applies(kernel_shape, stride)
+    and x_shape[1] % stride == 0
+    and x_shape[2] % stride == 0
+  )
 
 
 def candidate_forms(op: str, platform: str, x_shape, kernel_shape, stride: int) -> tuple:
@@ -337,25 +357,30 @@ def _upsample_form(x: jax.Array, kernel: jax.Array, stride: int, form: str) -> j
     return _upsample_fused(x, kernel, stride)
   if form in ('adjoint', 'adjoint_xla'):
     if not _adjoint_applies(kernel.shape, stride):
-      raise ValueError(f"upsample_conv mode {form!r} needs a square kernel at least as "
-                       f"large as the stride ({stride}), got {kernel.shape}")
+      raise ValueError(
+        f'upsample_conv mode {form!r} needs a square kernel at least as '
+        f'large as the stride ({stride}), got {kernel.shape}'
+      )
     return _upsample_adjoint(x, kernel, stride, 'phase' if form == 'adjoint' else 'xla')
-  raise ValueError(f"upsample_conv mode must be 'auto' or one of {UPSAMPLE_FORMS}, "
-                   f'got {form!r}')
+  raise ValueError(f"upsample_conv mode must be 'auto' or one of {UPSAMPLE_FORMS}, got {form!r}")
 
 
 def _downsample_form(x: jax.Array, kernel: jax.Array, stride: int, form: str) -> jax.Array:
   if form == 'xla':
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
   if form == 'phase':
     if not _downsample_applies(x.shape, kernel.shape, stride):
-      raise ValueError(f"downsample_conv mode 'phase' needs stride > 1, a square kernel at "
-                       f'least as large as the stride ({stride}) and an input size divisible '
-                       f'by it, got input {x.shape}, kernel {kernel.shape}')
+      raise ValueError(
+        f"downsample_conv mode 'phase' needs stride > 1, a square kernel at "
+        f'least as large as the stride ({stride}) and an input size divisible '
+        f'by it, got input {x.shape}, kernel {kernel.shape}'
+      )
     return _downsample(x, kernel, stride)
-  raise ValueError(f"downsample_conv mode must be 'auto' or one of {DOWNSAMPLE_FORMS}, "
-                   f'got {form!r}')
+  raise ValueError(
+    f"downsample_conv mode must be 'auto' or one of {DOWNSAMPLE_FORMS}, got {form!r}"
+  )
 
 
 def _timed_candidate(op: str, form: str, x_shape, kernel_shape, stride: int, dtype):
@@ -376,23 +401,33 @@ def _timed_candidate(op: str, form: str, x_shape, kernel_shape, stride: int, dty
   return lambda: compiled(x, kernel, cotangent)
 
 
-def measured_form(op: str, x_shape, kernel_shape, stride: int, dtype,
-                  path: Optional[str] = None, memo: Optional[dict] = None) -> str:
+def measured_form(
+  op: str,
+  x_shape,
+  kernel_shape,
+  stride: int,
+  dtype,
+  path: Optional[str] = None,
+  memo: Optional[dict] = None,
+) -> str:
   """The fastest form of `op` ('upsample' or 'downsample') for these static
   shapes on the default device, measured once and cached (`kernel_choice`)."""
   platform, device_kind = kernel_choice.device_identity()
   x_shape, kernel_shape = tuple(x_shape), tuple(kernel_shape)
   candidates = candidate_forms(op, platform, x_shape, kernel_shape, stride)
-  key = kernel_choice.choice_key(op, platform, device_kind, x_shape, kernel_shape, stride,
-                                 dtype)
+  key = kernel_choice.choice_key(op, platform, device_kind, x_shape, kernel_shape, stride, dtype)
   return kernel_choice.choose(
-      key, candidates,
-      lambda form: _timed_candidate(op, form, x_shape, kernel_shape, stride, dtype),
-      path=path, memo=memo)
+    key,
+    candidates,
+    lambda form: _timed_candidate(op, form, x_shape, kernel_shape, stride, dtype),
+    path=path,
+    memo=memo,
+  )
 
 
-def downsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2,
-                    mode: str = 'auto') -> jax.Array:
+def downsample_conv(
+  x: jax.Array, kernel: jax.Array, stride: int = 2, mode: str = 'auto'
+) -> jax.Array:
   """Exactly `lax.conv_general_dilated(x, kernel, (s, s), 'SAME')` (NHWC,
   HWIO), in one of `DOWNSAMPLE_FORMS`: 'xla' (JAX's own autodiff) or
   'phase' (a custom VJP whose input gradient is a phase-decomposed
@@ -407,8 +442,9 @@ def downsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2,
   return _downsample_form(x, kernel, stride, mode)
 
 
-def upsample_conv(x: jax.Array, kernel: jax.Array, stride: int = 2,
-                  mode: str = 'auto') -> jax.Array:
+def upsample_conv(
+  x: jax.Array, kernel: jax.Array, stride: int = 2, mode: str = 'auto'
+) -> jax.Array:
   """Exactly `jax.lax.conv_transpose(x, kernel, (s, s), 'SAME')`, in one of
   `UPSAMPLE_FORMS` (values and gradients agree to float rounding).
 
@@ -447,10 +483,7 @@ class UpConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    k = self.kernel_size
-    kernel = self.param('kernel', glorot_uniform, (k, k, x.shape[-1], self.features),
-                        jnp.float32)
-    bias = self.param('bias', zeros, (self.features,), jnp.float32)
+    kernel, bias = conv_parameters(self, x.shape[-1])
     dtype = self.dtype or x.dtype
     x = x.astype(dtype)
     mode = layer_forms(self.conv_impl)[0]
@@ -458,6 +491,16 @@ class UpConv(nn.Module):
       mode = 'phase'
     y = upsample_conv(x, kernel.astype(dtype), self.stride, mode)
     return add_bias(y, bias)
+
+
+def conv_parameters(module: nn.Module, in_features: int):
+  """A k x k convolution's float32 `kernel` (k, k, in, out; Glorot-uniform, the
+  reference's initialiser) and zero `bias` (out,), declared in `module`
+  (which has `kernel_size` and `features`)."""
+  k = module.kernel_size
+  kernel = module.param('kernel', glorot_uniform, (k, k, in_features, module.features), jnp.float32)
+  bias = module.param('bias', zeros, (module.features,), jnp.float32)
+  return kernel, bias
 
 
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
@@ -475,6 +518,7 @@ class Conv(nn.Module):
   whose bias is added by `add_bias`. `conv_impl` (see `layer_forms`): how a
   strided convolution's backward pass is computed ('auto': measured; 'xla':
   JAX's own autodiff, jvp works); a stride-1 convolution is always lax's."""
+
   features: int
   kernel_size: int = 5
   strides: int = 2
@@ -483,10 +527,7 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    k = self.kernel_size
-    kernel = self.param('kernel', glorot_uniform, (k, k, x.shape[-1], self.features),
-                        jnp.float32)
-    bias = self.param('bias', zeros, (self.features,), jnp.float32)
+    kernel, bias = conv_parameters(self, x.shape[-1])
     dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     mode = layer_forms(self.conv_impl)[1]
@@ -499,6 +540,7 @@ class Conv(nn.Module):
 class Dense(nn.Module):
   """`flax.linen.Dense` (same parameters and computation), whose bias is
   added by `add_bias`."""
+
   features: int
   dtype: Optional[jnp.dtype] = None
   bias_init: Callable = zeros
@@ -508,26 +550,32 @@ class Dense(nn.Module):
     kernel = self.param('kernel', glorot_uniform, (x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
-    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
-                            (((x.ndim - 1,), (0,)), ((), ())))
+    y = jax.lax.dot_general(
+      x.astype(dtype), kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ()))
+    )
     return add_bias(y, bias)
 
 
-def conv(features: int, kernel_size: int = 5, strides: int = 2,
-         dtype: Optional[jnp.dtype] = None, name: Optional[str] = None,
-         conv_impl: str = 'auto') -> Conv:
+def conv(
+  features: int,
+  kernel_size: int = 5,
+  strides: int = 2,
+  dtype: Optional[jnp.dtype] = None,
+  name: Optional[str] = None,
+  conv_impl: str = 'auto',
+) -> Conv:
   """The reference's conv layer: 'SAME' padding, Glorot-uniform, zero bias."""
   return Conv(features, kernel_size, strides, dtype=dtype, conv_impl=conv_impl, name=name)
 
 
-def dense(features: int, dtype: Optional[jnp.dtype] = None,
-          bias_init=zeros, name: Optional[str] = None) -> Dense:
+def dense(
+  features: int, dtype: Optional[jnp.dtype] = None, bias_init=zeros, name: Optional[str] = None
+) -> Dense:
   """The reference's dense layer: Glorot-uniform weights, zero bias."""
   return Dense(features, dtype=dtype, bias_init=bias_init, name=name)
 
 
-def maybe_batch_norm(x: jax.Array, use_bn: bool, stat_rows: Optional[int],
-                     name: str) -> jax.Array:
+def maybe_batch_norm(x: jax.Array, use_bn: bool, stat_rows: Optional[int], name: str) -> jax.Array:
   """Applies `BatchNorm` where the reference marks `bn`, if the flag is on.
 
   Must be called from inside a compact module's `__call__`.

@@ -13,6 +13,7 @@ go up.
 Deviation, stated: the first encoder block acts on raw pixels, so it skips the
 pre-activation (a relu/bn of the image), as residual GAN discriminators do.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -40,6 +41,7 @@ class ResidualBlock(nn.Module):
   resample: None, 'down' (avg-pool after the convs and on the skip) or 'up'
   (unpool before the first conv and on the skip).
   """
+
   features: int
   resample: Optional[str] = None
   use_bn: bool = False
@@ -81,14 +83,12 @@ class ResnetEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, stat_rows: Optional[int] = None):
     h = x.astype(self.dtype or x.dtype)
-    h = ResidualBlock(self.width, 'down', self.use_bn, preactivate=False,
-                      dtype=self.dtype, name='down0')(h, stat_rows)
-    h = ResidualBlock(self.width, 'down', self.use_bn, dtype=self.dtype,
-                      name='down1')(h, stat_rows)
-    h = ResidualBlock(self.width, None, self.use_bn, dtype=self.dtype,
-                      name='plain0')(h, stat_rows)
-    h = ResidualBlock(self.width, None, self.use_bn, dtype=self.dtype,
-                      name='plain1')(h, stat_rows)
+    h = ResidualBlock(
+      self.width, 'down', self.use_bn, preactivate=False, dtype=self.dtype, name='down0'
+    )(h, stat_rows)
+    h = ResidualBlock(self.width, 'down', self.use_bn, dtype=self.dtype, name='down1')(h, stat_rows)
+    h = ResidualBlock(self.width, None, self.use_bn, dtype=self.dtype, name='plain0')(h, stat_rows)
+    h = ResidualBlock(self.width, None, self.use_bn, dtype=self.dtype, name='plain1')(h, stat_rows)
     h = nn.relu(h)
     h = layers.flatten(h)
     return EncoderHeads(self.latent_dim, self.with_logvar, self.dtype, name='heads')(h)
@@ -107,8 +107,9 @@ class ResnetDecoder(nn.Module):
     h = layers.dense(4 * 4 * start_channels, self.dtype, name='project')(h)
     h = h.reshape(h.shape[0], 4, 4, start_channels)
     for i in range(3):
-      h = ResidualBlock(self.width, 'up', self.use_bn, dtype=self.dtype,
-                        name=f'up{i}')(h, stat_rows)
+      h = ResidualBlock(self.width, 'up', self.use_bn, dtype=self.dtype, name=f'up{i}')(
+        h, stat_rows
+      )
     h = layers.maybe_batch_norm(h, self.use_bn, stat_rows, 'bn_out')
     h = nn.relu(h)
     h = layers.conv(self.channels, 3, 1, self.dtype, name='to_image')(h)
