@@ -354,12 +354,13 @@ def stage_train(out_dir: str, dry_run: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pga_jax import benchmark, config as config_lib, data  # pylint: disable=g-import-not-at-top
+  from pga_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
   # Dry run: batch 2 like the dry-run benchmarks, so they share the measured
   # convolution forms (kernel_cache).
   steps, batch, num_images = (10, 2, 256) if dry_run else (2000, 64, 10000)
   idx_dir = os.path.join(out_dir, 'idx')
-  write_idx(idx_dir, benchmark.synthetic_images(num_images, (28, 28, 1))[..., 0])
+  write_idx(idx_dir, synthetic.blob_images(num_images, (28, 28, 1))[..., 0])
   config = config_lib.base_config('lpga')
   config.dataset, config.data_dir, config.image_size, config.channels = 'idx', idx_dir, 28, 1
   config.batch_size, config.num_steps, config.init_steps = batch, steps, steps // 4

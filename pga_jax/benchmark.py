@@ -91,9 +91,6 @@ def summarize(seconds) -> dict:
   }
 
 
-synthetic_images = synthetic.blob_images  # what the benchmark trains on
-
-
 def _block(tree):
   return jax.block_until_ready(tree)
 
@@ -182,7 +179,7 @@ def build_step(config, at_step: Optional[int] = None, seed: int = 0) -> BuiltSte
   state = state._replace(step=jax.device_put(jnp.asarray(start, jnp.int32), dp.replicated))
   # A batch as the train loop gets it: the data pipeline over (synthetic) uint8 images.
   source = data.BatchSource(
-    synthetic_images(config.batch_size, shape, seed),
+    synthetic.blob_images(config.batch_size, shape, seed),
     config.batch_size,
     seed,
     jax.process_index(),

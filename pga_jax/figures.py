@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from pga_jax import storage
-from pga_jax.data.pipeline import to_uint8  # pylint: disable=unused-import  (figures.to_uint8)
+from pga_jax.data.pipeline import to_uint8
 
 
 def grid(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:

@@ -90,13 +90,13 @@ def write_images(images, grid, out):
   """Writes a .png grid or a .npz of uint8 images (a local path or a gs:// URL)."""
   import io  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pga_jax import figures, storage  # pylint: disable=g-import-not-at-top
+  from pga_jax import data, figures, storage  # pylint: disable=g-import-not-at-top
 
   check_out(out)
   try:
     if out.endswith('.npz'):
       encoded = io.BytesIO()
-      np.savez_compressed(encoded, images=figures.to_uint8(images))
+      np.savez_compressed(encoded, images=data.to_uint8(images))
       storage.write_atomic(out, encoded.getvalue())
     else:
       figures.save_png(grid, out, scale=2)

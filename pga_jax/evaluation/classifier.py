@@ -125,9 +125,6 @@ def params_identity(spec: ClassifierSpec, num_classes: int, params) -> str:
   return h.hexdigest()
 
 
-_scale = scale_images
-
-
 @dataclasses.dataclass
 class TrainedClassifier:
   """A trained classifier with its metadata; `features` is the feature network."""
@@ -156,7 +153,7 @@ class TrainedClassifier:
     for start in range(0, images.shape[0], batch_size):
       batch = images[start : start + batch_size]
       if batch.dtype == np.uint8:
-        batch = _scale(batch)
+        batch = scale_images(batch)
       m = batch.shape[0]
       if m < batch_size:  # pad: one compilation per batch size
         batch = np.concatenate([batch, np.zeros((batch_size - m,) + batch.shape[1:], batch.dtype)])
@@ -229,7 +226,7 @@ def train(
     for i in range(steps_per_epoch):
       rows = order[i * batch_size : (i + 1) * batch_size]
       params, opt_state, loss = step(
-        params, opt_state, _scale(train_images[rows]), train_labels[rows].astype(np.int32)
+        params, opt_state, scale_images(train_images[rows]), train_labels[rows].astype(np.int32)
       )
       losses.append(loss)
     if log_every_epoch:
