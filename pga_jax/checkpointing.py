@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from pga_jax import storage
+from pga_jax import config_fields, storage
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -38,32 +38,8 @@ QUARANTINE_DIR = 'corrupt_checkpoints'  # damaged checkpoints are moved here, ne
 DIGEST_ITEM = 'digest'
 
 # Fields that change what is trained: a run cannot resume under other values.
-STRUCTURAL_FIELDS = (
-  'method',
-  'arch',
-  'latent_dim',
-  'use_bn',
-  'dataset',
-  'image_size',
-  'channels',
-  'batch_size',
-  'seed',
-  'optimizer',
-  'zn_rec',
-  'zh_rec',
-  'nll',
-  'vrec',
-  'vkld',
-  'beta',
-  'init_steps',
-  'warmup_ramp_steps',
-  'num_perturbations',
-  'extra_terms',
-  'compute_dtype',
-)
-# Structural fields added after runs were stored: a stored config without
-# one ran with this value.
-ADDED_FIELD_DEFAULTS = {'warmup_ramp_steps': 0}
+# Fields a resumed run must keep (config_fields.Field.structural).
+STRUCTURAL_FIELDS = config_fields.STRUCTURAL
 
 
 class WorkdirError(RuntimeError):
@@ -277,12 +253,14 @@ def _normalise(value):
 def check_compatible(stored, config) -> None:
   """Raises WorkdirError naming each structural field that differs."""
   stored_d, new_d = _normalise(stored.to_dict()), _normalise(config.to_dict())
-  for field, default in ADDED_FIELD_DEFAULTS.items():
-    stored_d.setdefault(field, default)
-  differing = [f for f in STRUCTURAL_FIELDS if stored_d.get(f) != new_d.get(f)]
+
+  def value(config_dict, field):
+    return _normalise(config_fields.get(config_dict, field, missing=None))
+
+  differing = [f for f in STRUCTURAL_FIELDS if value(stored_d, f) != value(new_d, f)]
   if differing:
     details = '; '.join(
-      f'{f}: stored {stored_d.get(f)!r}, given {new_d.get(f)!r}' for f in differing
+      f'{f}: stored {value(stored_d, f)!r}, given {value(new_d, f)!r}' for f in differing
     )
     raise WorkdirError(
       f'the workdir holds a run with another config ({details}). '

@@ -2,8 +2,8 @@
 
 A config file is written for one method (e.g. quickstart.py for LPGA). When the
 command line changes the method, every field whose reference default differs
-between methods (latent size, coefficients, warm-up, optimizer; see
-`config.base_config`) takes M's default, unless the command line sets it too.
+between methods (latent size, coefficients, warm-up, optimizer: the fields with
+`per_method` defaults in `config_fields.FIELDS`) takes M's default, unless the command line sets it too.
 A field the config file set to a value of its own is not guessed at: the run
 is refused, naming the field and the flag that decides it.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Dict, Mapping
 
-from pga_jax import config as config_lib
+from pga_jax import config as config_lib, config_fields
 
 
 def _flat(config, prefix: str = '') -> Dict[str, object]:
@@ -28,13 +28,11 @@ def _flat(config, prefix: str = '') -> Dict[str, object]:
 
 def method_fields() -> Dict[str, Dict[str, object]]:
   """{field: {method: reference default}} for the fields whose default depends on the method."""
-  defaults = {m: _flat(config_lib.base_config(m)) for m in config_lib.METHOD_NAMES}
-  fields = {}
-  for field in defaults[config_lib.METHOD_NAMES[0]]:
-    values = {m: defaults[m].get(field) for m in config_lib.METHOD_NAMES}
-    if field != 'method' and len({repr(v) for v in values.values()}) > 1:
-      fields[field] = values
-  return fields
+  return {
+    f.name: {m: f.default_for(m) for m in config_lib.METHOD_NAMES}
+    for f in config_fields.FIELDS
+    if f.per_method
+  }
 
 
 def _set(config, field: str, value) -> None:

@@ -31,10 +31,12 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from pga_jax import passes, terms
+from pga_jax import config_fields, passes, terms
 from pga_jax.models import AutoEncoder
 
 TermFn = Callable[..., jax.Array]
+# Metrics method_loss and the train step write beside the terms' values.
+RESERVED_METRICS = ('loss', 'finite', 'grad_norm', 'steps_per_sec')
 UPDATES = passes.UPDATES
 route = passes.route
 
@@ -57,10 +59,20 @@ class Term:
   warmup: bool = True
 
   def __post_init__(self):
+    if not isinstance(self.name, str) or not self.name:
+      raise ValueError(f'a term name must be a non-empty string, got {self.name!r}')
     if self.updates not in UPDATES:
       raise ValueError(
         f'term {self.name!r}: updates must be one of {UPDATES}, got {self.updates!r}'
       )
+    if not callable(self.fn):
+      raise ValueError(f'term {self.name!r}: fn must be a function, got {self.fn!r}')
+    if self.coeff is not None and (not isinstance(self.coeff, str) or not self.coeff):
+      raise ValueError(
+        f'term {self.name!r}: coeff must be a config field name or None, got {self.coeff!r}'
+      )
+    if not isinstance(self.warmup, bool):
+      raise ValueError(f'term {self.name!r}: warmup must be True or False, got {self.warmup!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +87,13 @@ class Method:
     """This method plus extra terms (how a researcher adds a loss term)."""
     names = [t.name for t in self.terms + tuple(extra)]
     if len(set(names)) != len(names):
-      raise ValueError(f'duplicate term names in {names}')
+      raise ValueError(f'duplicate term names in {names}; choose another name')
+    reserved = sorted(set(names) & set(RESERVED_METRICS))
+    if reserved:
+      raise ValueError(
+        f'term name {reserved[0]!r} is a metric the train step writes '
+        f'({RESERVED_METRICS}); choose another name'
+      )
     return dataclasses.replace(self, terms=self.terms + tuple(extra))
 
 
@@ -145,7 +163,7 @@ def term_coefficient(term: Term, config, step: jax.Array) -> jax.Array:
   base = 1.0 if term.coeff is None else float(config[term.coeff])
   if term.warmup:
     return base * warmup_weight(
-      step, int(config.init_steps), int(config.get('warmup_ramp_steps', 0))
+      step, int(config.init_steps), int(config_fields.get(config, 'warmup_ramp_steps'))
     )
   return jnp.asarray(base, jnp.float32)
 
@@ -202,10 +220,10 @@ def method_loss(
   return total, metrics
 
 
-def _import_function(path: str) -> TermFn:
+def _import_function(path) -> TermFn:
+  if not isinstance(path, str) or not path.partition(':')[2]:
+    raise ValueError(f"extra term function {path!r} must be a 'package.module:function' string")
   module_name, _, attr = path.partition(':')
-  if not attr:
-    raise ValueError(f"extra term function {path!r} must be 'package.module:function'")
   try:
     return getattr(importlib.import_module(module_name), attr)
   except (ImportError, AttributeError) as err:
@@ -225,14 +243,14 @@ def build_method(config) -> Method:
     )
   method = METHODS[config.method]
   extra = []
-  for spec in config.get('extra_terms', None) or ():
+  for spec in config_fields.get(config, 'extra_terms') or ():
     extra.append(
       Term(
         name=spec['name'],
         fn=_import_function(spec['fn']),
         updates=spec['updates'],
         coeff=spec.get('coeff'),
-        warmup=bool(spec.get('warmup', True)),
+        warmup=spec.get('warmup', True),
       )
     )
   return method.with_terms(*extra) if extra else method
@@ -240,7 +258,7 @@ def build_method(config) -> Method:
 
 def build_model(config, method: Method, channels: int) -> AutoEncoder:
   """The AutoEncoder a config describes (log-variance head if the method needs it)."""
-  dtype = jnp.bfloat16 if config.get('compute_dtype', 'float32') == 'bfloat16' else None
+  dtype = jnp.bfloat16 if config_fields.get(config, 'compute_dtype') == 'bfloat16' else None
   return AutoEncoder(
     config.arch,
     int(config.latent_dim),
@@ -248,7 +266,7 @@ def build_model(config, method: Method, channels: int) -> AutoEncoder:
     bool(config.use_bn),
     with_logvar=method.needs_logvar,
     dtype=dtype,
-    conv_impl=config.get('conv_impl', 'auto'),
+    conv_impl=config_fields.get(config, 'conv_impl'),
   )
 
 

@@ -1,0 +1,283 @@
+"""The one table of run-config fields: default, check, resume rule, per-method default.
+
+Each field is declared once here, as a `Field`. Everything else is derived:
+`config.base_config` builds a config from the table, `config.validate` runs
+each field's check, `checkpointing.check_compatible` compares the fields marked
+`structural`, and `method_override` reads the per-method defaults.
+
+To add a field: add one `Field` to `FIELDS`. If runs were stored before it
+existed, set `added_later=True` with the default those runs used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, Callable, Mapping, Optional
+
+from pga_jax.data import catalog
+from pga_jax.models import ARCHITECTURES
+from pga_jax.models.layers import CONV_IMPLS
+
+METHOD_NAMES = ('ae', 'vae', 'lpga', 'vpga', 'lvpga')
+OPTIMIZERS = ('sgd', 'adam')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+EVAL_FEATURES = ('domain', 'inception')
+
+# A check takes a field's value and returns what is wrong with it, or None.
+Check = Callable[[Any], Optional[str]]
+
+
+def is_int(value) -> bool:
+  """An integer that is not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+  """A finite real number (not a bool, not NaN or Inf)."""
+  return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def integer(minimum: int, maximum: Optional[int] = None) -> Check:
+  """An int in [minimum, maximum] (no maximum if None)."""
+
+  def check(value):
+    if not is_int(value) or value < minimum or (maximum is not None and value > maximum):
+      bound = f'>= {minimum}' if maximum is None else f'in [{minimum}, {maximum}]'
+      return f'must be an integer {bound}, got {value!r}'
+    return None
+
+  return check
+
+
+def number(minimum: float, below: Optional[float] = None, above_minimum: bool = False) -> Check:
+  """A finite number >= minimum (> minimum if above_minimum), and < below if given."""
+
+  def check(value):
+    low_ok = is_number(value) and (value > minimum if above_minimum else value >= minimum)
+    if not low_ok or (below is not None and value >= below):
+      if below is not None:
+        return f'must be a number in [{minimum}, {below}), got {value!r}'
+      return f'must be a finite number {">" if above_minimum else ">="} {minimum}, got {value!r}'
+    return None
+
+  return check
+
+
+def one_of(choices) -> Check:
+  """One of `choices` (compared by value; bools are not ints)."""
+
+  def check(value):
+    if isinstance(value, bool) or value not in choices:
+      return f'must be one of {tuple(choices)}, got {value!r}'
+    return None
+
+  return check
+
+
+def integer_in(choices) -> Check:
+  """An int (not a bool, not a float) that is one of `choices`."""
+
+  def check(value):
+    if not is_int(value) or value not in choices:
+      return f'must be one of {tuple(choices)}, got {value!r}'
+    return None
+
+  return check
+
+
+def boolean(value) -> Optional[str]:
+  """True or False."""
+  return None if isinstance(value, bool) else f'must be True or False, got {value!r}'
+
+
+def optional_text(what: str) -> Check:
+  """None, or a string naming `what`."""
+
+  def check(value):
+    if value is not None and not isinstance(value, str):
+      return f'must be {what} (a string), got {value!r}'
+    return None
+
+  return check
+
+
+def term_tuple(value) -> Optional[str]:
+  """A tuple (or list) of term dicts; `config.validate` checks the terms themselves."""
+  if not isinstance(value, (list, tuple)):
+    return f'must be a tuple of term dicts, got {value!r}'
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One config field.
+
+  name: its path in the config ('optimizer.learning_rate' for a nested one).
+  default: its value when the method has none of its own.
+  check: returns what is wrong with a value, or None.
+  structural: a resumed run must have the stored value (it changes what was
+    trained, or the data order).
+  per_method: {method: default} where the reference's default depends on the method.
+  added_later: runs were stored before the field existed; they ran with `default`.
+  text_type: for a field whose default is None, the type the command line may set.
+  doc: what the field is for, when the name does not say it.
+  """
+
+  name: str
+  default: Any
+  check: Check
+  structural: bool = False
+  per_method: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  added_later: bool = False
+  text_type: Optional[type] = None
+  coefficient: bool = False
+  doc: str = ''
+
+  def default_for(self, method: str) -> Any:
+    return self.per_method.get(method, self.default)
+
+
+def _coefficient(name: str, doc: str, **per_method) -> Field:
+  """A loss coefficient (>= 0); the reference's value per method, 0 elsewhere."""
+  return Field(
+    name, 0.0, number(0.0), structural=True, per_method=per_method, coefficient=True, doc=doc
+  )
+
+
+# Reference settings per method: docs/reference-implementation.md, "Published settings".
+FIELDS = (
+  Field('method', 'lpga', one_of(METHOD_NAMES), structural=True),
+  Field('dataset', 'mnist', one_of(catalog.DATASETS), structural=True),
+  Field(
+    'data_dir',
+    None,
+    optional_text('a folder name'),
+    text_type=str,
+    doc='where the files of a folder/idx dataset (or a tfds data_dir) are',
+  ),
+  Field('image_size', 28, integer(1), structural=True, doc="used by 'folder' and 'idx' datasets"),
+  Field(
+    'channels', 1, integer_in((1, 3)), structural=True, doc="used by 'folder' and 'idx' datasets"
+  ),
+  Field('skip_bad_files', False, boolean),
+  Field('arch', 'conv_mnist', one_of(sorted(ARCHITECTURES)), structural=True),
+  Field('use_bn', False, boolean, structural=True),
+  Field(
+    'latent_dim',
+    12,
+    integer(1),
+    structural=True,
+    per_method=dict(ae=12, vae=32, lpga=12, vpga=32, lvpga=32),
+  ),
+  Field('compute_dtype', 'float32', one_of(COMPUTE_DTYPES), structural=True, added_later=True),
+  Field(
+    'conv_impl',
+    'auto',
+    one_of(CONV_IMPLS),
+    added_later=True,
+    doc="how convolutions are computed (all exact): 'auto' measures per layer shape and "
+    "device and caches the choice; 'xla' | 'phase' | 'adjoint' force one "
+    '(pga_jax.models.layers.layer_forms)',
+  ),
+  Field(
+    'batch_size', 64, integer(1), structural=True, doc='global batch, over all devices and hosts'
+  ),
+  Field('num_steps', 600 * 60000 // 64, integer(1)),
+  Field('seed', 0, integer(0, 2**32 - 1), structural=True, doc='PRNGKey keeps 32 bits'),
+  Field('optimizer.name', 'sgd', one_of(OPTIMIZERS), structural=True, per_method=dict(vae='adam')),
+  Field(
+    'optimizer.learning_rate',
+    0.1,
+    number(0.0, above_minimum=True),
+    structural=True,
+    per_method=dict(vae=2e-4),
+  ),
+  Field('optimizer.momentum', 0.9, number(0.0, below=1.0), structural=True),
+  Field('optimizer.b1', 0.5, number(0.0, below=1.0), structural=True),
+  Field('optimizer.b2', 0.999, number(0.0, below=1.0), structural=True),
+  _coefficient(
+    'zn_rec', 'L_lr,N: latent reconstruction of prior samples', lpga=6e-2, vpga=6e-2, lvpga=6e-2
+  ),
+  _coefficient('zh_rec', 'L_lr,H: latent reconstruction of encoded data'),
+  _coefficient('nll', 'Eqs. 5/6: the log-density terms', lpga=1.5e-2),
+  _coefficient(
+    'vrec',
+    'VPGA: Eq. 10 reconstruction; LVPGA: Eq. 6 with posterior perturbations',
+    vpga=1e-2,
+    lvpga=2e-2,
+  ),
+  _coefficient(
+    'vkld', 'KL of the encoder posterior to the prior (VPGA, LVPGA)', vpga=2e-2, lvpga=2e-2
+  ),
+  _coefficient('beta', "the VAE's KL weight", vae=0.1),
+  Field(
+    'init_steps',
+    0,
+    integer(0),
+    structural=True,
+    per_method=dict(lpga=3000, lvpga=3000),
+    doc='warm-up: steps trained with L_r alone before the other terms start',
+  ),
+  Field(
+    'warmup_ramp_steps',
+    0,
+    integer(0),
+    structural=True,
+    added_later=True,
+    doc="not the reference's: > 0 raises the warm-up terms' coefficients linearly over this "
+    'many steps after init_steps instead of all at once (README)',
+  ),
+  Field('num_perturbations', 1, integer(1), structural=True),
+  Field(
+    'extra_terms',
+    (),
+    term_tuple,
+    structural=True,
+    added_later=True,
+    doc='loss terms a researcher adds (methods.build_method)',
+  ),
+  Field('log_every', 100, integer(1)),
+  Field('sample_every', 2000, integer(1)),
+  Field('checkpoint_every', 1000, integer(1)),
+  Field('keep_checkpoints', 3, integer(1)),
+  Field('eval_every', 0, integer(0), doc='0: no evaluation during training'),
+  Field('eval_num_samples', 5000, integer(1)),
+  Field('eval_features', 'domain', one_of(EVAL_FEATURES)),
+  Field(
+    'eval_inception_weights',
+    None,
+    optional_text('a file name'),
+    added_later=True,
+    text_type=str,
+    doc='FID Inception weights (.npz, see pga_jax.evaluation.convert_inception), for '
+    "eval_features='inception'",
+  ),
+  Field('max_bad_steps', 20, integer(0), doc='consecutive non-finite steps before stopping'),
+)
+
+BY_NAME = {f.name: f for f in FIELDS}
+COEFFICIENTS = tuple(f.name for f in FIELDS if f.coefficient)
+STRUCTURAL = tuple(f.name for f in FIELDS if f.structural)
+ADDED_LATER = {f.name: f.default for f in FIELDS if f.added_later}
+PER_METHOD = tuple(f.name for f in FIELDS if f.per_method)
+
+
+def get(config, name: str, missing=KeyError):
+  """The value at dotted path `name` of a ConfigDict or dict.
+
+  An absent field gives its default if it is `added_later` (the value a run
+  stored before it existed ran with), else `missing`; with the default
+  `missing`, it raises KeyError.
+  """
+  node = config
+  for part in name.split('.'):
+    if not hasattr(node, 'keys') or part not in node:
+      if name in ADDED_LATER:
+        return ADDED_LATER[name]
+      if missing is KeyError:
+        raise KeyError(name)
+      return missing
+    node = node[part]
+  return node
