@@ -190,6 +190,8 @@ def train_and_evaluate(
   resuming = manager.latest_step() is not None
   if resuming:
     checkpointing.check_compatible(checkpointing.load_config(workdir), config)
+    # The convolution forms it computed with before, whatever the cache says now.
+    checkpointing.pin_conv_forms(workdir)
 
   images = load_training_images(config)
   batches = data.BatchSource(
@@ -266,6 +268,7 @@ def train_and_evaluate(
           )
         else:
           checkpointing.save(manager, state, step)
+          checkpointing.record_conv_forms(workdir)
       # Not on preemption: the grace period is for the checkpoint.
       if is_main and (step % config.sample_every == 0 or final) and not preempted:
         figure_paths = write_figures(

@@ -36,6 +36,9 @@ it is measured, not guessed from thresholds:
   unreadable file is replaced with a warning; an unwritable folder only costs
   a warning (the choice is still used). Given the cache file, the choice is
   deterministic: a cached key is never timed again.
+- A run's own forms: the trainer records the choices it made in the run
+  directory (`conv_forms.json`) and pins them on resume (`pin`), so a resumed
+  run computes with the forms it started with, even if the cache changed.
 - In-process memo: `_MEMO` maps (cache file, key) to the choice, so a
   process re-tracing the same layer neither re-reads the file nor, if the
   file cannot be written, times the layer again (it would be free to choose
@@ -234,6 +237,20 @@ def choices_made(memo: Optional[dict] = None) -> Dict[str, str]:
   """{key: form} of every choice this process made (for reports)."""
   memo = _MEMO if memo is None else memo
   return {key: form for (_, key), form in sorted(memo.items())}
+
+
+def pin(choices: Dict[str, str], path: Optional[str] = None, memo: Optional[dict] = None) -> None:
+  """Makes `choose` return these {key: form} in this process, whatever the cache file says.
+
+  A run records the forms it trained with (`choices_made`) and pins them when
+  it resumes, so a cache measured again in between (another load, a deleted
+  file) cannot change its float rounding. Keys of other devices or jax
+  versions never match, so they are measured as usual.
+  """
+  path = cache_path() if path is None else path
+  memo = _MEMO if memo is None else memo
+  for key, form in choices.items():
+    memo[(path, key)] = form
 
 
 def choose(
