@@ -40,7 +40,7 @@ import hashlib
 import os
 import tempfile
 import uuid
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 REMOTE_PREFIXES = ('gs://',)
 EMULATOR_VARIABLE = 'STORAGE_EMULATOR_HOST'
@@ -143,28 +143,26 @@ def dirname(path: str) -> str:
   return os.path.dirname(os.path.abspath(path))
 
 
-def exists(path: str) -> bool:
+def _either(path: str, local: Callable, remote: str, *args):
+  """`local(path, *args)` for a local path; for a gs:// URL the fsspec method named
+  `remote` on it, with its errors as StorageError (`_remote_errors`)."""
   if not is_remote(path):
-    return os.path.exists(path)
+    return local(path, *args)
   with _remote_errors(path):
     fs, p = _fs(path)
-    return fs.exists(p)
+    return getattr(fs, remote)(p, *args)
+
+
+def exists(path: str) -> bool:
+  return _either(path, os.path.exists, 'exists')
 
 
 def isdir(path: str) -> bool:
-  if not is_remote(path):
-    return os.path.isdir(path)
-  with _remote_errors(path):
-    fs, p = _fs(path)
-    return fs.isdir(p)
+  return _either(path, os.path.isdir, 'isdir')
 
 
 def isfile(path: str) -> bool:
-  if not is_remote(path):
-    return os.path.isfile(path)
-  with _remote_errors(path):
-    fs, p = _fs(path)
-    return fs.isfile(p)
+  return _either(path, os.path.isfile, 'isfile')
 
 
 def walk(path: str) -> Iterator[Tuple[str, List[str], List[str]]]:
@@ -187,11 +185,7 @@ def makedirs(path: str) -> None:
 
 def open(path: str, mode: str = 'r'):  # pylint: disable=redefined-builtin
   """A file object; remote files are uploaded whole when closed."""
-  if not is_remote(path):
-    return builtins.open(path, mode)
-  with _remote_errors(path):
-    fs, p = _fs(path)
-    return fs.open(p, mode)
+  return _either(path, builtins.open, 'open', mode)
 
 
 def sha256(path: str) -> str:
@@ -271,12 +265,7 @@ def check_writable(path: str, what: str = 'workdir') -> None:
     makedirs(path)
     with open(probe, 'wb') as f:
       f.write(b'')
-    if is_remote(probe):
-      with _remote_errors(probe):
-        fs, p = _fs(probe)
-        fs.rm(p)
-    else:
-      os.remove(probe)
+    _either(probe, os.remove, 'rm')
   except OSError as err:
     if not is_remote(path):
       raise StorageError(

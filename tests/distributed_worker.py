@@ -48,13 +48,11 @@ if REPO not in sys.path:
 # log-det term at any rate) make the first steps chaotic in float32: on ONE
 # device a 1e-7 change of the initial parameters grows to 5e-4 within 6
 # steps, so a 1e-5 comparison would test rounding noise, not sharding.
-# See docs/scaling.md.
+# See docs/scaling.md. Every other field is helpers.TINY_FIELDS' (e.g. init_steps, log_every).
 DEFAULTS = dict(
   method='vpga',
   use_bn=True,
   batch_size=16,
-  init_steps=2,
-  log_every=2,
   checkpoint_every=1000,
   sample_every=10_000,
   learning_rate=0.01,

@@ -26,6 +26,22 @@ def run_cli(*args, timeout=300):
   )
 
 
+def run_python(*args, timeout=300, cwd=None, **env):
+  """`python ARGS` in `cwd` with `env` added to the environment (and TensorFlow's
+  logging off), output captured; asserts that it exits 0."""
+  result = subprocess.run(
+    [sys.executable, *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=cwd,
+    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', **env),
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-4000:]
+  return result
+
+
 def make_idx_dir(tmp_path_factory, num_train: int = 96, num_test: int = 48) -> str:
   """A folder of synthetic IDX train (seed 0) and t10k (seed 1) splits."""
   folder = str(tmp_path_factory.mktemp('idx'))

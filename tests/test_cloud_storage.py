@@ -23,7 +23,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -190,18 +189,15 @@ def run_emulated(args, url, cache, cwd, timeout=240):
   return process
 
 
-def params_of(workdir, out, url, cwd):
-  env = dict(os.environ, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  result = subprocess.run(
-    [sys.executable, '-c', PARAMS_SCRIPT, workdir, str(out)],
-    env=env,
-    cwd=str(cwd),
-    capture_output=True,
-    text=True,
-    timeout=240,
-    check=False,
+def run_script(script, *args, url, cwd=None, timeout=240):
+  """`python -c SCRIPT ARGS` on CPU with the emulator's one switch; asserts it exits 0."""
+  return helpers.run_python(
+    '-c', script, *args, timeout=timeout, cwd=cwd, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS='cpu'
   )
-  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def params_of(workdir, out, url, cwd):
+  run_script(PARAMS_SCRIPT, workdir, str(out), url=url, cwd=str(cwd))
   with np.load(out) as loaded:
     leaves = [loaded[k] for k in sorted(loaded.files) if k.startswith('leaf')]
     return int(loaded['step']), leaves
@@ -458,16 +454,7 @@ try:
 except data.DatasetError as err:
   print('error:', err)
 """ % {'b': BUCKET}
-  env = dict(os.environ, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS='cpu')
-  result = subprocess.run(
-    [sys.executable, '-c', script, str(idx_dir), str(folder)],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=240,
-    check=False,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_script(script, str(idx_dir), str(folder), url=url)
   assert 'idx (10, 28, 28, 1)' in result.stdout and 'folder (7, 28, 28, 1)' in result.stdout
   assert "error: dataset 'idx': data_dir 'gs://pga-test/missing' does not exist" in result.stdout
 
@@ -569,16 +556,7 @@ if remote != '-':
   except data.DatasetError as err:
     print('error:', err)
 """
-  env = dict(os.environ, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  build = subprocess.run(
-    [sys.executable, '-c', script, str(local), '-'],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
-  assert build.returncode == 0, build.stderr[-3000:]
+  run_script(script, str(local), '-', url=url, timeout=600)
   for root, _, files in os.walk(local):
     for name in files:
       relative = os.path.relpath(os.path.join(root, name), local).replace(os.sep, '/')
@@ -588,15 +566,7 @@ if remote != '-':
     n.startswith('tfds/fashion_mnist/') and n.endswith('dataset_info.json')
     for n in list_objects(url, BUCKET, 'tfds/')
   )
-  result = subprocess.run(
-    [sys.executable, '-c', script, str(local), f'gs://{BUCKET}/tfds'],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_script(script, str(local), f'gs://{BUCKET}/tfds', url=url, timeout=600)
   assert 'equal (10000, 28, 28, 1)' in result.stdout, result.stdout
   assert (
     f"error: dataset 'fashion_mnist' is not prepared in gs://{BUCKET}/tfds_empty" in result.stdout

@@ -133,6 +133,20 @@ def worker(idx_dir, *jobs):
   return [sys.executable, WORKER, f'--idx_dir={idx_dir}'] + [json.dumps(j) for j in jobs]
 
 
+def train_job(workdir, num_steps: int, out) -> dict:
+  """Trains (or resumes) `workdir` to `num_steps` steps; the parameters go to `out`."""
+  return {'mode': 'train', 'workdir': str(workdir), 'num_steps': num_steps, 'out': str(out)}
+
+
+def restore_and_continue(workdir, restored, continued) -> list:
+  """Restores `workdir`'s K-step checkpoint (parameters to `restored`), then trains it
+  on to K + MORE steps (parameters to `continued`)."""
+  return [
+    {'mode': 'restore', 'workdir': str(workdir), 'out': str(restored)},
+    train_job(workdir, K + MORE, continued),
+  ]
+
+
 def results(stdout: str) -> list:
   return [
     json.loads(line[len('RESULT=') :]) for line in stdout.splitlines() if line.startswith('RESULT=')
@@ -175,14 +189,9 @@ def reference(scratch, idx_dir):
     [
       worker(
         idx_dir,
-        {'mode': 'train', 'workdir': str(d / 'w1'), 'num_steps': K, 'out': str(d / 'p1_k.npz')},
+        train_job(d / 'w1', K, d / 'p1_k.npz'),
         {'mode': 'copy', 'src': str(d / 'w1'), 'dst': str(d / 'w1_for_8')},
-        {
-          'mode': 'train',
-          'workdir': str(d / 'w1'),
-          'num_steps': K + MORE,
-          'out': str(d / 'p1_more.npz'),
-        },
+        train_job(d / 'w1', K + MORE, d / 'p1_more.npz'),
       )
     ],
     [child_env(scratch, 1)],
@@ -242,16 +251,10 @@ def test_eight_devices_train_like_one_and_checkpoints_move_between_them(
     [
       worker(
         idx_dir,
-        {'mode': 'train', 'workdir': w8, 'num_steps': K, 'out': str(d / 'p8_k.npz')},
+        train_job(w8, K, d / 'p8_k.npz'),
         {'mode': 'copy', 'src': w8, 'dst': w8_for_1},
         {'mode': 'hlo', 'out': str(d / 'step8.hlo')},
-        {'mode': 'restore', 'workdir': reference['checkpoint'], 'out': str(d / 'r1to8.npz')},
-        {
-          'mode': 'train',
-          'workdir': reference['checkpoint'],
-          'num_steps': K + MORE,
-          'out': str(d / 'p1to8_more.npz'),
-        },
+        *restore_and_continue(reference['checkpoint'], d / 'r1to8.npz', d / 'p1to8_more.npz'),
       )
     ],
     [child_env(scratch, 8)],
@@ -262,18 +265,7 @@ def test_eight_devices_train_like_one_and_checkpoints_move_between_them(
   assert [r['mesh_devices'] for r in runs8 if r['mode'] == 'train'] == [8, 8]
   # 1 device: restore the 8-device checkpoint and continue it.
   (stdout,) = run_processes(
-    [
-      worker(
-        idx_dir,
-        {'mode': 'restore', 'workdir': w8_for_1, 'out': str(d / 'r8to1.npz')},
-        {
-          'mode': 'train',
-          'workdir': w8_for_1,
-          'num_steps': K + MORE,
-          'out': str(d / 'p8to1_more.npz'),
-        },
-      )
-    ],
+    [worker(idx_dir, *restore_and_continue(w8_for_1, d / 'r8to1.npz', d / 'p8to1_more.npz'))],
     [child_env(scratch, 1)],
     str(d / 'logs1'),
   )

@@ -20,17 +20,13 @@ def idx_dir(tmp_path_factory):
 
 
 def run_script(script, *args, cache, timeout=600):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PGA_CACHE_DIR=str(cache))
-  out = subprocess.run(
-    [sys.executable, os.path.join(REPO, 'experiments', script), *args],
-    capture_output=True,
-    text=True,
+  return helpers.run_python(
+    os.path.join(REPO, 'experiments', script),
+    *args,
     timeout=timeout,
-    env=env,
     cwd=REPO,
+    PGA_CACHE_DIR=str(cache),
   )
-  assert out.returncode == 0, out.stderr[-4000:]
-  return out
 
 
 def test_table1_runs_end_to_end_with_domain_features(idx_dir, tmp_path):

@@ -48,26 +48,25 @@ def assert_vjp_matches(fn, reference, x, w, rtol=1e-4, atol=1e-4, msg=''):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=msg)
 
 
-@pytest.mark.parametrize('form', layers.UPSAMPLE_FORMS + ('auto',))
-@pytest.mark.parametrize('shape', [(7, 16, 8), (4, 8, 3), (5, 6, 1)])
-def test_every_upsample_form_gives_lax_values_and_gradients(form, shape):
+def assert_form_matches(conv, reference, form, shape):
+  """`conv(x, w, 2, form)` (5x5 kernel) has `reference`'s values and gradients at
+  `shape` = (size, input channels, output channels)."""
   size, cin, cout = shape
   x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
   w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, cin, cout))
-  assert_vjp_matches(
-    lambda a, b: layers.upsample_conv(a, b, 2, form), conv_transpose, x, w, msg=form
-  )
+  assert_vjp_matches(lambda a, b: conv(a, b, 2, form), reference, x, w, msg=form)
+
+
+@pytest.mark.parametrize('form', layers.UPSAMPLE_FORMS + ('auto',))
+@pytest.mark.parametrize('shape', [(7, 16, 8), (4, 8, 3), (5, 6, 1)])
+def test_every_upsample_form_gives_lax_values_and_gradients(form, shape):
+  assert_form_matches(layers.upsample_conv, conv_transpose, form, shape)
 
 
 @pytest.mark.parametrize('form', layers.DOWNSAMPLE_FORMS + ('auto',))
 @pytest.mark.parametrize('shape', [(8, 3, 16), (14, 8, 4)])
 def test_every_downsample_form_gives_lax_values_and_gradients(form, shape):
-  size, cin, cout = shape
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
-  w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, cin, cout))
-  assert_vjp_matches(
-    lambda a, b: layers.downsample_conv(a, b, 2, form), strided_conv, x, w, msg=form
-  )
+  assert_form_matches(layers.downsample_conv, strided_conv, form, shape)
 
 
 @pytest.mark.parametrize('form', ['xla', 'phase'])

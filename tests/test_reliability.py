@@ -289,6 +289,18 @@ def copy_run(src, dst):
   return dst
 
 
+def stop_by_signal(run, signum, target, seed_note):
+  """Sends `signum` to `run` once it reaches step `target`: the run must finish the
+  step, checkpoint, say so and exit 0. Returns the step it says it stopped at."""
+  run.wait_until(lambda: run.last_step >= target)
+  run.send(signum)
+  assert run.finish() == 0, f'{seed_note}\n{run.tail()}'
+  assert f'signal {int(signum)} received' in run.stderr, run.tail()
+  stopped = re.search(r'training stopped early .* at step (\d+)', run.stdout)
+  assert stopped, f'{seed_note}\n{run.tail()}'
+  return int(stopped.group(1))
+
+
 def largest_file(step_dir):
   files = [
     p for p in glob.glob(os.path.join(step_dir, '**', '*'), recursive=True) if os.path.isfile(p)
@@ -323,15 +335,9 @@ def test_preempted_killed_and_corrupted_run_resumes_to_the_uninterrupted_paramet
   target = rng.randint(1, 4)
   run = PgaProcess(args, reference.cache, tmp_path)
   try:
-    run.wait_until(lambda: run.last_step >= target)
-    run.send(signal.SIGTERM)
-    assert run.finish() == 0, f'{seed_note}\n{run.tail()}'
+    stopped_at = stop_by_signal(run, signal.SIGTERM, target, seed_note)
   finally:
     run.kill()
-  assert 'signal 15 received' in run.stderr, run.tail()
-  stopped = re.search(r'training stopped early .* at step (\d+)', run.stdout)
-  assert stopped, run.tail()
-  stopped_at = int(stopped.group(1))
   assert target <= stopped_at < NUM_STEPS, seed_note
   assert checkpoint_steps(workdir)[-1] == stopped_at, seed_note
 
@@ -360,15 +366,9 @@ def test_preempted_killed_and_corrupted_run_resumes_to_the_uninterrupted_paramet
     resumed_at = int(resumed.group(1))
     assert resumed_at == finalized[-1], f'{seed_note}\n{run.tail()}'
     target = rng.randint(resumed_at + 1, max(resumed_at + 1, NUM_STEPS - 3))
-    run.wait_until(lambda: run.last_step >= target)
-    run.send(signal.SIGINT)
-    assert run.finish() == 0, f'{seed_note}\n{run.tail()}'
+    stopped_at = stop_by_signal(run, signal.SIGINT, target, seed_note)
   finally:
     run.kill()
-  assert 'signal 2 received' in run.stderr, run.tail()
-  stopped = re.search(r'training stopped early .* at step (\d+)', run.stdout)
-  assert stopped, f'{seed_note}\n{run.tail()}'
-  stopped_at = int(stopped.group(1))
   assert stopped_at < NUM_STEPS, seed_note
   steps = checkpoint_steps(workdir)
   assert steps[-1] == stopped_at and len(steps) == 2, (steps, seed_note)

@@ -28,13 +28,17 @@ from pga_jax.commands import common
 
 
 def define_flags():
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
-  config_flags.DEFINE_config_file(
-    'config', None, 'Config file (experiments/configs/*.py).', lock_config=True
-  )
+  """The flags every mode reads, then those of each mode."""
+  common.define_config_flag()
   flags.DEFINE_integer('steps', 20, 'Timed steps (after the warm-up steps).')
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+  flags.DEFINE_string('json', None, 'Write the result as JSON to this path.')
+  _define_train_step_flags()
+  _define_layer_flags()
+
+
+def _define_train_step_flags():
+  """The flags of the default mode, which times the config's train step."""
   flags.DEFINE_integer(
     'at_step',
     None,
@@ -42,7 +46,6 @@ def define_flags():
     'config.init_steps + 1, i.e. after the warm-up, every term on).',
   )
   flags.DEFINE_bool('ae_ratio', True, 'Also time the AE step of the same architecture.')
-  flags.DEFINE_string('json', None, 'Write the result as JSON to this path.')
   flags.DEFINE_string(
     'peer_command',
     None,
@@ -52,6 +55,11 @@ def define_flags():
   )
   flags.DEFINE_integer('peer_rounds', 3, 'Rounds of peer / ours with --peer_command.')
   flags.DEFINE_integer('peer_steps', 10, 'The {steps} passed to the peer command.')
+
+
+def _define_layer_flags():
+  """--decoder_only and --layers, the modes that time layers outside a train step,
+  and their flags."""
   flags.DEFINE_bool(
     'decoder_only',
     False,

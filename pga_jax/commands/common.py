@@ -68,6 +68,16 @@ def check_out(out: str) -> None:
   check_writable('out', out)
 
 
+def write_run_images(make_images) -> None:
+  """The work of an image-writing command: the checks and the run
+  (`load_run_for_images`), then the (images, grid) that
+  `make_images(flags_values, config, model, params)` returns, written to --out."""
+  f = flags.FLAGS
+  config, model, params, _ = load_run_for_images(f)
+  images, grid = make_images(f, config, model, params)
+  write_images(images, grid, f.out)
+
+
 def load_run_for_images(flags_values):
   """The checks every image-writing command makes (--num, --out), then its run:
   (config, model, params, step)."""
@@ -126,9 +136,30 @@ def data_images(config, num, split, what='--num'):
   return data.scale_images(images[:num])
 
 
-def define_run_flags():
-  """--workdir, --step, --out: the flags of commands that read a trained run."""
+def define_config_flag():
+  """--config: the experiment config file (its fields can be set as --config.FIELD=VALUE)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  config_flags.DEFINE_config_file(
+    'config', None, 'Config file (experiments/configs/*.py).', lock_config=True
+  )
+
+
+def define_checkpoint_flags():
+  """--workdir, --step: a checkpoint of a trained run."""
   flags.DEFINE_string('workdir', None, 'Run directory of a `pga train` run.')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
+
+
+def define_run_flags():
+  """--workdir, --step, --out: the flags of commands that read a trained run."""
+  define_checkpoint_flags()
   flags.DEFINE_string('out', None, 'Output file: .png (grid) or .npz (uint8 images).')
   flags.mark_flags_as_required(['workdir', 'out'])
+
+
+def define_dataset_flags(dataset_help: str):
+  """--dataset (described by `dataset_help`) and --data_dir: a dataset named
+  directly rather than through a run."""
+  flags.DEFINE_string('dataset', None, dataset_help)
+  flags.DEFINE_string('data_dir', None, 'Data directory for --dataset.')

@@ -23,8 +23,7 @@ from pga_jax.commands import common
 
 
 def define_flags():
-  flags.DEFINE_string('workdir', None, 'Run directory of a `pga train` run.')
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
+  common.define_checkpoint_flags()
   flags.DEFINE_integer('num_samples', 10000, 'Number of generated (or real) images to evaluate.')
   flags.DEFINE_enum(
     'features',
@@ -67,8 +66,7 @@ def define_flags():
     'Evaluate the first --num_samples images of this real '
     'split instead of samples (a baseline); needs --dataset or --workdir.',
   )
-  flags.DEFINE_string('dataset', None, 'Dataset for --real_split without --workdir.')
-  flags.DEFINE_string('data_dir', None, 'Data directory for --dataset.')
+  common.define_dataset_flags('Dataset for --real_split without --workdir.')
   flags.DEFINE_bool('tensorboard', True, 'Log the scalars to TensorBoard in --workdir.')
 
 

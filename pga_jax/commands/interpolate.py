@@ -19,14 +19,18 @@ def define_flags():
   )
 
 
-def main(argv):
-  del argv
+def _paths(f, config, model, params):
+  """Decoded paths between the encodings of --num pairs of --split images, and
+  the grid of each pair around its path."""
   from pga_jax import figures, sampling  # pylint: disable=g-import-not-at-top
 
-  f = flags.FLAGS
-  common.check_count('steps', f.steps, 2)
-  config, model, params, _ = common.load_run_for_images(f)
   images = common.data_images(config, 2 * f.num, f.split, what=f'--num={f.num} (pairs)')
   a, b = images[: f.num], images[f.num : 2 * f.num]
   path = sampling.interpolate(model, params, a, b, steps=f.steps)
-  common.write_images(path, figures.interpolation_grid(a, path, b), f.out)
+  return path, figures.interpolation_grid(a, path, b)
+
+
+def main(argv):
+  del argv
+  common.check_count('steps', flags.FLAGS.steps, 2)
+  common.write_run_images(_paths)

@@ -13,12 +13,15 @@ def define_flags():
   flags.DEFINE_integer('num', 50, 'Number of images to reconstruct.')
 
 
-def main(argv):
-  del argv
+def _reconstructions(f, config, model, params):
+  """g(f(x)) of the first --num images x of --split, and the grid of both."""
   from pga_jax import figures, sampling  # pylint: disable=g-import-not-at-top
 
-  f = flags.FLAGS
-  config, model, params, _ = common.load_run_for_images(f)
   images = common.data_images(config, f.num, f.split)
   recons = sampling.reconstruct(model, params, images)
-  common.write_images(recons, figures.reconstruction_grid(images, recons), f.out)
+  return recons, figures.reconstruction_grid(images, recons)
+
+
+def main(argv):
+  del argv
+  common.write_run_images(_reconstructions)

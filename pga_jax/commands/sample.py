@@ -13,14 +13,17 @@ def define_flags():
   flags.DEFINE_integer('seed', 0, 'Random seed of the latents.')
 
 
-def main(argv):
-  del argv
+def _samples(f, config, model, params):
+  """--num samples g(z), z ~ N(0, I) drawn with --seed, and their grid."""
   import jax  # pylint: disable=g-import-not-at-top
   from pga_jax import figures, sampling  # pylint: disable=g-import-not-at-top
 
-  f = flags.FLAGS
-  config, model, params, _ = common.load_run_for_images(f)
   reference = sampling.reference_latents(model, config.batch_size, config.seed)
   images = sampling.sample(model, params, jax.random.PRNGKey(f.seed), f.num, reference)
   rows = max(1, int(round(f.num**0.5)))
-  common.write_images(images, figures.sample_grid(images, rows=rows), f.out)
+  return images, figures.sample_grid(images, rows=rows)
+
+
+def main(argv):
+  del argv
+  common.write_run_images(_samples)

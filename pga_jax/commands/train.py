@@ -17,11 +17,7 @@ from pga_jax.commands import common
 
 
 def define_flags():
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
-  config_flags.DEFINE_config_file(
-    'config', None, 'Config file (experiments/configs/*.py).', lock_config=True
-  )
+  common.define_config_flag()
   flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, figures.')
   flags.mark_flags_as_required(['config', 'workdir'])
   flags.DEFINE_string(

@@ -17,8 +17,7 @@ from pga_jax.data import catalog
 
 
 def define_flags():
-  flags.DEFINE_string('dataset', None, 'Dataset (a labelled tfds dataset, e.g. fashion_mnist).')
-  flags.DEFINE_string('data_dir', None, 'Data directory for --dataset.')
+  common.define_dataset_flags('Dataset (a labelled tfds dataset, e.g. fashion_mnist).')
   flags.DEFINE_string('workdir', None, 'Or: a run directory; its dataset is used.')
   flags.DEFINE_string(
     'cache_dir', None, 'Cache directory (default: $PGA_CACHE_DIR or ~/.cache/pga_jax).'

@@ -249,91 +249,96 @@ def _max_pool_3x3_s2(x: Array) -> Array:
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
 
 
-class FIDInceptionA(nn.Module):
+class _BasicConvs(nn.Module):
+  """A module made of `BasicConv2d` layers at its `precision` (a field each
+  subclass declares after its own)."""
+
+  def conv(self, features: int, kernel_size: Tuple[int, int], **kwargs) -> BasicConv2d:
+    """A `BasicConv2d` at this module's precision; built in its compact `__call__`."""
+    return BasicConv2d(features, kernel_size, precision=self.precision, **kwargs)
+
+
+class FIDInceptionA(_BasicConvs):
   pool_features: int
   precision: Any = _HIGHEST
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    conv = functools.partial(BasicConv2d, precision=self.precision)
-    b1 = conv(64, (1, 1), name='branch1x1')(x)
+    b1 = self.conv(64, (1, 1), name='branch1x1')(x)
 
-    b5 = conv(48, (1, 1), name='branch5x5_1')(x)
-    b5 = conv(64, (5, 5), padding=(2, 2), name='branch5x5_2')(b5)
+    b5 = self.conv(48, (1, 1), name='branch5x5_1')(x)
+    b5 = self.conv(64, (5, 5), padding=(2, 2), name='branch5x5_2')(b5)
 
-    b3 = conv(64, (1, 1), name='branch3x3dbl_1')(x)
-    b3 = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(b3)
-    b3 = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_3')(b3)
+    b3 = self.conv(64, (1, 1), name='branch3x3dbl_1')(x)
+    b3 = self.conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(b3)
+    b3 = self.conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_3')(b3)
 
     bp = _avg_pool_3x3_exclude_pad(x)
-    bp = conv(self.pool_features, (1, 1), name='branch_pool')(bp)
+    bp = self.conv(self.pool_features, (1, 1), name='branch_pool')(bp)
     return jnp.concatenate([b1, b5, b3, bp], axis=-1)
 
 
-class InceptionB(nn.Module):
+class InceptionB(_BasicConvs):
   """Grid reduction 35x35 -> 17x17 (Mixed_6a)."""
 
   precision: Any = _HIGHEST
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    conv = functools.partial(BasicConv2d, precision=self.precision)
-    b3 = conv(384, (3, 3), strides=(2, 2), name='branch3x3')(x)
+    b3 = self.conv(384, (3, 3), strides=(2, 2), name='branch3x3')(x)
 
-    bd = conv(64, (1, 1), name='branch3x3dbl_1')(x)
-    bd = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
-    bd = conv(96, (3, 3), strides=(2, 2), name='branch3x3dbl_3')(bd)
+    bd = self.conv(64, (1, 1), name='branch3x3dbl_1')(x)
+    bd = self.conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
+    bd = self.conv(96, (3, 3), strides=(2, 2), name='branch3x3dbl_3')(bd)
 
     bp = _max_pool_3x3_s2(x)
     return jnp.concatenate([b3, bd, bp], axis=-1)
 
 
-class FIDInceptionC(nn.Module):
+class FIDInceptionC(_BasicConvs):
   channels_7x7: int
   precision: Any = _HIGHEST
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    conv = functools.partial(BasicConv2d, precision=self.precision)
     c7 = self.channels_7x7
-    b1 = conv(192, (1, 1), name='branch1x1')(x)
+    b1 = self.conv(192, (1, 1), name='branch1x1')(x)
 
-    b7 = conv(c7, (1, 1), name='branch7x7_1')(x)
-    b7 = conv(c7, (1, 7), padding=(0, 3), name='branch7x7_2')(b7)
-    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7_3')(b7)
+    b7 = self.conv(c7, (1, 1), name='branch7x7_1')(x)
+    b7 = self.conv(c7, (1, 7), padding=(0, 3), name='branch7x7_2')(b7)
+    b7 = self.conv(192, (7, 1), padding=(3, 0), name='branch7x7_3')(b7)
 
-    bd = conv(c7, (1, 1), name='branch7x7dbl_1')(x)
-    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_2')(bd)
-    bd = conv(c7, (1, 7), padding=(0, 3), name='branch7x7dbl_3')(bd)
-    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_4')(bd)
-    bd = conv(192, (1, 7), padding=(0, 3), name='branch7x7dbl_5')(bd)
+    bd = self.conv(c7, (1, 1), name='branch7x7dbl_1')(x)
+    bd = self.conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_2')(bd)
+    bd = self.conv(c7, (1, 7), padding=(0, 3), name='branch7x7dbl_3')(bd)
+    bd = self.conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_4')(bd)
+    bd = self.conv(192, (1, 7), padding=(0, 3), name='branch7x7dbl_5')(bd)
 
     bp = _avg_pool_3x3_exclude_pad(x)
-    bp = conv(192, (1, 1), name='branch_pool')(bp)
+    bp = self.conv(192, (1, 1), name='branch_pool')(bp)
     return jnp.concatenate([b1, b7, bd, bp], axis=-1)
 
 
-class InceptionD(nn.Module):
+class InceptionD(_BasicConvs):
   """Grid reduction 17x17 -> 8x8 (Mixed_7a)."""
 
   precision: Any = _HIGHEST
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    conv = functools.partial(BasicConv2d, precision=self.precision)
-    b3 = conv(192, (1, 1), name='branch3x3_1')(x)
-    b3 = conv(320, (3, 3), strides=(2, 2), name='branch3x3_2')(b3)
+    b3 = self.conv(192, (1, 1), name='branch3x3_1')(x)
+    b3 = self.conv(320, (3, 3), strides=(2, 2), name='branch3x3_2')(b3)
 
-    b7 = conv(192, (1, 1), name='branch7x7x3_1')(x)
-    b7 = conv(192, (1, 7), padding=(0, 3), name='branch7x7x3_2')(b7)
-    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7x3_3')(b7)
-    b7 = conv(192, (3, 3), strides=(2, 2), name='branch7x7x3_4')(b7)
+    b7 = self.conv(192, (1, 1), name='branch7x7x3_1')(x)
+    b7 = self.conv(192, (1, 7), padding=(0, 3), name='branch7x7x3_2')(b7)
+    b7 = self.conv(192, (7, 1), padding=(3, 0), name='branch7x7x3_3')(b7)
+    b7 = self.conv(192, (3, 3), strides=(2, 2), name='branch7x7x3_4')(b7)
 
     bp = _max_pool_3x3_s2(x)
     return jnp.concatenate([b3, b7, bp], axis=-1)
 
 
-class FIDInceptionE(nn.Module):
+class FIDInceptionE(_BasicConvs):
   """E block; ``pool='avg'`` is FIDInceptionE_1, ``pool='max'`` FIDInceptionE_2."""
 
   pool: str = 'avg'
@@ -341,24 +346,23 @@ class FIDInceptionE(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    conv = functools.partial(BasicConv2d, precision=self.precision)
-    b1 = conv(320, (1, 1), name='branch1x1')(x)
+    b1 = self.conv(320, (1, 1), name='branch1x1')(x)
 
-    b3 = conv(384, (1, 1), name='branch3x3_1')(x)
+    b3 = self.conv(384, (1, 1), name='branch3x3_1')(x)
     b3 = jnp.concatenate(
       [
-        conv(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
-        conv(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3),
+        self.conv(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
+        self.conv(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3),
       ],
       axis=-1,
     )
 
-    bd = conv(448, (1, 1), name='branch3x3dbl_1')(x)
-    bd = conv(384, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
+    bd = self.conv(448, (1, 1), name='branch3x3dbl_1')(x)
+    bd = self.conv(384, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
     bd = jnp.concatenate(
       [
-        conv(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
-        conv(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd),
+        self.conv(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
+        self.conv(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd),
       ],
       axis=-1,
     )
@@ -369,11 +373,11 @@ class FIDInceptionE(nn.Module):
       bp = _max_pool_3x3_same(x)
     else:
       raise ValueError(f"pool must be 'avg' or 'max', got {self.pool!r}")
-    bp = conv(192, (1, 1), name='branch_pool')(bp)
+    bp = self.conv(192, (1, 1), name='branch_pool')(bp)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(_BasicConvs):
   """FID Inception-v3 (pytorch-fid's ``fid_inception_v3``), NHWC.
 
   Attributes:
@@ -398,7 +402,6 @@ class InceptionV3(nn.Module):
   @nn.compact
   def __call__(self, images: Array, return_blocks: bool = False):
     p = self.precision
-    conv = functools.partial(BasicConv2d, precision=p)
     blocks: Dict[str, Array] = {}
 
     def keep(name, value):
@@ -408,13 +411,13 @@ class InceptionV3(nn.Module):
     x = preprocess_images(images) if self.preprocess else jnp.asarray(images)
 
     # pytorch-fid block 0
-    x = keep('Conv2d_1a_3x3', conv(32, (3, 3), strides=(2, 2), name='Conv2d_1a_3x3')(x))
-    x = keep('Conv2d_2a_3x3', conv(32, (3, 3), name='Conv2d_2a_3x3')(x))
-    x = keep('Conv2d_2b_3x3', conv(64, (3, 3), padding=(1, 1), name='Conv2d_2b_3x3')(x))
+    x = keep('Conv2d_1a_3x3', self.conv(32, (3, 3), strides=(2, 2), name='Conv2d_1a_3x3')(x))
+    x = keep('Conv2d_2a_3x3', self.conv(32, (3, 3), name='Conv2d_2a_3x3')(x))
+    x = keep('Conv2d_2b_3x3', self.conv(64, (3, 3), padding=(1, 1), name='Conv2d_2b_3x3')(x))
     x = keep('MaxPool_3a_3x3', _max_pool_3x3_s2(x))
     # block 1
-    x = keep('Conv2d_3b_1x1', conv(80, (1, 1), name='Conv2d_3b_1x1')(x))
-    x = keep('Conv2d_4a_3x3', conv(192, (3, 3), name='Conv2d_4a_3x3')(x))
+    x = keep('Conv2d_3b_1x1', self.conv(80, (1, 1), name='Conv2d_3b_1x1')(x))
+    x = keep('Conv2d_4a_3x3', self.conv(192, (3, 3), name='Conv2d_4a_3x3')(x))
     x = keep('MaxPool_5a_3x3', _max_pool_3x3_s2(x))
     # block 2
     x = keep('Mixed_5b', FIDInceptionA(32, precision=p, name='Mixed_5b')(x))

@@ -327,6 +327,21 @@ def _downsample_applies(x_shape, kernel_shape, stride: int) -> bool:
   )
 
 
+def _layer_form(op: str, conv_impl: str, x_shape, kernel_shape, stride: int) -> str:
+  """The form a layer of `op` runs: its `conv_impl`'s (`layer_forms`), except
+  where that custom form does not apply to these shapes: then 'phase' for an
+  'adjoint' upsampling layer and 'xla' for a downsampling one."""
+  if op == 'upsample':
+    mode = layer_forms(conv_impl)[0]
+    if mode == 'adjoint' and not _adjoint_applies(kernel_shape, stride):
+      return 'phase'
+    return mode
+  mode = layer_forms(conv_impl)[1]
+  if mode != 'xla' and not _downsample_applies(x_shape, kernel_shape, stride):
+    return 'xla'
+  return mode
+
+
 def candidate_forms(op: str, platform: str, x_shape, kernel_shape, stride: int) -> tuple:
   """The forms `kernel_choice` times for one layer, in tie-breaking order.
 
@@ -463,36 +478,6 @@ def upsample_conv(
   return _upsample_form(x, kernel, stride, mode)
 
 
-class UpConv(nn.Module):
-  """Stride-2 'SAME' transposed convolution with a fast exact implementation.
-
-  Parameters have the names and shapes of `flax.linen.ConvTranspose`
-  (`kernel`: (kh, kw, in, out), `bias`: (out,)), so the same weights can be
-  fed to either; `tests/test_layers.py` checks they agree.
-  `conv_impl` (see `layer_forms`): 'auto' (default) runs the form measured
-  fastest for the shape on this device; 'xla' computes it with
-  `lax.conv_transpose` and JAX's own autodiff (forward-mode capable);
-  'phase' and 'adjoint' force those forms.
-  """
-
-  features: int
-  kernel_size: int = 5
-  stride: int = 2
-  dtype: Optional[jnp.dtype] = None
-  conv_impl: str = 'auto'
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel, bias = conv_parameters(self, x.shape[-1])
-    dtype = self.dtype or x.dtype
-    x = x.astype(dtype)
-    mode = layer_forms(self.conv_impl)[0]
-    if mode == 'adjoint' and not _adjoint_applies(kernel.shape, self.stride):
-      mode = 'phase'
-    y = upsample_conv(x, kernel.astype(dtype), self.stride, mode)
-    return add_bias(y, bias)
-
-
 def conv_parameters(module: nn.Module, in_features: int):
   """A k x k convolution's float32 `kernel` (k, k, in, out; Glorot-uniform, the
   reference's initialiser) and zero `bias` (out,), declared in `module`
@@ -513,28 +498,59 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
   return (y.astype(jnp.float32) + bias.astype(jnp.float32)).astype(y.dtype)
 
 
-class Conv(nn.Module):
+class _ConvLayer(nn.Module):
+  """What UpConv and Conv share: `features` k x k kernels and a bias
+  (`conv_parameters`), a convolution in the form `_layer_form` picks for the
+  shapes, then `add_bias`. A subclass declares its stride, `dtype` and
+  `conv_impl`, and its compact `__call__` returns `_output`."""
+
+  features: int
+  kernel_size: int = 5
+
+  def _output(self, x: jax.Array, op: str, stride: int, dtype) -> jax.Array:
+    """The layer's output for `op` ('upsample' or 'downsample'), computed in `dtype`."""
+    kernel, bias = conv_parameters(self, x.shape[-1])
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    mode = _layer_form(op, self.conv_impl, x.shape, kernel.shape, stride)
+    convolve = upsample_conv if op == 'upsample' else downsample_conv
+    return add_bias(convolve(x, kernel, stride, mode), bias)
+
+
+class UpConv(_ConvLayer):
+  """Stride-2 'SAME' transposed convolution with a fast exact implementation.
+
+  Parameters have the names and shapes of `flax.linen.ConvTranspose`
+  (`kernel`: (kh, kw, in, out), `bias`: (out,)), so the same weights can be
+  fed to either; `tests/test_layers.py` checks they agree.
+  `conv_impl` (see `layer_forms`): 'auto' (default) runs the form measured
+  fastest for the shape on this device; 'xla' computes it with
+  `lax.conv_transpose` and JAX's own autodiff (forward-mode capable);
+  'phase' and 'adjoint' force those forms.
+  """
+
+  stride: int = 2
+  dtype: Optional[jnp.dtype] = None
+  conv_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self._output(x, 'upsample', self.stride, self.dtype or x.dtype)
+
+
+class Conv(_ConvLayer):
   """`flax.linen.Conv` with 'SAME' padding (same parameters and computation),
   whose bias is added by `add_bias`. `conv_impl` (see `layer_forms`): how a
   strided convolution's backward pass is computed ('auto': measured; 'xla':
   JAX's own autodiff, jvp works); a stride-1 convolution is always lax's."""
 
-  features: int
-  kernel_size: int = 5
   strides: int = 2
   dtype: Optional[jnp.dtype] = None
   conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel, bias = conv_parameters(self, x.shape[-1])
-    dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-    mode = layer_forms(self.conv_impl)[1]
-    if mode != 'xla' and not _downsample_applies(x.shape, kernel.shape, self.strides):
-      mode = 'xla'
-    y = downsample_conv(x, kernel, self.strides, mode)
-    return add_bias(y, bias)
+    dtype = self.dtype or at_least_float32(x.dtype)
+    return self._output(x, 'downsample', self.strides, dtype)
 
 
 class Dense(nn.Module):
