@@ -102,7 +102,7 @@ def _load_folder(
       "dataset 'folder' needs image_size (its images are cropped and resized to it)."
     )
   # Imported here: the folder reader needs Pillow, which the rest of the
-  # core (models, train step, `pga benchmark`) does not (issue 18).
+  # core (models, train step, `pga benchmark`) does not import.
   from pga_jax.data import folder as folder_lib  # pylint: disable=g-import-not-at-top
 
   directory = folder_lib.resolve_split_folder(data_dir, split)
