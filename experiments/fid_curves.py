@@ -35,12 +35,17 @@ METRICS = (
 )
 
 
+def _metric_names(row: dict) -> dict:
+  """A recorded evaluation with its metrics by bare name ('eval_domain/fid' -> 'fid')."""
+  return {key.split('/', 1)[-1]: value for key, value in row.items()}
+
+
 def load_curves(workroot: str, methods) -> dict:
   """{run name: [ {step, fid, precision, recall, kid, ...}, ... ]} of the given methods."""
   curves = {}
   for method in methods:
     for workdir in sorted(glob.glob(os.path.join(workroot, f'{method}_s*'))):
-      rows = runner.read_curve(workdir)
+      rows = [_metric_names(row) for row in runner.read_curve(workdir)]
       if rows:
         curves[os.path.basename(workdir)] = rows
   return curves

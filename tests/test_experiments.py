@@ -159,3 +159,73 @@ def test_logdet_tracking_exact_and_eq6_estimate_over_checkpoints(idx_dir, tmp_pa
   assert bad.returncode == 2
   errors = [line for line in bad.stderr.splitlines() if line.startswith('pga: error:')]
   assert len(errors) == 1 and 'no checkpoint' in errors[0], bad.stderr[-2000:]
+
+
+def _write_curve(workdir, rows):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'eval_curve.jsonl'), 'a') as f:
+    for row in rows:
+      f.write(json.dumps(row) + '\n')
+
+
+def test_fid_curves_plots_and_tabulates_recorded_evaluations(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  def row(step, fid, precision=0.5, recall=0.25, kid=1.0):
+    return {
+      'step': step,
+      'eval_domain/fid': fid,
+      'eval_domain/precision': precision,
+      'eval_domain/recall': recall,
+      'eval_domain/kid': kid,
+      'eval_domain/kid_std': 0.1,
+    }
+
+  runs = tmp_path / 'runs'
+  _write_curve(runs / 'vae_s0', [row(1000, 80.0), row(2000, 50.0)])
+  # Seed 1 was resumed and evaluated step 2000 twice: the later record counts.
+  _write_curve(runs / 'vae_s1', [row(1000, 82.0), row(2000, 99.0), row(2000, 54.0, 0.7)])
+  _write_curve(runs / 'lpga_s0', [row(1000, 200.0, 0.4, 0.0, 3.0)])
+  out = run_script(
+    'fid_curves.py', f'--workroot={runs}', f'--out={tmp_path}/fid.png', cache=tmp_path / 'cache'
+  )
+  assert (tmp_path / 'fid.png').stat().st_size > 0
+  curves = json.loads((tmp_path / 'fid.json').read_text())
+  assert sorted(curves) == ['lpga_s0', 'vae_s0', 'vae_s1']
+  assert [(r['step'], r['fid']) for r in curves['vae_s1']] == [(1000, 82.0), (2000, 54.0)]
+  vae = re.search(
+    r'^\| VAE \| 2000 \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|', out.stdout, re.M
+  )
+  assert vae, out.stdout
+  np.testing.assert_allclose(float(vae[1]), 52.0, rtol=1e-3)
+  np.testing.assert_allclose(float(vae[2]), np.std([50.0, 54.0], ddof=1), rtol=0.02)  # 2 digits
+  np.testing.assert_allclose(float(vae[3]), 0.6, rtol=1e-3)
+  assert re.search(r'^\| LPGA \| 1000 \| 200 \| 0.4 \| 0 \| 3 \| 1 \|$', out.stdout, re.M)
+
+
+def test_term_curves_reads_each_terms_log_and_keeps_the_later_value_of_a_resumed_step(tmp_path):
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+
+  runs = tmp_path / 'runs'
+  logged = {
+    'lpga_s0': [
+      {2: dict(rec=0.5, nll_dec=-0.25)},
+      {2: dict(rec=0.4, nll_dec=-0.5), 4: dict(rec=0.3)},
+    ],
+    'vae_s0': [{2: dict(rec=0.6, kl=0.125)}],
+  }
+  for name, sessions in logged.items():
+    for session in sessions:  # one event file per session, as after a resume
+      writer = metric_writers.SummaryWriter(str(runs / name))
+      for step, scalars in session.items():
+        writer.write_scalars(step, scalars)
+      writer.close()
+  out = run_script(
+    'term_curves.py', f'--workroot={runs}', f'--out={tmp_path}/terms.png', cache=tmp_path / 'cache'
+  )
+  assert (tmp_path / 'terms.png').stat().st_size > 0
+  curves = json.loads((tmp_path / 'terms.json').read_text())
+  assert curves['lpga_s0']['rec'] == [[2, pytest.approx(0.4)], [4, pytest.approx(0.3)]]
+  assert curves['lpga_s0']['nll_dec'] == [[2, -0.5]]
+  assert curves['vae_s0'] == {'rec': [[2, pytest.approx(0.6)]], 'kl': [[2, 0.125]]}
+  assert re.search(r'^\| lpga_s0 \| 0.3 @4 \|  \| ', out.stdout, re.M), out.stdout

@@ -1,0 +1,134 @@
+"""Plots each loss term of study runs against the step, from their TensorBoard logs.
+
+`pga train` (and the study scripts, through it) logs every term of the method
+under its name (rec, zn_rec, nll_enc, nll_dec, vrec, vkld, kl; see the
+README's term table) and grad_norm every `log_every` steps. This reads those
+event files back and draws one panel per term, one line per run:
+
+  python experiments/term_curves.py --workroot=runs/study10k --out=docs/study/term_curves.png
+
+A run resumed from a checkpoint logs some steps twice (once before the
+interruption, once after); the later value is kept. Writes the PNG, a JSON of
+the curves beside it, and prints each term's value at each run's last logged
+step.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from typing import Dict, List, Sequence
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+flags.DEFINE_string('workroot', 'runs/study10k', 'Folder holding the runs (METHOD_sSEED).')
+flags.DEFINE_string('out', 'docs/study/term_curves.png', 'Output PNG (a .json is written beside).')
+flags.DEFINE_list('methods', ['vae', 'lpga', 'vpga', 'lvpga'], 'Methods, in plotting order.')
+flags.DEFINE_list(
+  'terms',
+  ['rec', 'kl', 'zn_rec', 'nll_enc', 'nll_dec', 'vrec', 'vkld', 'grad_norm'],
+  'Logged scalars to plot (those no run logged are skipped).',
+)
+
+Curves = Dict[str, Dict[str, List[List[float]]]]  # run -> tag -> [[step, value], ...]
+
+
+def read_scalars(workdir: str) -> Dict[str, List[List[float]]]:
+  """{tag: [[step, value], ...] sorted by step} of every scalar in the run's event files.
+
+  Files are read oldest first, so a step logged again after a resume keeps
+  its later value.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  values: Dict[str, Dict[int, float]] = {}
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        kind = value.WhichOneof('value')
+        if kind == 'simple_value':
+          number = value.simple_value
+        elif kind == 'tensor' and not value.tensor.tensor_shape.dim:
+          array = tf.make_ndarray(value.tensor)
+          if array.dtype.kind not in 'fiu':
+            continue
+          number = float(array)
+        else:
+          continue
+        values.setdefault(value.tag, {})[int(event.step)] = float(number)
+  return {tag: [[s, v] for s, v in sorted(points.items())] for tag, points in values.items()}
+
+
+def load_runs(workroot: str, methods: Sequence[str]) -> Curves:
+  """{run name: read_scalars(run)} of the runs METHOD_sSEED of the given methods."""
+  curves = {}
+  for method in methods:
+    for workdir in sorted(glob.glob(os.path.join(workroot, f'{method}_s*'))):
+      scalars = read_scalars(workdir)
+      if scalars:
+        curves[os.path.basename(workdir)] = scalars
+  return curves
+
+
+def last_values_table(curves: Curves, terms: Sequence[str]) -> str:
+  """Each term's value at each run's last logged step ('' where a run has no such term)."""
+  shown = [t for t in terms if any(t in c for c in curves.values())]
+  rows = []
+  for name, scalars in curves.items():
+    row = [name]
+    for term in shown:
+      row.append(f'{scalars[term][-1][1]:.4g} @{scalars[term][-1][0]}' if term in scalars else '')
+    rows.append(row)
+  return runner.markdown_table(rows, ['run'] + shown)
+
+
+def plot(curves: Curves, terms: Sequence[str], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  shown = [t for t in terms if any(t in c for c in curves.values())]
+  columns = min(4, len(shown))
+  rows = -(-len(shown) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+  for ax, term in zip(axes.flat, shown):
+    for name, scalars in curves.items():
+      if term in scalars:
+        steps, values = zip(*scalars[term])
+        ax.plot(steps, values, '-', lw=1, label=name)
+    ax.set_title(term)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+    if all(v > 0 for c in curves.values() for _, v in c.get(term, [])):
+      ax.set_yscale('log')
+  for ax in list(axes.flat)[len(shown) :]:
+    ax.axis('off')
+  axes.flat[0].legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  curves = load_runs(f.workroot, f.methods)
+  if not curves:
+    raise SystemExit(
+      f'term_curves: no TensorBoard event files under {f.workroot}/METHOD_sSEED; '
+      'train the runs first (experiments/fashion_study.py or pga train)'
+    )
+  plot(curves, f.terms, f.out)
+  runner.write_text(os.path.splitext(f.out)[0] + '.json', json.dumps(curves, sort_keys=True))
+  print(last_values_table(curves, f.terms))
+
+
+if __name__ == '__main__':
+  app.run(main)
