@@ -79,6 +79,10 @@ def test_cli_train_then_sample_reconstruct_interpolate(idx_dir, tmp_path):
   for name in ('samples', 'reconstructions', 'interpolations'):
     assert os.path.exists(os.path.join(workdir, 'figures', f'{name}_latest.png'))
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  # The convolution forms the run chose (conv_impl 'auto'), kept for its resume.
+  forms = json.load(open(os.path.join(workdir, checkpointing.CONV_FORMS_FILE)))
+  assert {key.split('|')[0] for key in forms} == {'upsample', 'downsample'}
+  assert set(forms.values()) <= {'xla', 'phase', 'adjoint', 'adjoint_xla', 'fused'}
 
   out = run_cli('sample', f'--workdir={workdir}', '--num=7', f'--out={tmp_path}/s.npz')
   assert out.returncode == 0, out.stderr[-3000:]
