@@ -15,7 +15,6 @@ metrics at each run's last evaluated step (mean ± std over seeds).
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 
@@ -84,9 +83,7 @@ def plot(curves: dict, path: str) -> None:
     ax.set_yscale(scale)
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
+  runner.save_figure(fig, path, dpi=110)
 
 
 def main(argv):
@@ -99,10 +96,7 @@ def main(argv):
       'experiments/fashion_study.py --eval_every=N first'
     )
   plot(curves, f.out)
-  runner.write_text(
-    os.path.splitext(f.out)[0] + '.json',
-    json.dumps(curves, indent=2, sort_keys=True, default=float),
-  )
+  runner.write_json_beside(f.out, curves)
   print(summary_table(curves, f.methods))
 
 

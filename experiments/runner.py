@@ -146,3 +146,17 @@ def save_interpolation_grid(
   a, b = images[:pairs], images[pairs:]
   path = sampling.interpolate(model, params, a, b, steps=9)
   return figures.save_png(figures.interpolation_grid(a, path, b), out_path, scale=2)
+
+
+def save_figure(fig, path: str, dpi: int) -> None:
+  """Writes a matplotlib figure to `path` (its folder made if needed)."""
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+
+
+def write_json_beside(path: str, value) -> str:
+  """Writes `value` as JSON next to `path` (same name, extension .json)."""
+  return write_text(
+    os.path.splitext(path)[0] + '.json', json.dumps(value, indent=1, sort_keys=True, default=float)
+  )

@@ -16,7 +16,6 @@ step.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 from typing import Dict, List, Sequence
@@ -111,9 +110,7 @@ def plot(curves: Curves, terms: Sequence[str], path: str) -> None:
   for ax in list(axes.flat)[len(shown) :]:
     ax.axis('off')
   axes.flat[0].legend(fontsize=7)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  runner.save_figure(fig, path, dpi=100)
 
 
 def main(argv):
@@ -126,7 +123,7 @@ def main(argv):
       'train the runs first (experiments/fashion_study.py or pga train)'
     )
   plot(curves, f.terms, f.out)
-  runner.write_text(os.path.splitext(f.out)[0] + '.json', json.dumps(curves, sort_keys=True))
+  runner.write_json_beside(f.out, curves)
   print(last_values_table(curves, f.terms))
 
 
