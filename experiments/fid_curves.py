@@ -14,7 +14,6 @@ metrics at each run's last evaluated step (mean ± std over seeds).
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 
@@ -23,7 +22,11 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-flags.DEFINE_string('workroot', 'runs/study10k', 'Folder holding the runs (METHOD_sSEED).')
+flags.DEFINE_list(
+  'workroot',
+  ['runs/study10k'],
+  'Folders holding the runs (METHOD_sSEED); with several, runs are labelled FOLDER/METHOD_sSEED.',
+)
 flags.DEFINE_string('out', 'docs/study/fid_curves.png', 'Output PNG (a .json is written beside).')
 flags.DEFINE_list('methods', ['vae', 'lpga', 'vpga', 'lvpga'], 'Methods, in plotting order.')
 
@@ -39,29 +42,30 @@ def _metric_names(row: dict) -> dict:
   return {key.split('/', 1)[-1]: value for key, value in row.items()}
 
 
-def load_curves(workroot: str, methods) -> dict:
-  """{run name: [ {step, fid, precision, recall, kid, ...}, ... ]} of the given methods."""
+def load_curves(workroots, methods) -> dict:
+  """{run label: [ {step, fid, precision, recall, kid, ...}, ... ]} of the given
+  methods under the workroots (labels as `runner.find_runs`)."""
   curves = {}
-  for method in methods:
-    for workdir in sorted(glob.glob(os.path.join(workroot, f'{method}_s*'))):
-      rows = [_metric_names(row) for row in runner.read_curve(workdir)]
-      if rows:
-        curves[os.path.basename(workdir)] = rows
+  for label, workdir in runner.find_runs(workroots, methods).items():
+    rows = [_metric_names(row) for row in runner.read_curve(workdir)]
+    if rows:
+      curves[label] = rows
   return curves
 
 
-def summary_table(curves: dict, methods) -> str:
-  """Metrics at the last evaluated step of each run, mean ± std over seeds."""
+def summary_table(curves: dict) -> str:
+  """Metrics at the last evaluated step of each run, mean ± std over the seeds of a setting."""
+  finals = {}
+  for label, rows in curves.items():
+    finals.setdefault(runner.setting_of(label), []).append(rows[-1])
   rows = []
-  for method in methods:
-    finals = [rs[-1] for name, rs in curves.items() if name.rsplit('_s', 1)[0] == method]
-    if not finals:
-      continue
-    steps = sorted({int(r['step']) for r in finals})
+  for setting, runs in finals.items():
+    prefix, _, method = setting.rpartition('/')
+    steps = sorted({int(r['step']) for r in runs})
     rows.append(
-      [method.upper(), '/'.join(map(str, steps))]
-      + [runner.mean_std([r[k] for r in finals]) for k in ('fid', 'precision', 'recall', 'kid')]
-      + [str(len(finals))]
+      [prefix + '/' * bool(prefix) + method.upper(), '/'.join(map(str, steps))]
+      + [runner.mean_std([r[k] for r in runs]) for k in ('fid', 'precision', 'recall', 'kid')]
+      + [str(len(runs))]
     )
   return runner.markdown_table(
     rows, ['method', 'step', 'FID', 'precision', 'recall', 'KID', 'seeds']
@@ -74,10 +78,13 @@ def plot(curves: dict, path: str) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+  styles = runner.line_styles(list(curves))
   fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
   for ax, (key, title, scale) in zip(axes, METRICS):
     for name, rows in curves.items():
-      ax.plot([r['step'] for r in rows], [r[key] for r in rows], '.-', label=name)
+      ax.plot(
+        [r['step'] for r in rows], [r[key] for r in rows], marker='.', label=name, **styles[name]
+      )
     ax.set_title(title)
     ax.set_xlabel('step')
     ax.set_yscale(scale)
@@ -92,12 +99,12 @@ def main(argv):
   curves = load_curves(f.workroot, f.methods)
   if not curves:
     raise SystemExit(
-      f'fid_curves: no eval_curve.jsonl under {f.workroot}; train the runs with '
+      f'fid_curves: no eval_curve.jsonl under {",".join(f.workroot)}; train the runs with '
       'experiments/fashion_study.py --eval_every=N first'
     )
   plot(curves, f.out)
   runner.write_json_beside(f.out, curves)
-  print(summary_table(curves, f.methods))
+  print(summary_table(curves))
 
 
 if __name__ == '__main__':

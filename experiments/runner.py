@@ -8,9 +8,11 @@ are stored beside each run (`eval_<features>_<num_samples>.json`) and reused.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-from typing import Callable, Optional, Sequence
+import re
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -47,6 +49,52 @@ def read_curve(workdir: str) -> list:
         row = json.loads(line)
         by_step[row['step']] = row
   return [by_step[s] for s in sorted(by_step)]
+
+
+def find_runs(workroots: Sequence[str], methods: Sequence[str]) -> Dict[str, str]:
+  """{label: workdir} of the study runs METHOD_sSEED of `methods` under each workroot.
+
+  The label is the run's folder name (`lpga_s0`), prefixed with its workroot's
+  folder name (`study10k_alt/lpga_s0`) when there are several workroots, in
+  the order of the workroots, then of `methods`, then of the seeds.
+  """
+  runs = {}
+  for root in workroots:
+    prefix = os.path.basename(os.path.normpath(root)) + '/' if len(workroots) > 1 else ''
+    for method in methods:
+      for workdir in glob.glob(os.path.join(root, f'{method}_s*')):
+        name = os.path.basename(workdir)
+        if re.fullmatch(rf'{re.escape(method)}_s\d+', name):
+          runs[prefix + name] = workdir
+  return dict(sorted(runs.items(), key=lambda item: _run_order(item[0], workroots, methods)))
+
+
+def _run_order(label: str, workroots: Sequence[str], methods: Sequence[str]):
+  prefix, _, name = label.rpartition('/')
+  method, seed = name.rsplit('_s', 1)
+  roots = [os.path.basename(os.path.normpath(r)) for r in workroots]
+  return (roots.index(prefix) if prefix else 0, list(methods).index(method), int(seed))
+
+
+def setting_of(label: str) -> str:
+  """The run's setting: its label without the seed ('study10k_alt/lpga_s1' -> 'study10k_alt/lpga')."""
+  return label.rsplit('_s', 1)[0]
+
+
+def line_styles(labels: Sequence[str]) -> Dict[str, dict]:
+  """{label: matplotlib line keywords}: one colour per setting (the same in
+  every panel of a figure), one line style per seed of a setting."""
+  settings = list(dict.fromkeys(setting_of(label) for label in labels))
+  seen = {}
+  styles = {}
+  for label in labels:
+    setting = setting_of(label)
+    styles[label] = dict(
+      color=f'C{settings.index(setting) % 10}',
+      linestyle=('-', '--', ':', '-.')[seen.get(setting, 0) % 4],
+    )
+    seen[setting] = seen.get(setting, 0) + 1
+  return styles
 
 
 def train_run(config, workdir: str) -> None:

@@ -25,7 +25,11 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-flags.DEFINE_string('workroot', 'runs/study10k', 'Folder holding the runs (METHOD_sSEED).')
+flags.DEFINE_list(
+  'workroot',
+  ['runs/study10k'],
+  'Folders holding the runs (METHOD_sSEED); with several, runs are labelled FOLDER/METHOD_sSEED.',
+)
 flags.DEFINE_string('out', 'docs/study/term_curves.png', 'Output PNG (a .json is written beside).')
 flags.DEFINE_list('methods', ['vae', 'lpga', 'vpga', 'lvpga'], 'Methods, in plotting order.')
 flags.DEFINE_list(
@@ -64,14 +68,14 @@ def read_scalars(workdir: str) -> Dict[str, List[List[float]]]:
   return {tag: [[s, v] for s, v in sorted(points.items())] for tag, points in values.items()}
 
 
-def load_runs(workroot: str, methods: Sequence[str]) -> Curves:
-  """{run name: read_scalars(run)} of the runs METHOD_sSEED of the given methods."""
+def load_runs(workroots: Sequence[str], methods: Sequence[str]) -> Curves:
+  """{run label: read_scalars(run)} of the runs METHOD_sSEED of the given
+  methods under the workroots (labels as `runner.find_runs`)."""
   curves = {}
-  for method in methods:
-    for workdir in sorted(glob.glob(os.path.join(workroot, f'{method}_s*'))):
-      scalars = read_scalars(workdir)
-      if scalars:
-        curves[os.path.basename(workdir)] = scalars
+  for label, workdir in runner.find_runs(workroots, methods).items():
+    scalars = read_scalars(workdir)
+    if scalars:
+      curves[label] = scalars
   return curves
 
 
@@ -96,12 +100,13 @@ def plot(curves: Curves, terms: Sequence[str], path: str) -> None:
   shown = [t for t in terms if any(t in c for c in curves.values())]
   columns = min(4, len(shown))
   rows = -(-len(shown) // columns)
+  styles = runner.line_styles(list(curves))  # a run keeps its colour in every panel
   fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
   for ax, term in zip(axes.flat, shown):
     for name, scalars in curves.items():
       if term in scalars:
         steps, values = zip(*scalars[term])
-        ax.plot(steps, values, '-', lw=1, label=name)
+        ax.plot(steps, values, lw=1, label=name, **styles[name])
     ax.set_title(term)
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
@@ -109,7 +114,10 @@ def plot(curves: Curves, terms: Sequence[str], path: str) -> None:
       ax.set_yscale('log')
   for ax in list(axes.flat)[len(shown) :]:
     ax.axis('off')
-  axes.flat[0].legend(fontsize=7)
+  handles = [
+    matplotlib.lines.Line2D([], [], lw=1, label=name, **style) for name, style in styles.items()
+  ]
+  axes.flat[0].legend(handles=handles, fontsize=7)  # every run, even one without this term
   runner.save_figure(fig, path, dpi=100)
 
 
@@ -119,7 +127,7 @@ def main(argv):
   curves = load_runs(f.workroot, f.methods)
   if not curves:
     raise SystemExit(
-      f'term_curves: no TensorBoard event files under {f.workroot}/METHOD_sSEED; '
+      f'term_curves: no TensorBoard event files under {",".join(f.workroot)} (METHOD_sSEED); '
       'train the runs first (experiments/fashion_study.py or pga train)'
     )
   plot(curves, f.terms, f.out)

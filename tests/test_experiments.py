@@ -203,6 +203,45 @@ def test_fid_curves_plots_and_tabulates_recorded_evaluations(tmp_path):
   assert re.search(r'^\| LPGA \| 1000 \| 200 \| 0.4 \| 0 \| 3 \| 1 \|$', out.stdout, re.M)
 
 
+def test_fid_curves_labels_the_runs_of_several_workroots_by_folder(tmp_path):
+  def row(step, fid):
+    return {
+      'step': step,
+      'eval_domain/fid': fid,
+      'eval_domain/precision': 0.5,
+      'eval_domain/recall': 0.25,
+      'eval_domain/kid': 1.0,
+    }
+
+  _write_curve(tmp_path / 'main' / 'lpga_s0', [row(1000, 40.0)])
+  _write_curve(tmp_path / 'main' / 'vae_s0', [row(1000, 30.0)])
+  _write_curve(tmp_path / 'alt' / 'lpga_s0', [row(1000, 20.0)])
+  _write_curve(tmp_path / 'alt' / 'lpga_s1', [row(1000, 24.0)])
+  _write_curve(tmp_path / 'alt' / 'lpga_sweep', [row(1000, 1.0)])  # not a METHOD_sSEED run
+  out = run_script(
+    'fid_curves.py',
+    f'--workroot={tmp_path / "main"},{tmp_path / "alt"}',
+    f'--out={tmp_path}/fid.png',
+    cache=tmp_path / 'cache',
+  )
+  curves = json.loads((tmp_path / 'fid.json').read_text())
+  assert sorted(curves) == ['alt/lpga_s0', 'alt/lpga_s1', 'main/lpga_s0', 'main/vae_s0']
+  # Table rows in the order of the workroots, then of --methods (vae before lpga).
+  assert re.findall(r'^\| (\S+) \|', out.stdout, re.M)[1:] == ['main/VAE', 'main/LPGA', 'alt/LPGA']
+  assert re.search(r'^\| main/LPGA \| 1000 \| 40 \|', out.stdout, re.M), out.stdout
+  assert re.search(r'^\| alt/LPGA \| 1000 \| 22 ± 2.8 \|', out.stdout, re.M), out.stdout
+
+
+def test_line_styles_give_a_setting_one_colour_and_its_seeds_different_dashes():
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+
+  styles = runner.line_styles(['vae_s0', 'lpga_s0', 'vae_s1', 'alt/lpga_s0'])
+  assert styles['vae_s0']['color'] == styles['vae_s1']['color']
+  assert styles['vae_s0']['linestyle'] != styles['vae_s1']['linestyle']
+  colours = {styles[name]['color'] for name in ('vae_s0', 'lpga_s0', 'alt/lpga_s0')}
+  assert len(colours) == 3
+
+
 def test_term_curves_reads_each_terms_log_and_keeps_the_later_value_of_a_resumed_step(tmp_path):
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
 
