@@ -268,3 +268,85 @@ def test_term_curves_reads_each_terms_log_and_keeps_the_later_value_of_a_resumed
   assert curves['lpga_s0']['nll_dec'] == [[2, -0.5]]
   assert curves['vae_s0'] == {'rec': [[2, pytest.approx(0.6)]], 'kl': [[2, 0.125]]}
   assert re.search(r'^\| lpga_s0 \| 0.3 @4 \|  \| ', out.stdout, re.M), out.stdout
+
+
+def test_class_mix_and_total_variation_on_hand_computed_values():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from experiments import class_balance  # pylint: disable=g-import-not-at-top
+
+  probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6]])
+  mix = class_balance.class_mix(probabilities)
+  assert mix['fractions'] == [0.5, 0.25, 0.25]
+  assert mix['confidence'] == pytest.approx((0.7 + 0.6 + 0.5 + 0.6) / 4)
+  assert class_balance.total_variation([0.5, 0.25, 0.25], [0.25, 0.25, 0.5]) == pytest.approx(0.25)
+  assert class_balance.total_variation([1, 0], [0, 1]) == 1.0
+  np.testing.assert_allclose(
+    class_balance.softmax(np.log(np.array([[1.0, 3.0], [2.0, 2.0]]))), [[0.25, 0.75], [0.5, 0.5]]
+  )
+
+
+def test_class_balance_classifies_the_evaluations_samples_of_each_run(idx_dir, tmp_path):
+  import glob  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+  from pga_jax import checkpointing, sampling  # pylint: disable=g-import-not-at-top
+  from pga_jax.data import to_uint8  # pylint: disable=g-import-not-at-top
+  from pga_jax.evaluation import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
+
+  runs = tmp_path / 'runs'
+  for method in ('vae', 'lpga'):
+    runner.train_run(helpers.tiny_config(idx_dir, method), str(runs / f'{method}_s0'))
+  out = run_script(
+    'class_balance.py',
+    f'--workroot={runs}',
+    '--methods=vae,lpga',
+    '--num_samples=30',
+    f'--out={tmp_path}/mix.json',
+    cache=tmp_path / 'cache',
+  )
+  results = json.loads((tmp_path / 'mix.json').read_text())
+  assert sorted(results['runs']) == ['lpga_s0', 'vae_s0']
+  # Independently: the cached classifier on sampling.sample's images (seed 0),
+  # rounded to 8 bits as saved samples are, and on the real test images.
+  (directory,) = glob.glob(str(tmp_path / 'cache' / 'classifiers' / '*'))
+  classifier = classifier_lib.load(directory)
+  real = data.load_split('idx', 'test', idx_dir, image_size=28, channels=1).images
+  real_counts = np.bincount(classifier.logits(real).argmax(-1), minlength=10)
+  np.testing.assert_allclose(results['real']['fractions'], real_counts / real_counts.sum())
+  for name in ('vae_s0', 'lpga_s0'):
+    config, model, params, step = checkpointing.load_trained(str(runs / name))
+    reference = sampling.reference_latents(model, config.batch_size, config.seed)
+    images = to_uint8(sampling.sample(model, params, jax.random.PRNGKey(0), 30, reference))
+    logits = classifier.logits(images)
+    counts = np.bincount(logits.argmax(-1), minlength=10)
+    got = results['runs'][name]
+    assert got['step'] == step == 6
+    np.testing.assert_allclose(got['fractions'], counts / 30)
+    top = np.exp(logits.max(-1) - np.log(np.exp(logits).sum(-1)))
+    np.testing.assert_allclose(got['confidence'], top.mean(), rtol=1e-5)
+    tv = 0.5 * np.abs(counts / 30 - real_counts / real_counts.sum()).sum()
+    np.testing.assert_allclose(got['total_variation'], tv, rtol=1e-9)
+    assert re.search(rf'^\| {name} \| 6 \| {tv:.3f} \|', out.stdout, re.M), out.stdout
+
+  bad = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, 'experiments', 'class_balance.py'),
+      f'--workroot={tmp_path}/nothing',
+      f'--out={tmp_path}/x.json',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
+    cwd=REPO,
+  )
+  assert (
+    bad.returncode == 1
+    and 'class_balance: no runs METHOD_sSEED of vae,lpga,vpga,lvpga' in bad.stderr
+  )
+  assert not (tmp_path / 'x.json').exists()

@@ -266,21 +266,28 @@ def quantize(images: np.ndarray) -> np.ndarray:
   return scale_images(to_uint8(images))
 
 
+def quantized_samples(model, params, config, num_samples: int, seed: int, chunk: int = 1000):
+  """Yields, chunk by chunk, the evaluation's `num_samples` samples g(z), z from
+  PRNGKey(seed) (the latents of sampling.sample(model, params, PRNGKey(seed),
+  num_samples, reference)), quantized to 8 bits."""
+  from pga_jax import sampling  # pylint: disable=g-import-not-at-top
+
+  reference = sampling.reference_latents(model, config.batch_size, config.seed)
+  latents = jax.random.normal(jax.random.PRNGKey(seed), (num_samples, model.latent_dim))
+  for i in range(0, num_samples, chunk):
+    yield quantize(sampling.decode_latents(model, params, latents[i : i + chunk], reference))
+
+
 def sample_features(
   evaluator: Evaluator, model, params, config, num_samples: int, seed: int, chunk: int = 1000
 ) -> np.ndarray:
   """Features of `num_samples` quantized samples g(z), z from PRNGKey(seed)."""
-  from pga_jax import sampling  # pylint: disable=g-import-not-at-top
-
-  reference = sampling.reference_latents(model, config.batch_size, config.seed)
-  # The latents of sampling.sample(model, params, PRNGKey(seed), num_samples, reference),
-  # decoded and featurized chunk by chunk.
-  latents = jax.random.normal(jax.random.PRNGKey(seed), (num_samples, model.latent_dim))
-  out = []
-  for i in range(0, num_samples, chunk):
-    images = sampling.decode_latents(model, params, latents[i : i + chunk], reference)
-    out.append(evaluator.network(quantize(images)))
-  return np.concatenate(out)
+  return np.concatenate(
+    [
+      evaluator.network(images)
+      for images in quantized_samples(model, params, config, num_samples, seed, chunk)
+    ]
+  )
 
 
 def evaluate_model(

@@ -1,0 +1,154 @@
+"""What kinds of images a run draws: the class mix and confidence of its samples.
+
+FID compares the mean and covariance of features; precision and recall
+(k-nearest-neighbour supports) cannot see a model that draws some kinds of
+images too often and others too rarely, nor how clearly each sample is one
+kind. This script classifies a run's samples with the domain classifier the
+evaluation's features come from (trained on the dataset's labels) and
+compares them with the real test images classified by the same network:
+
+  python experiments/class_balance.py --workroot=runs/study10k --methods=vae,lpga,vpga,lvpga \\
+      --num_samples=5000 --out=docs/study/class_balance.json
+
+Per run (its newest checkpoint, or --step): the fraction of samples in each
+predicted class; the total variation distance between that mix and the real
+images' (0: the same mix, 1: disjoint classes); and the mean top-class
+probability, how confidently a sample is one kind of image (blends of two
+kinds score low). The samples are the evaluation's (the same latents, from
+--seed, quantized to 8 bits). Writes a JSON and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import runner
+from pga_jax import checkpointing, config as config_lib
+from pga_jax.evaluation import classifier as classifier_lib, evaluate
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+flags.DEFINE_list('workroot', ['runs/study10k'], 'Folders holding the runs (METHOD_sSEED).')
+flags.DEFINE_list('methods', ['vae', 'lpga', 'vpga', 'lvpga'], 'Methods, in table order.')
+flags.DEFINE_integer('num_samples', 5000, 'Samples per run.')
+flags.DEFINE_integer('seed', 0, 'Seed of the sample latents (the evaluation uses 0).')
+flags.DEFINE_integer('step', None, 'Checkpoint step of every run (default: its newest).')
+flags.DEFINE_string('out', 'docs/study/class_balance.json', 'Output JSON.')
+
+
+# Names of the classes of the datasets whose labels are not their names.
+CLASS_NAMES = {
+  'fashion_mnist': (
+    'T-shirt/top',
+    'Trouser',
+    'Pullover',
+    'Dress',
+    'Coat',
+    'Sandal',
+    'Shirt',
+    'Sneaker',
+    'Bag',
+    'Ankle boot',
+  )
+}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  e = np.exp(shifted)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def class_mix(probabilities: np.ndarray) -> dict:
+  """{fractions: share of each predicted class, confidence: mean top-class probability}."""
+  counts = np.bincount(probabilities.argmax(-1), minlength=probabilities.shape[-1])
+  return {
+    'fractions': (counts / counts.sum()).tolist(),
+    'confidence': float(probabilities.max(-1).mean()),
+  }
+
+
+def total_variation(p, q) -> float:
+  """0.5 * sum |p - q| of two class mixes."""
+  return 0.5 * float(np.abs(np.asarray(p, np.float64) - np.asarray(q, np.float64)).sum())
+
+
+def domain_classifier(config) -> classifier_lib.TrainedClassifier:
+  """The classifier behind the run's domain features (trained first if missing)."""
+  evaluator = evaluate.evaluator_for_config(config, 'domain')
+  return classifier_lib.load(evaluator.network.info['directory'])
+
+
+def run_mix(workdir: str, classifier, num_samples: int, seed: int, step=None) -> dict:
+  config, model, params, step = checkpointing.load_trained(workdir, step)
+  logits = [
+    classifier.logits(images)
+    for images in evaluate.quantized_samples(model, params, config, num_samples, seed)
+  ]
+  return dict(class_mix(softmax(np.concatenate(logits))), step=int(step))
+
+
+def real_mix(config, classifier) -> dict:
+  size, _, channels = config_lib.image_shape(config)
+  test = evaluate.load_split(config.dataset, 'test', config.data_dir, size, channels)
+  return class_mix(softmax(classifier.logits(test.images)))
+
+
+def table(results: dict) -> str:
+  real = results['real']
+  classes = len(real['fractions'])
+  names = CLASS_NAMES.get(results['dataset'], ())
+  names = names if len(names) == classes else [f'class {c}' for c in range(classes)]
+  rows = [['real (test)', '', '0', f'{real["confidence"]:.3f}'] + _percent(real['fractions'])]
+  for name, r in results['runs'].items():
+    rows.append(
+      [name, str(r['step']), f'{r["total_variation"]:.3f}', f'{r["confidence"]:.3f}']
+      + _percent(r['fractions'])
+    )
+  header = ['run', 'step', 'TV to real', 'confidence'] + [f'{name} %' for name in names]
+  return runner.markdown_table(rows, header)
+
+
+def _percent(fractions):
+  return [f'{100 * f:.1f}' for f in fractions]
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  runs = runner.find_runs(f.workroot, f.methods)
+  if not runs:
+    raise SystemExit(
+      f'class_balance: no runs METHOD_sSEED of {",".join(f.methods)} under '
+      f'{",".join(f.workroot)}; train them first (experiments/fashion_study.py or pga train)'
+    )
+  first = checkpointing.load_config(next(iter(runs.values())))
+  classifier = domain_classifier(first)
+  results = {
+    'dataset': first.dataset,
+    'real': real_mix(first, classifier),
+    'num_samples': f.num_samples,
+    'runs': {},
+  }
+  for name, workdir in runs.items():
+    config = checkpointing.load_config(workdir)
+    if (config.dataset, config.data_dir) != (first.dataset, first.data_dir):
+      raise SystemExit(
+        f'class_balance: {workdir} trained on {config.dataset!r}, the first run on '
+        f'{first.dataset!r}; give runs of one dataset'
+      )
+    r = run_mix(workdir, classifier, f.num_samples, f.seed, f.step)
+    r['total_variation'] = total_variation(r['fractions'], results['real']['fractions'])
+    results['runs'][name] = r
+  runner.write_text(f.out, json.dumps(results, indent=1, sort_keys=True))
+  print(table(results))
+
+
+if __name__ == '__main__':
+  app.run(main)
