@@ -68,6 +68,21 @@ def read_scalars(workdir: str) -> Dict[str, List[List[float]]]:
   return {tag: [[s, v] for s, v in sorted(points.items())] for tag, points in values.items()}
 
 
+def logged_hours(workdir: str) -> float:
+  """Wall-clock hours of training: per event file (one per session of the run),
+  the time between its first and last event, summed over the files."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  seconds = 0.0
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
+    times = [
+      tf.compat.v1.Event.FromString(r.numpy()).wall_time for r in tf.data.TFRecordDataset(path)
+    ]
+    if times:
+      seconds += max(times) - min(times)
+  return seconds / 3600
+
+
 def load_runs(workroots: Sequence[str], methods: Sequence[str]) -> Curves:
   """{run label: read_scalars(run)} of the runs METHOD_sSEED of the given
   methods under the workroots (labels as `runner.find_runs`)."""
@@ -79,16 +94,17 @@ def load_runs(workroots: Sequence[str], methods: Sequence[str]) -> Curves:
   return curves
 
 
-def last_values_table(curves: Curves, terms: Sequence[str]) -> str:
-  """Each term's value at each run's last logged step ('' where a run has no such term)."""
+def last_values_table(curves: Curves, terms: Sequence[str], hours: Dict[str, float]) -> str:
+  """Each term's value at each run's last logged step ('' where a run has no
+  such term), and the run's training hours (`logged_hours`)."""
   shown = [t for t in terms if any(t in c for c in curves.values())]
   rows = []
   for name, scalars in curves.items():
     row = [name]
     for term in shown:
       row.append(f'{scalars[term][-1][1]:.4g} @{scalars[term][-1][0]}' if term in scalars else '')
-    rows.append(row)
-  return runner.markdown_table(rows, ['run'] + shown)
+    rows.append(row + [f'{hours[name]:.2f}'])
+  return runner.markdown_table(rows, ['run'] + shown + ['hours'])
 
 
 def plot(curves: Curves, terms: Sequence[str], path: str) -> None:
@@ -132,7 +148,10 @@ def main(argv):
     )
   plot(curves, f.terms, f.out)
   runner.write_json_beside(f.out, curves)
-  print(last_values_table(curves, f.terms))
+  runs = runner.find_runs(f.workroot, f.methods)
+  hours = {name: logged_hours(runs[name]) for name in curves}
+  print(last_values_table(curves, f.terms, hours))
+  print(f'training time of these runs: {sum(hours.values()):.2f} h (wall clock)')
 
 
 if __name__ == '__main__':

@@ -350,3 +350,25 @@ def test_class_balance_classifies_the_evaluations_samples_of_each_run(idx_dir, t
     and 'class_balance: no runs METHOD_sSEED of vae,lpga,vpga,lvpga' in bad.stderr
   )
   assert not (tmp_path / 'x.json').exists()
+
+
+def test_term_curves_reports_each_runs_training_hours_summed_over_its_sessions(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  run = tmp_path / 'runs' / 'vpga_s0'
+  run.mkdir(parents=True)
+  # Two sessions (one event file each): 0.5 h and 1 h between first and last event.
+  for index, (start, times) in enumerate(((1000.0, (0, 600, 1800)), (9000.0, (0, 3600)))):
+    with tf.io.TFRecordWriter(str(run / f'events.out.tfevents.{index}.host')) as writer:
+      for step, offset in enumerate(times):
+        event = tf.compat.v1.Event(wall_time=start + offset, step=100 * (step + 1))
+        event.summary.value.add(tag='rec', simple_value=1.0 / (step + 1))
+        writer.write(event.SerializeToString())
+  out = run_script(
+    'term_curves.py',
+    f'--workroot={tmp_path / "runs"}',
+    f'--out={tmp_path}/terms.png',
+    cache=tmp_path / 'cache',
+  )
+  assert re.search(r'^\| vpga_s0 \| 0.3333 @300 \| 1.50 \|$', out.stdout, re.M), out.stdout
+  assert 'training time of these runs: 1.50 h' in out.stdout
