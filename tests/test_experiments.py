@@ -29,6 +29,18 @@ def run_script(script, *args, cache, timeout=600):
   )
 
 
+def run_failing_script(script, *args):
+  """`python experiments/SCRIPT ARGS` expected to fail: the CompletedProcess, unchecked."""
+  return subprocess.run(
+    [sys.executable, os.path.join(REPO, 'experiments', script), *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
+    cwd=REPO,
+  )
+
+
 def test_table1_runs_end_to_end_with_domain_features(idx_dir, tmp_path):
   out_md = tmp_path / 'table1.md'
   run_script(
@@ -142,20 +154,7 @@ def test_logdet_tracking_exact_and_eq6_estimate_over_checkpoints(idx_dir, tmp_pa
   empty = tmp_path / 'empty'
   empty.mkdir()
   (empty / 'config.json').write_text(checkpointing.config_to_json(helpers.tiny_config(idx_dir)))
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  bad = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(REPO, 'experiments', 'logdet_tracking.py'),
-      f'--workdir={empty}',
-      f'--out={tmp_path}/x.png',
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=env,
-    cwd=REPO,
-  )
+  bad = run_failing_script('logdet_tracking.py', f'--workdir={empty}', f'--out={tmp_path}/x.png')
   assert bad.returncode == 2
   errors = [line for line in bad.stderr.splitlines() if line.startswith('pga: error:')]
   assert len(errors) == 1 and 'no checkpoint' in errors[0], bad.stderr[-2000:]
@@ -332,18 +331,8 @@ def test_class_balance_classifies_the_evaluations_samples_of_each_run(idx_dir, t
     np.testing.assert_allclose(got['total_variation'], tv, rtol=1e-9)
     assert re.search(rf'^\| {name} \| 6 \| {tv:.3f} \|', out.stdout, re.M), out.stdout
 
-  bad = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(REPO, 'experiments', 'class_balance.py'),
-      f'--workroot={tmp_path}/nothing',
-      f'--out={tmp_path}/x.json',
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
-    cwd=REPO,
+  bad = run_failing_script(
+    'class_balance.py', f'--workroot={tmp_path}/nothing', f'--out={tmp_path}/x.json'
   )
   assert (
     bad.returncode == 1
