@@ -9,7 +9,8 @@ records each evaluation during training in the run's `eval_curve.jsonl`:
 
 Writes the PNG (FID against step, one line per run; precision and recall
 below), a JSON of the curves beside it, and prints a markdown table of the
-metrics at each run's last evaluated step (mean ± std over seeds).
+metrics at each run's last evaluated step (mean ± std over seeds) and one of
+the FID of every run at every evaluated step.
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ def summary_table(curves: dict) -> str:
   )
 
 
+def by_step_table(curves: dict, key: str = 'fid') -> str:
+  """`key` of every run (columns) at every evaluated step (rows); '' where a run has none."""
+  values = {label: {int(r['step']): r[key] for r in rows} for label, rows in curves.items()}
+  steps = sorted({step for run in values.values() for step in run})
+  rows = [
+    [str(step)] + [f'{run[step]:.3g}' if step in run else '' for run in values.values()]
+    for step in steps
+  ]
+  return runner.markdown_table(rows, ['step'] + list(values))
+
+
 def plot(curves: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
 
@@ -105,6 +117,7 @@ def main(argv):
   plot(curves, f.out)
   runner.write_json_beside(f.out, curves)
   print(summary_table(curves))
+  print(by_step_table(curves))
 
 
 if __name__ == '__main__':

@@ -200,6 +200,10 @@ def test_fid_curves_plots_and_tabulates_recorded_evaluations(tmp_path):
   np.testing.assert_allclose(float(vae[2]), np.std([50.0, 54.0], ddof=1), rtol=0.02)  # 2 digits
   np.testing.assert_allclose(float(vae[3]), 0.6, rtol=1e-3)
   assert re.search(r'^\| LPGA \| 1000 \| 200 \| 0.4 \| 0 \| 3 \| 1 \|$', out.stdout, re.M)
+  # FID by step, one column per run (LPGA was not evaluated at step 2000).
+  assert re.search(r'^\| step \| vae_s0 \| vae_s1 \| lpga_s0 \|$', out.stdout, re.M), out.stdout
+  assert re.search(r'^\| 1000 \| 80 \| 82 \| 200 \|$', out.stdout, re.M), out.stdout
+  assert re.search(r'^\| 2000 \| 50 \| 54 \|  \|$', out.stdout, re.M), out.stdout
 
 
 def test_fid_curves_labels_the_runs_of_several_workroots_by_folder(tmp_path):
@@ -226,7 +230,8 @@ def test_fid_curves_labels_the_runs_of_several_workroots_by_folder(tmp_path):
   curves = json.loads((tmp_path / 'fid.json').read_text())
   assert sorted(curves) == ['alt/lpga_s0', 'alt/lpga_s1', 'main/lpga_s0', 'main/vae_s0']
   # Table rows in the order of the workroots, then of --methods (vae before lpga).
-  assert re.findall(r'^\| (\S+) \|', out.stdout, re.M)[1:] == ['main/VAE', 'main/LPGA', 'alt/LPGA']
+  summary = out.stdout.split('\n\n')[0]  # the first table
+  assert re.findall(r'^\| (\S+) \|', summary, re.M)[1:] == ['main/VAE', 'main/LPGA', 'alt/LPGA']
   assert re.search(r'^\| main/LPGA \| 1000 \| 40 \|', out.stdout, re.M), out.stdout
   assert re.search(r'^\| alt/LPGA \| 1000 \| 22 ± 2.8 \|', out.stdout, re.M), out.stdout
 
