@@ -58,6 +58,12 @@ def find_runs(workroots: Sequence[str], methods: Sequence[str]) -> Dict[str, str
   folder name (`study10k_alt/lpga_s0`) when there are several workroots, in
   the order of the workroots, then of `methods`, then of the seeds.
   """
+  names = [os.path.basename(os.path.normpath(root)) for root in workroots]
+  if len(set(names)) < len(names):
+    raise SystemExit(
+      f'workroots {", ".join(workroots)} share a folder name, which labels their runs; '
+      'give folders with different names'
+    )
   runs = {}
   for root in workroots:
     prefix = os.path.basename(os.path.normpath(root)) + '/' if len(workroots) > 1 else ''

@@ -236,6 +236,13 @@ def test_fid_curves_labels_the_runs_of_several_workroots_by_folder(tmp_path):
   assert re.search(r'^\| alt/LPGA \| 1000 \| 22 ± 2.8 \|', out.stdout, re.M), out.stdout
 
 
+def test_find_runs_refuses_workroots_with_the_same_folder_name(tmp_path):
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+
+  with pytest.raises(SystemExit, match='share a folder name'):
+    runner.find_runs([str(tmp_path / 'a' / 'study'), str(tmp_path / 'b' / 'study/')], ['vae'])
+
+
 def test_line_styles_give_a_setting_one_colour_and_its_seeds_different_dashes():
   from experiments import runner  # pylint: disable=g-import-not-at-top
 
