@@ -41,6 +41,15 @@ alt_overrides='{"vae": {"beta": 0.05}, "lpga": {"nll": 0.03},
 
 for part in "$@"; do
   case "$part" in
+    main | seeds | alt) ;;
+    *)
+      echo "unknown PART '$part': use main, seeds or alt" >&2
+      exit 2 ;;
+  esac
+done
+
+for part in "$@"; do
+  case "$part" in
     main)
       "$python" "$repo/experiments/fashion_study.py" "${common[@]}" --seeds=0 \
         --methods=vae,lpga,vpga,lvpga --overrides="$main_overrides" \
@@ -53,8 +62,5 @@ for part in "$@"; do
       "$python" "$repo/experiments/fashion_study.py" "${common[@]}" --seeds=0 \
         --methods=vae,lpga,vpga,lvpga --overrides="$alt_overrides" \
         --workroot="$workroot/study10k_alt" --out="$out/alt" ;;
-    *)
-      echo "unknown PART '$part': use main, seeds or alt" >&2
-      exit 2 ;;
   esac
 done

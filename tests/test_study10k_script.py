@@ -1,0 +1,123 @@
+"""experiments/study10k.sh passes the study's settings to fashion_study.py.
+
+The driver is run with PYTHON set to a stand-in that records its arguments and
+environment instead of training; the recorded flags are then turned into the
+configs fashion_study.py would train, and those are checked against the
+settings the README states for the 10,000-step study.
+"""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, 'experiments', 'study10k.sh')
+
+
+def run_driver(tmp_path, *parts):
+  record = tmp_path / 'calls.jsonl'
+  stand_in = tmp_path / 'python'
+  stand_in.write_text(
+    f'#!{sys.executable}\n'
+    'import json, os, sys\n'
+    f'with open({str(record)!r}, "a") as f:\n'
+    '  f.write(json.dumps({"argv": sys.argv[1:], '
+    '"cache": os.environ.get("XDG_CACHE_HOME")}) + "\\n")\n'
+  )
+  stand_in.chmod(stand_in.stat().st_mode | stat.S_IEXEC)
+  result = subprocess.run(
+    ['bash', SCRIPT, str(tmp_path / 'work'), str(tmp_path / 'out'), *parts],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    env=dict(os.environ, PYTHON=str(stand_in)),
+  )
+  calls = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+  return result, calls
+
+
+def flag_values(argv):
+  values = {}
+  for arg in argv[1:]:
+    name, _, value = arg[2:].partition('=')
+    values[name] = value
+  return values
+
+
+def configs_of(call):
+  """The configs fashion_study.py builds from one recorded call."""
+  sys.path.insert(0, REPO)
+  try:
+    from experiments import fashion_study  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(REPO)
+  flags = flag_values(call['argv'])
+  overrides = json.loads(flags['overrides'])
+  configs = {}
+  for method in flags['methods'].split(','):
+    for seed in map(int, flags['seeds'].split(',')):
+      configs[f'{method}_s{seed}'] = fashion_study.study_config(
+        method,
+        seed,
+        int(flags['steps']),
+        1 / 3,
+        overrides=overrides,
+        eval_every=int(flags['eval_every']),
+        num_samples=int(flags['num_samples']),
+        warmup_ramp_steps=int(flags['warmup_ramp_steps']),
+      )
+  return flags, configs
+
+
+def test_each_part_trains_the_documented_settings(tmp_path):
+  result, calls = run_driver(tmp_path, 'main', 'seeds', 'alt')
+  assert result.returncode == 0, result.stderr
+  assert len(calls) == 3
+  work = str(tmp_path / 'work')
+  for call in calls:
+    assert call['argv'][0].endswith('experiments/fashion_study.py')
+    assert call['cache'] == os.path.join(work, 'cache')
+
+  main_flags, main = configs_of(calls[0])
+  assert sorted(main) == ['lpga_s0', 'lvpga_s0', 'vae_s0', 'vpga_s0']
+  assert main_flags['workroot'] == os.path.join(work, 'study10k')
+  assert main_flags['out'] == str(tmp_path / 'out')
+  for config in main.values():
+    assert (config.num_steps, config.eval_every, config.eval_num_samples) == (10000, 1000, 5000)
+    assert (config.arch, config.batch_size) == ('conv_mnist', 64)
+  assert main['vae_s0'].beta == 0.1
+  assert main['vpga_s0'].vkld == 0.04 and main['vpga_s0'].vrec == 0.01
+  assert main['lpga_s0'].nll == 0.015
+  for name in ('lpga_s0', 'lvpga_s0'):
+    assert (main[name].init_steps, main[name].warmup_ramp_steps) == (3333, 500)
+  assert (main['lpga_s0'].checkpoint_every, main['lpga_s0'].keep_checkpoints) == (500, 21)
+
+  seeds_flags, seeds = configs_of(calls[1])
+  assert sorted(seeds) == ['vae_s0', 'vae_s1', 'vpga_s0', 'vpga_s1']
+  assert seeds_flags['workroot'] == main_flags['workroot']
+  assert seeds_flags['out'] == str(tmp_path / 'out' / 'seeds')
+  for name, config in seeds.items():
+    assert config.to_dict() == dict(main[name.replace('_s1', '_s0')].to_dict(), seed=config.seed)
+
+  alt_flags, alt = configs_of(calls[2])
+  assert alt_flags['workroot'] == os.path.join(work, 'study10k_alt')
+  assert alt['vae_s0'].beta == 0.05
+  assert alt['lpga_s0'].nll == 0.03
+  assert (alt['vpga_s0'].vkld, alt['vpga_s0'].vrec) == (0.04, 0.02)
+  assert alt['lvpga_s0'].vkld == 0.04
+  for name in ('lpga_s0', 'lvpga_s0'):
+    assert alt[name].warmup_ramp_steps == 500
+
+
+@pytest.mark.parametrize('parts', [(), ('main', 'everything')])
+def test_bad_arguments_are_refused_before_anything_runs(tmp_path, parts):
+  result, calls = run_driver(tmp_path, *parts)
+  assert result.returncode == 2
+  assert 'main, seeds' in result.stderr
+  if parts:
+    assert "'everything'" in result.stderr
+  assert calls == []
