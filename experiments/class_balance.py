@@ -25,13 +25,14 @@ import os
 import sys
 
 import numpy as np
+from scipy import special
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import runner
 from pga_jax import checkpointing, config as config_lib
-from pga_jax.evaluation import classifier as classifier_lib, evaluate
+from pga_jax.evaluation import class_mix as class_mix_lib, classifier as classifier_lib, evaluate
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_list('workroot', ['runs/study10k'], 'Folders holding the runs (METHOD_sSEED).')
@@ -40,43 +41,6 @@ flags.DEFINE_integer('num_samples', 5000, 'Samples per run.')
 flags.DEFINE_integer('seed', 0, 'Seed of the sample latents (the evaluation uses 0).')
 flags.DEFINE_integer('step', None, 'Checkpoint step of every run (default: its newest).')
 flags.DEFINE_string('out', 'docs/study/class_balance.json', 'Output JSON.')
-
-
-# Names of the classes of the datasets whose labels are not their names.
-CLASS_NAMES = {
-  'fashion_mnist': (
-    'T-shirt/top',
-    'Trouser',
-    'Pullover',
-    'Dress',
-    'Coat',
-    'Sandal',
-    'Shirt',
-    'Sneaker',
-    'Bag',
-    'Ankle boot',
-  )
-}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-  shifted = logits - logits.max(axis=-1, keepdims=True)
-  e = np.exp(shifted)
-  return e / e.sum(axis=-1, keepdims=True)
-
-
-def class_mix(probabilities: np.ndarray) -> dict:
-  """{fractions: share of each predicted class, confidence: mean top-class probability}."""
-  counts = np.bincount(probabilities.argmax(-1), minlength=probabilities.shape[-1])
-  return {
-    'fractions': (counts / counts.sum()).tolist(),
-    'confidence': float(probabilities.max(-1).mean()),
-  }
-
-
-def total_variation(p, q) -> float:
-  """0.5 * sum |p - q| of two class mixes."""
-  return 0.5 * float(np.abs(np.asarray(p, np.float64) - np.asarray(q, np.float64)).sum())
 
 
 def domain_classifier(config) -> classifier_lib.TrainedClassifier:
@@ -91,19 +55,21 @@ def run_mix(workdir: str, classifier, num_samples: int, seed: int, step=None) ->
     classifier.logits(images)
     for images in evaluate.quantized_samples(model, params, config, num_samples, seed)
   ]
-  return dict(class_mix(softmax(np.concatenate(logits))), step=int(step))
+  return dict(
+    class_mix_lib.class_mix(special.softmax(np.concatenate(logits), axis=-1)), step=int(step)
+  )
 
 
 def real_mix(config, classifier) -> dict:
   size, _, channels = config_lib.image_shape(config)
   test = evaluate.load_split(config.dataset, 'test', config.data_dir, size, channels)
-  return class_mix(softmax(classifier.logits(test.images)))
+  return class_mix_lib.class_mix(special.softmax(classifier.logits(test.images), axis=-1))
 
 
 def table(results: dict) -> str:
   real = results['real']
   classes = len(real['fractions'])
-  names = CLASS_NAMES.get(results['dataset'], ())
+  names = class_mix_lib.CLASS_NAMES.get(results['dataset'], ())
   names = names if len(names) == classes else [f'class {c}' for c in range(classes)]
   rows = [['real (test)', '', '0', f'{real["confidence"]:.3f}'] + _percent(real['fractions'])]
   for name, r in results['runs'].items():
@@ -144,7 +110,9 @@ def main(argv):
         f'{first.dataset!r}; give runs of one dataset'
       )
     r = run_mix(workdir, classifier, f.num_samples, f.seed, f.step)
-    r['total_variation'] = total_variation(r['fractions'], results['real']['fractions'])
+    r['total_variation'] = class_mix_lib.total_variation(
+      r['fractions'], results['real']['fractions']
+    )
     results['runs'][name] = r
   runner.write_text(f.out, json.dumps(results, indent=1, sort_keys=True))
   print(table(results))

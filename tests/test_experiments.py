@@ -281,22 +281,6 @@ def test_term_curves_reads_each_terms_log_and_keeps_the_later_value_of_a_resumed
   assert re.search(r'^\| lpga_s0 \| 0.3 @4 \|  \| ', out.stdout, re.M), out.stdout
 
 
-def test_class_mix_and_total_variation_on_hand_computed_values():
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from experiments import class_balance  # pylint: disable=g-import-not-at-top
-
-  probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6]])
-  mix = class_balance.class_mix(probabilities)
-  assert mix['fractions'] == [0.5, 0.25, 0.25]
-  assert mix['confidence'] == pytest.approx((0.7 + 0.6 + 0.5 + 0.6) / 4)
-  assert class_balance.total_variation([0.5, 0.25, 0.25], [0.25, 0.25, 0.5]) == pytest.approx(0.25)
-  assert class_balance.total_variation([1, 0], [0, 1]) == 1.0
-  np.testing.assert_allclose(
-    class_balance.softmax(np.log(np.array([[1.0, 3.0], [2.0, 2.0]]))), [[0.25, 0.75], [0.5, 0.5]]
-  )
-
-
 def test_class_balance_classifies_the_evaluations_samples_of_each_run(idx_dir, tmp_path):
   import glob  # pylint: disable=g-import-not-at-top
 
