@@ -7,6 +7,7 @@ LVPGA) is scaled to the budget: `warmup_fraction` of the steps.
 
   python experiments/fashion_study.py --steps=1500 --seeds=0 --out=docs/study
   python experiments/fashion_study.py --sweep --steps=500    # the tuning runs
+  python experiments/fashion_study.py --print_configs ...    # what it would train
 
 Runs live under --workroot and resume from their checkpoints: rerunning the
 same command continues where it stopped. Writes `results.json`, `results.md`
@@ -55,6 +56,11 @@ flags.DEFINE_string(
   'JSON {method: {field: value}} applied to configs (e.g. the values the sweep chose).',
 )
 flags.DEFINE_bool('sweep', False, 'Run the tuning sweep (SWEEP) instead of the study.')
+flags.DEFINE_bool(
+  'print_configs',
+  False,
+  'Print the config of every run as JSON ({run name: config}) and exit without training.',
+)
 flags.DEFINE_string('dataset', 'fashion_mnist', 'Dataset (tests use a small IDX one).')
 flags.DEFINE_string('data_dir', None, 'Data directory for the dataset.')
 flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
@@ -101,8 +107,15 @@ def study_config(
   return config
 
 
-def run_study(f) -> dict:
-  overrides = json.loads(f.overrides)
+def study_configs(f) -> dict:
+  """{run name: config} of every run the flags ask for."""
+  try:
+    overrides = json.loads(f.overrides)
+  except json.JSONDecodeError as e:
+    raise SystemExit(
+      f'--overrides is not JSON ({e}); give {{"method": {{"field": value}}}}, '
+      'e.g. \'{"vae": {"beta": 0.05}}\''
+    ) from None
   configs = {}
   for method in f.methods:
     if f.sweep:
@@ -129,6 +142,11 @@ def run_study(f) -> dict:
           f.num_samples,
           f.warmup_ramp_steps,
         )
+  return configs
+
+
+def run_study(f) -> dict:
+  configs = study_configs(f)
   evaluators = {}
 
   def evaluator_for(config):
@@ -172,6 +190,10 @@ def tabulate(results: dict, sweep: bool) -> str:
 def main(argv):
   del argv
   f = flags.FLAGS
+  if f.print_configs:
+    configs = study_configs(f)
+    print(json.dumps({name: c.to_dict() for name, c in configs.items()}, sort_keys=True))
+    return
   results = run_study(f)
   stem = 'sweep' if f.sweep else 'results'
   table = tabulate(results, f.sweep)

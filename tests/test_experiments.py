@@ -281,6 +281,13 @@ def test_term_curves_reads_each_terms_log_and_keeps_the_later_value_of_a_resumed
   assert re.search(r'^\| lpga_s0 \| 0.3 @4 \|  \| ', out.stdout, re.M), out.stdout
 
 
+def test_fashion_study_refuses_overrides_that_are_not_json():
+  result = run_failing_script('fashion_study.py', '--print_configs', '--overrides={vae: 1}')
+  assert result.returncode == 1
+  assert '--overrides is not JSON' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
 def test_class_balance_classifies_the_evaluations_samples_of_each_run(idx_dir, tmp_path):
   import glob  # pylint: disable=g-import-not-at-top
 

@@ -49,29 +49,14 @@ def flag_values(argv):
   return values
 
 
-# Builds the configs in a child process: fashion_study.py defines absl flags at
-# import, which would clash with other experiment scripts a test worker imports.
-BUILD_CONFIGS = """
-import json, sys
-from experiments import fashion_study
-flags = json.loads(sys.argv[1])
-overrides = json.loads(flags['overrides'])
-configs = {}
-for method in flags['methods'].split(','):
-  for seed in map(int, flags['seeds'].split(',')):
-    configs[f'{method}_s{seed}'] = fashion_study.study_config(
-      method, seed, int(flags['steps']), 1 / 3, overrides=overrides,
-      eval_every=int(flags['eval_every']), num_samples=int(flags['num_samples']),
-      warmup_ramp_steps=int(flags['warmup_ramp_steps'])).to_dict()
-print(json.dumps(configs))
-"""
-
-
 def configs_of(call):
-  """The configs fashion_study.py builds from one recorded call (as dicts)."""
-  flags = flag_values(call['argv'])
+  """The recorded flags, and the configs fashion_study.py builds from them.
+
+  The recorded command is run for real with --print_configs (it prints
+  {run name: config} and trains nothing).
+  """
   result = subprocess.run(
-    [sys.executable, '-c', BUILD_CONFIGS, json.dumps(flags)],
+    [sys.executable, *call['argv'], '--print_configs'],
     capture_output=True,
     text=True,
     timeout=300,
@@ -80,7 +65,9 @@ def configs_of(call):
   )
   assert result.returncode == 0, result.stderr
   configs = json.loads(result.stdout.strip().splitlines()[-1])
-  return flags, {name: ml_collections.ConfigDict(c) for name, c in configs.items()}
+  return flag_values(call['argv']), {
+    name: ml_collections.ConfigDict(c) for name, c in configs.items()
+  }
 
 
 def test_each_part_trains_the_documented_settings(tmp_path):
