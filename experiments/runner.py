@@ -88,19 +88,25 @@ def setting_of(label: str) -> str:
 
 
 def line_styles(labels: Sequence[str]) -> Dict[str, dict]:
-  """{label: matplotlib line keywords}: one colour per setting (the same in
-  every panel of a figure), one line style per seed of a setting."""
-  settings = list(dict.fromkeys(setting_of(label) for label in labels))
+  """{label: matplotlib line keywords}: one colour per method (the same in every
+  panel of a figure, and for a method's runs under every workroot), one line
+  style per run of a method ('-' for its first run, then '--', ':', '-.')."""
+  methods = list(dict.fromkeys(_method_of(label) for label in labels))
   seen = {}
   styles = {}
   for label in labels:
-    setting = setting_of(label)
+    method = _method_of(label)
     styles[label] = dict(
-      color=f'C{settings.index(setting) % 10}',
-      linestyle=('-', '--', ':', '-.')[seen.get(setting, 0) % 4],
+      color=f'C{methods.index(method) % 10}',
+      linestyle=('-', '--', ':', '-.')[seen.get(method, 0) % 4],
     )
-    seen[setting] = seen.get(setting, 0) + 1
+    seen[method] = seen.get(method, 0) + 1
   return styles
+
+
+def _method_of(label: str) -> str:
+  """'study10k_alt/lpga_s1' -> 'lpga'."""
+  return setting_of(label).rpartition('/')[2]
 
 
 def train_run(config, workdir: str) -> None:

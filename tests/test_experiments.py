@@ -243,14 +243,16 @@ def test_find_runs_refuses_workroots_with_the_same_folder_name(tmp_path):
     runner.find_runs([str(tmp_path / 'a' / 'study'), str(tmp_path / 'b' / 'study/')], ['vae'])
 
 
-def test_line_styles_give_a_setting_one_colour_and_its_seeds_different_dashes():
+def test_line_styles_give_a_method_one_colour_and_its_runs_different_dashes():
   from experiments import runner  # pylint: disable=g-import-not-at-top
 
-  styles = runner.line_styles(['vae_s0', 'lpga_s0', 'vae_s1', 'alt/lpga_s0'])
-  assert styles['vae_s0']['color'] == styles['vae_s1']['color']
-  assert styles['vae_s0']['linestyle'] != styles['vae_s1']['linestyle']
-  colours = {styles[name]['color'] for name in ('vae_s0', 'lpga_s0', 'alt/lpga_s0')}
-  assert len(colours) == 3
+  labels = ['main/vae_s0', 'main/lpga_s0', 'main/vae_s1', 'alt/lpga_s0', 'alt/vae_s0']
+  styles = runner.line_styles(labels)
+  for method in ('vae', 'lpga'):
+    runs = [styles[label] for label in labels if f'/{method}_' in label]
+    assert len({style['color'] for style in runs}) == 1
+    assert len({style['linestyle'] for style in runs}) == len(runs)
+  assert styles['main/vae_s0']['color'] != styles['main/lpga_s0']['color']
 
 
 def test_term_curves_reads_each_terms_log_and_keeps_the_later_value_of_a_resumed_step(tmp_path):
