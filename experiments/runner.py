@@ -89,18 +89,22 @@ def setting_of(label: str) -> str:
 
 def line_styles(labels: Sequence[str]) -> Dict[str, dict]:
   """{label: matplotlib line keywords}: one colour per method (the same in every
-  panel of a figure, and for a method's runs under every workroot), one line
-  style per run of a method ('-' for its first run, then '--', ':', '-.')."""
+  panel of a figure, and under every workroot); the line style tells the
+  workroot and the seed apart: under the first workroot a method's first seed
+  is solid and its second dashed, under the second dotted and dash-dotted."""
   methods = list(dict.fromkeys(_method_of(label) for label in labels))
+  prefixes = list(dict.fromkeys(setting_of(label).rpartition('/')[0] for label in labels))
   seen = {}
   styles = {}
   for label in labels:
-    method = _method_of(label)
+    setting = setting_of(label)
+    seed_index = seen.get(setting, 0)
+    seen[setting] = seed_index + 1
+    workroot_index = prefixes.index(setting.rpartition('/')[0])
     styles[label] = dict(
-      color=f'C{methods.index(method) % 10}',
-      linestyle=('-', '--', ':', '-.')[seen.get(method, 0) % 4],
+      color=f'C{methods.index(_method_of(label)) % 10}',
+      linestyle=('-', '--', ':', '-.')[(2 * workroot_index + seed_index) % 4],
     )
-    seen[method] = seen.get(method, 0) + 1
   return styles
 
 

@@ -243,7 +243,7 @@ def test_find_runs_refuses_workroots_with_the_same_folder_name(tmp_path):
     runner.find_runs([str(tmp_path / 'a' / 'study'), str(tmp_path / 'b' / 'study/')], ['vae'])
 
 
-def test_line_styles_give_a_method_one_colour_and_its_runs_different_dashes():
+def test_line_styles_give_a_method_one_colour_and_a_workroot_its_own_dashes():
   from experiments import runner  # pylint: disable=g-import-not-at-top
 
   labels = ['main/vae_s0', 'main/lpga_s0', 'main/vae_s1', 'alt/lpga_s0', 'alt/vae_s0']
@@ -253,6 +253,10 @@ def test_line_styles_give_a_method_one_colour_and_its_runs_different_dashes():
     assert len({style['color'] for style in runs}) == 1
     assert len({style['linestyle'] for style in runs}) == len(runs)
   assert styles['main/vae_s0']['color'] != styles['main/lpga_s0']['color']
+  # the same workroot and seed draw the same dash whatever the method
+  assert styles['alt/lpga_s0']['linestyle'] == styles['alt/vae_s0']['linestyle']
+  assert styles['main/lpga_s0']['linestyle'] == styles['main/vae_s0']['linestyle']
+  assert styles['main/vae_s0']['linestyle'] != styles['alt/vae_s0']['linestyle']
 
 
 def test_term_curves_reads_each_terms_log_and_keeps_the_later_value_of_a_resumed_step(tmp_path):
