@@ -9,13 +9,15 @@
 #   main   seed 0 of the four methods            (WORKROOT/study10k, OUT/)
 #   seeds  seeds 0 and 1 of the VAE and VPGA     (WORKROOT/study10k, OUT/seeds/)
 #   alt    one more coefficient setting each     (WORKROOT/study10k_alt, OUT/alt/)
+#   altseeds  seeds 0 and 1 of the best extra setting, LVPGA vkld 0.04
+#                                                (WORKROOT/study10k_alt, OUT/alt/seeds/)
 # run in the order given. Every run resumes from its checkpoints, so the same
 # command continues an interrupted study exactly; finished runs are only
 # evaluated again. WORKROOT must survive the machine (runs take hours); the
 # evaluation and kernel caches go to WORKROOT/cache for the same reason.
 set -euo pipefail
 if [[ $# -lt 3 ]]; then
-  echo "usage: $0 WORKROOT OUT PART... (PART: main, seeds, alt)" >&2
+  echo "usage: $0 WORKROOT OUT PART... (PART: main, seeds, alt, altseeds)" >&2
   exit 2
 fi
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -41,9 +43,9 @@ alt_overrides='{"vae": {"beta": 0.05}, "lpga": {"nll": 0.03},
 
 for part in "$@"; do
   case "$part" in
-    main | seeds | alt) ;;
+    main | seeds | alt | altseeds) ;;
     *)
-      echo "unknown PART '$part': use main, seeds or alt" >&2
+      echo "unknown PART '$part': use main, seeds, alt or altseeds" >&2
       exit 2 ;;
   esac
 done
@@ -62,5 +64,9 @@ for part in "$@"; do
       "$python" "$repo/experiments/fashion_study.py" "${common[@]}" --seeds=0 \
         --methods=vae,lpga,vpga,lvpga --overrides="$alt_overrides" \
         --workroot="$workroot/study10k_alt" --out="$out/alt" ;;
+    altseeds)
+      "$python" "$repo/experiments/fashion_study.py" "${common[@]}" --seeds=0,1 \
+        --methods=lvpga --overrides="$alt_overrides" \
+        --workroot="$workroot/study10k_alt" --out="$out/alt/seeds" ;;
   esac
 done

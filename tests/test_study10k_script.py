@@ -71,9 +71,9 @@ def configs_of(call):
 
 
 def test_each_part_trains_the_documented_settings(tmp_path):
-  result, calls = run_driver(tmp_path, 'main', 'seeds', 'alt')
+  result, calls = run_driver(tmp_path, 'main', 'seeds', 'alt', 'altseeds')
   assert result.returncode == 0, result.stderr
-  assert len(calls) == 3
+  assert len(calls) == 4
   work = str(tmp_path / 'work')
   for call in calls:
     assert call['argv'][0].endswith('experiments/fashion_study.py')
@@ -108,6 +108,13 @@ def test_each_part_trains_the_documented_settings(tmp_path):
   assert alt['lvpga_s0'].vkld == 0.04
   for name in ('lpga_s0', 'lvpga_s0'):
     assert alt[name].warmup_ramp_steps == 500
+
+  altseeds_flags, altseeds = configs_of(calls[3])
+  assert sorted(altseeds) == ['lvpga_s0', 'lvpga_s1']
+  assert altseeds_flags['workroot'] == alt_flags['workroot']
+  assert altseeds_flags['out'] == str(tmp_path / 'out' / 'alt' / 'seeds')
+  for name, config in altseeds.items():
+    assert config.to_dict() == dict(alt['lvpga_s0'].to_dict(), seed=config.seed)
 
 
 @pytest.mark.parametrize('parts', [(), ('main', 'everything')])
