@@ -50,23 +50,17 @@ for part in "$@"; do
   esac
 done
 
+# study SEEDS METHODS OVERRIDES WORKROOT OUT: one fashion_study.py call.
+study() {
+  "$python" "$repo/experiments/fashion_study.py" "${common[@]}" --seeds="$1" \
+    --methods="$2" --overrides="$3" --workroot="$4" --out="$5"
+}
+
 for part in "$@"; do
   case "$part" in
-    main)
-      "$python" "$repo/experiments/fashion_study.py" "${common[@]}" --seeds=0 \
-        --methods=vae,lpga,vpga,lvpga --overrides="$main_overrides" \
-        --workroot="$workroot/study10k" --out="$out" ;;
-    seeds)
-      "$python" "$repo/experiments/fashion_study.py" "${common[@]}" --seeds=0,1 \
-        --methods=vae,vpga --overrides="$main_overrides" \
-        --workroot="$workroot/study10k" --out="$out/seeds" ;;
-    alt)
-      "$python" "$repo/experiments/fashion_study.py" "${common[@]}" --seeds=0 \
-        --methods=vae,lpga,vpga,lvpga --overrides="$alt_overrides" \
-        --workroot="$workroot/study10k_alt" --out="$out/alt" ;;
-    altseeds)
-      "$python" "$repo/experiments/fashion_study.py" "${common[@]}" --seeds=0,1 \
-        --methods=lvpga --overrides="$alt_overrides" \
-        --workroot="$workroot/study10k_alt" --out="$out/alt/seeds" ;;
+    main) study 0 vae,lpga,vpga,lvpga "$main_overrides" "$workroot/study10k" "$out" ;;
+    seeds) study 0,1 vae,vpga "$main_overrides" "$workroot/study10k" "$out/seeds" ;;
+    alt) study 0 vae,lpga,vpga,lvpga "$alt_overrides" "$workroot/study10k_alt" "$out/alt" ;;
+    altseeds) study 0,1 lvpga "$alt_overrides" "$workroot/study10k_alt" "$out/alt/seeds" ;;
   esac
 done
