@@ -58,10 +58,10 @@ def summary_table(curves: dict) -> str:
   """Metrics at the last evaluated step of each run, mean ± std over the seeds of a setting."""
   finals = {}
   for label, rows in curves.items():
-    finals.setdefault(runner.setting_of(label), []).append(rows[-1])
+    prefix, method, _ = runner.split_label(label)
+    finals.setdefault((prefix, method), []).append(rows[-1])
   rows = []
-  for setting, runs in finals.items():
-    prefix, _, method = setting.rpartition('/')
+  for (prefix, method), runs in finals.items():
     steps = sorted({int(r['step']) for r in runs})
     rows.append(
       [prefix + '/' * bool(prefix) + method.upper(), '/'.join(map(str, steps))]

@@ -12,7 +12,7 @@ import glob
 import json
 import os
 import re
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import logging
@@ -76,15 +76,17 @@ def find_runs(workroots: Sequence[str], methods: Sequence[str]) -> Dict[str, str
 
 
 def _run_order(label: str, workroots: Sequence[str], methods: Sequence[str]):
+  prefix, method, seed = split_label(label)
+  roots = [os.path.basename(os.path.normpath(r)) for r in workroots]
+  return (roots.index(prefix) if prefix else 0, list(methods).index(method), seed)
+
+
+def split_label(label: str) -> Tuple[str, str, int]:
+  """A run label's (workroot folder or '', method, seed): 'study10k_alt/lpga_s1' ->
+  ('study10k_alt', 'lpga', 1)."""
   prefix, _, name = label.rpartition('/')
   method, seed = name.rsplit('_s', 1)
-  roots = [os.path.basename(os.path.normpath(r)) for r in workroots]
-  return (roots.index(prefix) if prefix else 0, list(methods).index(method), int(seed))
-
-
-def setting_of(label: str) -> str:
-  """The run's setting: its label without the seed ('study10k_alt/lpga_s1' -> 'study10k_alt/lpga')."""
-  return label.rsplit('_s', 1)[0]
+  return prefix, method, int(seed)
 
 
 def line_styles(labels: Sequence[str]) -> Dict[str, dict]:
@@ -92,25 +94,19 @@ def line_styles(labels: Sequence[str]) -> Dict[str, dict]:
   panel of a figure, and under every workroot); the line style tells the
   workroot and the seed apart: under the first workroot a method's first seed
   is solid and its second dashed, under the second dotted and dash-dotted."""
-  methods = list(dict.fromkeys(_method_of(label) for label in labels))
-  prefixes = list(dict.fromkeys(setting_of(label).rpartition('/')[0] for label in labels))
+  parts = {label: split_label(label) for label in labels}
+  methods = list(dict.fromkeys(method for _, method, _ in parts.values()))
+  prefixes = list(dict.fromkeys(prefix for prefix, _, _ in parts.values()))
   seen = {}
   styles = {}
-  for label in labels:
-    setting = setting_of(label)
-    seed_index = seen.get(setting, 0)
-    seen[setting] = seed_index + 1
-    workroot_index = prefixes.index(setting.rpartition('/')[0])
+  for label, (prefix, method, _) in parts.items():
+    seed_index = seen.get((prefix, method), 0)
+    seen[(prefix, method)] = seed_index + 1
     styles[label] = dict(
-      color=f'C{methods.index(_method_of(label)) % 10}',
-      linestyle=('-', '--', ':', '-.')[(2 * workroot_index + seed_index) % 4],
+      color=f'C{methods.index(method) % 10}',
+      linestyle=('-', '--', ':', '-.')[(2 * prefixes.index(prefix) + seed_index) % 4],
     )
   return styles
-
-
-def _method_of(label: str) -> str:
-  """'study10k_alt/lpga_s1' -> 'lpga'."""
-  return setting_of(label).rpartition('/')[2]
 
 
 def train_run(config, workdir: str) -> None:
