@@ -1,9 +1,14 @@
 """The CPU study: AE, VAE, LPGA, VPGA and LVPGA on Fashion-MNIST with one step budget.
 
 Every method gets conv_mnist, batch 64, the same number of steps and the same
-seeds; PGA methods use the reference's MNIST coefficients (SGD, lr 0.1), the
-VAE the reference VAE's optimizer (Adam 2e-4, beta1 0.5). Warm-up (LPGA,
-LVPGA) is scaled to the budget: `warmup_fraction` of the steps.
+seeds, and the reference's MNIST coefficients. Every method trains with SGD,
+lr 0.1, momentum 0.9, as the paper trains all its models (the VAE included);
+`--vae=adam` gives the VAE the public VAE's Adam (lr 2e-4, beta1 0.5) instead.
+Warm-up (LPGA, LVPGA): `--init_steps` steps, or `--warmup_fraction` of the
+steps. A warm-up shorter than the reference's 3,000 steps is not the
+reference's recipe, and switching every term on at once after it can diverge
+(README, "The switch-on"), so such runs raise the terms over
+`--warmup_ramp_steps` (default 500 there, 0 otherwise).
 
   python experiments/fashion_study.py --steps=1500 --seeds=0 --out=docs/study
   python experiments/fashion_study.py --sweep --steps=500    # the tuning runs
@@ -29,23 +34,39 @@ from pga_jax import config as config_lib  # pylint: disable=g-import-not-at-top,
 from pga_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = ('ae', 'vae', 'lpga', 'vpga', 'lvpga')
-# The tuning sweep: the same number of values around the reference setting for
-# the VAE's beta and for each PGA method's main coefficient.
+# The tuning sweeps: three values around the starting setting of each swept
+# field, one field at a time (the others at their start). The PGA methods'
+# main coefficient; the VAE's (SGD) learning rate and beta, or with
+# --vae=adam its beta alone (Adam's learning rate is the public VAE's).
 SWEEP = {
-  'vae': ('beta', (0.02, 0.05, 0.1)),
-  'lpga': ('nll', (0.0075, 0.015, 0.03)),
-  'vpga': ('vkld', (0.01, 0.02, 0.04)),
+  'vae': (('optimizer.learning_rate', (0.05, 0.1, 0.2)), ('beta', (0.05, 0.1, 0.2))),
+  'lpga': (('nll', (0.0075, 0.015, 0.03)),),
+  'vpga': (('vkld', (0.01, 0.02, 0.04)),),
 }
+SWEEP_ADAM_VAE = (('beta', (0.02, 0.05, 0.1)),)
+# The reference's warm-up (LPGA, LVPGA), in steps.
+REFERENCE_INIT_STEPS = 3000
+SHORT_WARMUP_RAMP_STEPS = 500
 
 flags.DEFINE_integer('steps', 1500, 'Training steps per run (the same for every method).')
 flags.DEFINE_list('seeds', ['0'], 'Seeds; mean ± std over them.')
 flags.DEFINE_list('methods', list(METHODS), 'Methods to run.')
 flags.DEFINE_float('warmup_fraction', 1 / 3, 'LPGA/LVPGA warm-up as a fraction of the steps.')
 flags.DEFINE_integer(
+  'init_steps', None, 'LPGA/LVPGA warm-up in steps (overrides --warmup_fraction).'
+)
+flags.DEFINE_integer(
   'warmup_ramp_steps',
-  0,
-  'LPGA/LVPGA: raise the terms over this many steps '
-  'after the warm-up (0: all at once, the reference).',
+  None,
+  'LPGA/LVPGA: raise the terms over this many steps after the warm-up (0: all at '
+  f'once, the reference). Default: {SHORT_WARMUP_RAMP_STEPS} when the warm-up is '
+  f"shorter than the reference's {REFERENCE_INIT_STEPS} steps, else 0.",
+)
+flags.DEFINE_enum(
+  'vae',
+  'sgd',
+  ['sgd', 'adam'],
+  "The VAE's optimizer: sgd (the paper's, as PGA's) or adam (the public VAE's).",
 )
 flags.DEFINE_integer('num_samples', 5000, 'Samples per evaluation.')
 flags.DEFINE_string('workroot', 'runs/study', 'Where the runs live.')
@@ -84,8 +105,12 @@ def study_config(
   overrides: dict = None,
   eval_every: int = 0,
   num_samples: int = 5000,
-  warmup_ramp_steps: int = 0,
+  warmup_ramp_steps=None,
+  init_steps=None,
+  vae: str = 'sgd',
 ):
+  """One study run's config. `overrides` is {method: {field: value}}, a field
+  named by its dotted path ('optimizer.learning_rate')."""
   config = config_lib.base_config(method)
   config.dataset = dataset
   config.data_dir = data_dir
@@ -93,8 +118,13 @@ def study_config(
   config.batch_size = batch_size
   config.seed = seed
   config.num_steps = steps
+  if method == 'vae' and vae == 'adam':
+    config_lib.public_vae_adam(config)
   if config.init_steps:
-    config.init_steps = int(steps * warmup_fraction)
+    config.init_steps = int(steps * warmup_fraction) if init_steps is None else init_steps
+    if warmup_ramp_steps is None:
+      short = config.init_steps < REFERENCE_INIT_STEPS
+      warmup_ramp_steps = SHORT_WARMUP_RAMP_STEPS if short else 0
     config.warmup_ramp_steps = warmup_ramp_steps
   config.log_every = max(1, min(100, steps // 10))
   config.sample_every = steps
@@ -103,8 +133,27 @@ def study_config(
   config.eval_every = eval_every
   config.eval_num_samples = num_samples
   for field, value in (overrides or {}).get(method, {}).items():
-    config[field] = value
+    *parents, leaf = field.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
   return config
+
+
+def sweep_runs(method: str, vae: str) -> list:
+  """[(run name, {field: value})] of the method's sweep, one field varied at a
+  time; a setting equal to one already listed (the start) is listed once."""
+  fields = SWEEP_ADAM_VAE if (method == 'vae' and vae == 'adam') else SWEEP[method]
+  start = {field: values[1] for field, values in fields}
+  runs, seen = [], []
+  for field, values in fields:
+    for value in values:
+      setting = dict(start, **{field: value})
+      if setting not in seen:
+        seen.append(setting)
+        runs.append((f'sweep_{method}_{field.rsplit(".", 1)[-1]}{value}', {field: value}))
+  return runs
 
 
 def study_configs(f) -> dict:
@@ -116,32 +165,29 @@ def study_configs(f) -> dict:
       f'--overrides is not JSON ({e}); give {{"method": {{"field": value}}}}, '
       'e.g. \'{"vae": {"beta": 0.05}}\''
     ) from None
+  common = dict(
+    steps=f.steps,
+    warmup_fraction=f.warmup_fraction,
+    dataset=f.dataset,
+    data_dir=f.data_dir,
+    batch_size=f.batch_size,
+    eval_every=f.eval_every,
+    num_samples=f.num_samples,
+    warmup_ramp_steps=f.warmup_ramp_steps,
+    init_steps=f.init_steps,
+    vae=f.vae,
+  )
   configs = {}
   for method in f.methods:
     if f.sweep:
       if method not in SWEEP:
         continue
-      field, values = SWEEP[method]
-      for value in values:
-        extra = {method: dict(overrides.get(method, {}), **{field: value})}
-        configs[f'sweep_{method}_{field}{value}'] = study_config(
-          method, 0, f.steps, f.warmup_fraction, f.dataset, f.data_dir, f.batch_size, extra
-        )
+      for name, setting in sweep_runs(method, f.vae):
+        extra = {method: dict(overrides.get(method, {}), **setting)}
+        configs[name] = study_config(method, 0, overrides=extra, **common)
     else:
       for seed in map(int, f.seeds):
-        configs[f'{method}_s{seed}'] = study_config(
-          method,
-          seed,
-          f.steps,
-          f.warmup_fraction,
-          f.dataset,
-          f.data_dir,
-          f.batch_size,
-          overrides,
-          f.eval_every,
-          f.num_samples,
-          f.warmup_ramp_steps,
-        )
+        configs[f'{method}_s{seed}'] = study_config(method, seed, overrides=overrides, **common)
   return configs
 
 
@@ -158,20 +204,33 @@ def run_study(f) -> dict:
   return results
 
 
-def tabulate(results: dict, sweep: bool) -> str:
+# The metrics of the results tables: (result key, column, format).
+COLUMNS = (
+  ('fid', 'FID', '.3g'),
+  ('precision', 'precision', '.3f'),
+  ('recall', 'recall', '.3f'),
+  ('kid', 'KID', '.3g'),
+  ('sharpness', 'sharpness', '.3f'),
+  ('class_tv', 'class-mix TV', '.3f'),
+)
+
+
+def tabulate(results: dict, sweep: bool, curves: dict = None) -> str:
+  """Markdown table of the results: per sweep run (with the FID of each step its
+  curve evaluated, from `curves` {name: [eval rows]}), or per method over seeds."""
+  columns = [c for c in COLUMNS if all(c[0] in r for r in results.values())]
   rows = []
   if sweep:
+    steps = sorted({row['step'] for rows_ in (curves or {}).values() for row in rows_})
     for name, r in sorted(results.items()):
+      fid_at = {row['step']: row.get('eval_domain/fid') for row in (curves or {}).get(name, [])}
       rows.append(
-        [
-          name.replace('sweep_', ''),
-          f'{r["fid"]:.3g}',
-          f'{r["precision"]:.3f}',
-          f'{r["recall"]:.3f}',
-          f'{r["kid"]:.4f}',
-        ]
+        [name.replace('sweep_', '')]
+        + [f'{fid_at[s]:.3g}' if fid_at.get(s) is not None else '' for s in steps]
+        + [format(r[key], fmt) for key, _, fmt in columns]
       )
-    return runner.markdown_table(rows, ['run', 'FID', 'precision', 'recall', 'KID'])
+    header = ['run'] + [f'FID at {s:,}' for s in steps] + [title for _, title, _ in columns]
+    return runner.markdown_table(rows, header)
   by_method = {}
   for name, r in results.items():
     by_method.setdefault(name.rsplit('_s', 1)[0], []).append(r)
@@ -181,10 +240,10 @@ def tabulate(results: dict, sweep: bool) -> str:
     rs = by_method[method]
     rows.append(
       [method.upper()]
-      + [runner.mean_std([r[k] for r in rs]) for k in ('fid', 'precision', 'recall', 'kid')]
+      + [runner.mean_std([r[key] for r in rs]) for key, _, _ in columns]
       + [str(len(rs))]
     )
-  return runner.markdown_table(rows, ['method', 'FID', 'precision', 'recall', 'KID', 'seeds'])
+  return runner.markdown_table(rows, ['method'] + [title for _, title, _ in columns] + ['seeds'])
 
 
 def main(argv):
@@ -196,7 +255,8 @@ def main(argv):
     return
   results = run_study(f)
   stem = 'sweep' if f.sweep else 'results'
-  table = tabulate(results, f.sweep)
+  curves = {name: runner.read_curve(os.path.join(f.workroot, name)) for name in results}
+  table = tabulate(results, f.sweep, curves)
   runner.write_text(os.path.join(f.out, f'{stem}.md'), table)
   runner.write_text(
     os.path.join(f.out, f'{stem}.json'),

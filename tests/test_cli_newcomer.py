@@ -454,16 +454,23 @@ def test_method_override_rules_on_the_reference_configs():
   file_config, config = load('mnist_lpga'), load('mnist_lpga')
   config.method = 'vae'
   changed = method_override.apply(config, file_config, {'method': 'vae'})
-  assert (config.optimizer.name, config.optimizer.learning_rate) == ('adam', 2e-4)
+  # The paper trains the VAE with SGD as every model: the optimizer does not change.
+  assert (config.optimizer.name, config.optimizer.learning_rate) == ('sgd', 0.1)
   assert (config.beta, config.nll, config.zn_rec, config.init_steps) == (0.1, 0.0, 0.0, 0)
-  assert config.latent_dim == 32 and set(changed) >= {'optimizer.name', 'beta', 'nll'}
+  assert config.latent_dim == 32 and set(changed) == {
+    'latent_dim',
+    'zn_rec',
+    'nll',
+    'beta',
+    'init_steps',
+  }
   config_lib.validate(config)
-  # cifar10_lpga.py sets SGD's learning rate 0.2 for LPGA: Adam must not inherit it.
+  # cifar10_lpga.py sets LPGA's own latent size and zn_rec: the VAE must not inherit them.
   file_config, config = load('cifar10_lpga'), load('cifar10_lpga')
   config.method = 'vae'
   with pytest.raises(
     config_lib.ConfigError,
-    match=r'latent_dim=128.*optimizer\.learning_rate=0\.2 \(lpga: 0\.1, vae: ',
+    match=r'latent_dim=128 \(lpga: 12, vae: 32\); zn_rec=0\.03 \(lpga: 0\.06, vae: 0\.0\)',
   ):
     method_override.apply(config, file_config, {'method': 'vae'})
   # Given on the command line (with the file's latent_dim and zn_rec, also LPGA-specific),
@@ -474,5 +481,5 @@ def test_method_override_rules_on_the_reference_configs():
     file_config,
     {'method': 'vae', 'optimizer.learning_rate': 1e-3, 'latent_dim': 128, 'zn_rec': 0.03},
   )
-  assert (config.optimizer.name, config.optimizer.learning_rate) == ('adam', 1e-3)
+  assert (config.optimizer.name, config.optimizer.learning_rate) == ('sgd', 1e-3)
   assert (config.latent_dim, config.nll, config.beta) == (128, 0.0, 0.1)

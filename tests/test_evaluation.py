@@ -335,9 +335,45 @@ def test_training_evaluates_every_eval_every_steps(tiny_run):
   workdir, cache, calls = tiny_run
   assert calls == [4, 6]  # every 4 steps, and at the end
   scalars = read_scalars(workdir)
-  for name in evaluate.SCALARS:
+  for name in evaluate.SCALARS + evaluate.CLASS_SCALARS:
     assert set(scalars[f'eval_domain/{name}']) == {4, 6}
   assert len(os.listdir(os.path.join(cache, 'classifiers'))) == 1  # trained on demand
+
+
+def test_sharpness_and_class_mix_are_those_of_the_sampled_images(tiny_run):
+  """Independently: sampling.sample's images (8 bits), scipy's Laplacian over the
+  train split's, and the cached classifier's class counts against the test split's."""
+  import glob
+
+  import jax
+  from scipy import ndimage
+
+  from pga_jax import checkpointing, sampling
+
+  workdir, cache, _ = tiny_run
+  config, model, params, step = checkpointing.load_trained(workdir)
+  evaluator = evaluate.evaluator_for_config(config, 'domain', cache_dir=cache)
+  results = evaluate.evaluate_model(evaluator, model, params, config, 16, seed=0, step=step)
+  reference = sampling.reference_latents(model, config.batch_size, config.seed)
+  images = evaluate.quantize(sampling.sample(model, params, jax.random.PRNGKey(0), 16, reference))
+
+  def energy(x):
+    x = np.asarray(x, np.float64)
+    return np.mean([ndimage.laplace(im[..., 0])[1:-1, 1:-1] ** 2 for im in x])
+
+  real = data.load_split('idx', 'train', config.data_dir)
+  expected = energy(images) / energy(pipeline.scale_images(real.images))
+  assert results['sharpness'] == pytest.approx(expected, rel=1e-9)
+  (directory,) = glob.glob(os.path.join(cache, 'classifiers', '*'))
+  clf = classifier_lib.load(directory)
+  counts = np.bincount(clf.logits(images).argmax(-1), minlength=10)
+  test = data.load_split('idx', 'test', config.data_dir)
+  real_counts = np.bincount(clf.logits(test.images).argmax(-1), minlength=10)
+  tv = 0.5 * np.abs(counts / 16 - real_counts / real_counts.sum()).sum()
+  assert results['class_tv'] == pytest.approx(tv, rel=1e-9)
+  np.testing.assert_allclose(results['class_fractions'], counts / 16)
+  assert 0.1 <= results['class_confidence'] <= 1
+  assert set(evaluate.CLASS_SCALARS) <= set(evaluate.scalar_names(results))
 
 
 def test_pga_evaluate_reproduces_the_training_numbers_and_writes_json(tiny_run, tmp_path):
@@ -357,7 +393,7 @@ def test_pga_evaluate_reproduces_the_training_numbers_and_writes_json(tiny_run, 
   assert 'training one' not in out.stderr and 'using cached' in out.stderr  # all from the cache
   with open(out_json) as f:
     results = json.load(f)
-  for key in evaluate.SCALARS:
+  for key in evaluate.SCALARS + evaluate.CLASS_SCALARS:
     assert np.isfinite(results[key])
   assert results['num_samples'] == 16 and results['features'] == 'domain'
   assert results['seed'] == 0 and results['step'] == 6 and results['dataset'] == 'idx'
@@ -366,7 +402,7 @@ def test_pga_evaluate_reproduces_the_training_numbers_and_writes_json(tiny_run, 
   assert os.path.isfile(results['reference']['cache'])
   # Logged to TensorBoard at the checkpoint's step, next to the value logged in training.
   logged = read_scalars(workdir)
-  for name in evaluate.SCALARS:
+  for name in evaluate.SCALARS + evaluate.CLASS_SCALARS:
     during_training, from_cli = logged[f'eval_domain/{name}'][6]
     assert during_training == pytest.approx(from_cli, rel=1e-5, abs=1e-7)
     assert from_cli == pytest.approx(results[name], rel=1e-5, abs=1e-7)

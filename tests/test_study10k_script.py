@@ -87,6 +87,7 @@ def test_each_part_trains_the_documented_settings(tmp_path):
     assert (config.num_steps, config.eval_every, config.eval_num_samples) == (10000, 1000, 5000)
     assert (config.arch, config.batch_size) == ('conv_mnist', 64)
   assert main['vae_s0'].beta == 0.1
+  assert (main['vae_s0'].optimizer.name, main['vae_s0'].optimizer.learning_rate) == ('adam', 2e-4)
   assert main['vpga_s0'].vkld == 0.04 and main['vpga_s0'].vrec == 0.01
   assert main['lpga_s0'].nll == 0.015
   for name in ('lpga_s0', 'lvpga_s0'):
@@ -102,7 +103,7 @@ def test_each_part_trains_the_documented_settings(tmp_path):
 
   alt_flags, alt = configs_of(calls[2])
   assert alt_flags['workroot'] == os.path.join(work, 'study10k_alt')
-  assert alt['vae_s0'].beta == 0.05
+  assert alt['vae_s0'].beta == 0.05 and alt['vae_s0'].optimizer.name == 'adam'
   assert alt['lpga_s0'].nll == 0.03
   assert (alt['vpga_s0'].vkld, alt['vpga_s0'].vrec) == (0.04, 0.02)
   assert alt['lvpga_s0'].vkld == 0.04

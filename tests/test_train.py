@@ -189,8 +189,12 @@ PUBLISHED = [
   ),
   ('celeba_vpga', dict(CELEBA, vkld=2e-3, vrec=1e-2, steps=60 * 162770 // 64)),
   ('celeba_lvpga', dict(CELEBA, vrec=1e-2, vkld=5e-3, nll=1e-2)),
-  ('mnist_vae', dict(beta=0.1, lr=2e-4, optimizer='adam')),
-  ('celeba_vae', dict(beta=0.05, optimizer='adam', arch='conv_64')),
+  ('mnist_vae', dict(beta=0.1, lr=0.1, optimizer='sgd', arch='conv_mnist')),
+  ('cifar10_vae', dict(beta=0.05, lr=0.2, optimizer='sgd', arch='conv_32', latent_dim=128)),
+  ('celeba_vae', dict(beta=0.05, lr=0.4, optimizer='sgd', arch='conv_64', use_bn=True)),
+  ('mnist_vae_adam', dict(beta=0.1, lr=2e-4, optimizer='adam', b1=0.5, arch='conv_mnist')),
+  ('cifar10_vae_adam', dict(beta=0.05, lr=2e-4, optimizer='adam', b1=0.5, latent_dim=128)),
+  ('celeba_vae_adam', dict(beta=0.05, lr=2e-4, optimizer='adam', b1=0.5, arch='conv_64')),
 ]
 
 
@@ -209,5 +213,6 @@ def test_experiment_configs_hold_the_published_settings(name, expected):
       'lr': config.optimizer.learning_rate,
       'steps': config.num_steps,
       'optimizer': config.optimizer.name,
+      'b1': config.optimizer.b1,
     }.get(field, config.get(field))
     assert actual == pytest.approx(value) if isinstance(value, float) else actual == value, field

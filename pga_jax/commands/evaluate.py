@@ -157,7 +157,7 @@ def main(argv):
   except OSError as err:  # checked before the work: this failed during it (exit status 1)
     common.work_error(OSError(f'cannot write the results ({storage.describe(err)})'))
   print(evaluate.to_json(results))
-  summary = ', '.join(f'{k} {results[k]:.4g}' for k in evaluate.SCALARS)
+  summary = ', '.join(f'{k} {results[k]:.4g}' for k in evaluate.scalar_names(results))
   print(
     f'pga: {f.features} features, {results["num_samples"]} '
     f'{"images of " + f.real_split if f.real_split else "samples"}: {summary}'

@@ -1,4 +1,4 @@
-"""Sample quality of a trained run: FID, precision/recall (k=3) and KID.
+"""Sample quality of a trained run: FID, precision/recall (k=3), KID, sharpness, class mix.
 
 Two feature networks:
   'inception': the FID Inception-v3 (pool3, 2048-d) of pytorch-fid/TTUR, the
@@ -19,6 +19,16 @@ FID uses the statistics of the whole reference split and `num_samples`
 samples; precision/recall use equally many real and generated points
 (min(num_samples, 10000) real points of a fixed random subset); KID uses 100
 random subsets of min(1000, ...) points of each.
+
+Two more numbers describe the images themselves:
+  sharpness: their Laplacian energy over the reference split's
+      (`pga_jax.evaluation.sharpness`; 1.0 = as much fine detail as the data,
+      below 1 blurrier, above 1 noisier).
+  class_tv, class_confidence (domain features only): the total variation
+      between the classifier's predicted class mix of the images and of the
+      real test split, and the mean top-class probability
+      (`pga_jax.evaluation.class_mix`), which FID charges for and
+      precision/recall cannot see.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import jax
 import numpy as np
@@ -36,10 +46,13 @@ from absl import logging
 from pga_jax import storage
 from pga_jax.data.pipeline import scale_images, to_uint8
 from pga_jax.evaluation import classifier as classifier_lib
-from pga_jax.evaluation import metrics, reference_stats
+from pga_jax.evaluation import class_mix as class_mix_lib
+from pga_jax.evaluation import metrics, reference_stats, sharpness
 
 FEATURES = ('domain', 'inception')
-SCALARS = ('fid', 'precision', 'recall', 'kid', 'kid_std')
+# Every evaluation's scalars; the domain features add CLASS_SCALARS.
+SCALARS = ('fid', 'precision', 'recall', 'kid', 'kid_std', 'sharpness')
+CLASS_SCALARS = ('class_tv', 'class_confidence')
 REFERENCE_SPLIT = 'train'
 CACHE_ENV_VAR = 'PGA_CACHE_DIR'
 
@@ -58,12 +71,17 @@ def default_cache_dir() -> str:
 
 @dataclasses.dataclass
 class FeatureNetwork:
-  """images in [-1, 1] (N, S, S, C) float32 -> (N, D) features, with its identity."""
+  """images in [-1, 1] (N, S, S, C) float32 -> (N, D) features, with its identity.
+
+  `classify`, where the network is a classifier, maps the same images to
+  class probabilities (N, classes).
+  """
 
   kind: str
   identity: str
   fn: Callable[[np.ndarray], np.ndarray]
   info: dict
+  classify: Optional[Callable[[np.ndarray], np.ndarray]] = None
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     return self.fn(images)
@@ -96,7 +114,16 @@ def domain_network(
     'feature_dim': clf.module.dense_features,
     'spec': clf.info['spec'],
   }
-  return FeatureNetwork('domain', clf.identity, clf.features, info)
+  return FeatureNetwork(
+    'domain', clf.identity, clf.features, info, classify=lambda x: softmax(clf.logits(x))
+  )
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Row-wise softmax in float64."""
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(-1, keepdims=True))
+  return z / z.sum(-1, keepdims=True)
 
 
 def inception_network(
@@ -136,7 +163,12 @@ def inception_network(
 
 @dataclasses.dataclass
 class Evaluator:
-  """A feature network and the reference statistics of a real split."""
+  """A feature network and the reference statistics of a real split.
+
+  reference_energy: the Laplacian energy of the reference split (the 1.0 of
+    sharpness); real_class_mix: the classifier's class mix of the real test
+    split (`class_mix.class_mix`), None where the network has no classes.
+  """
 
   dataset: str
   network: FeatureNetwork
@@ -144,6 +176,8 @@ class Evaluator:
   k: int = metrics.K_NEAREST
   kid_subsets: int = metrics.KID_SUBSETS
   kid_subset_size: int = metrics.KID_SUBSET_SIZE
+  reference_energy: Optional[float] = None
+  real_class_mix: Optional[dict] = None
 
   def features(self, images: np.ndarray, chunk: int = 1000) -> np.ndarray:
     return np.concatenate(
@@ -185,9 +219,35 @@ class Evaluator:
     )
     return results
 
-  def evaluate_images(self, images: np.ndarray, seed: int = 0) -> dict:
+  def evaluate_images(self, images: np.ndarray, seed: int = 0, chunk: int = 1000) -> dict:
     """Metrics of images in [-1, 1] (N, S, S, C) against the reference."""
-    return self.evaluate_features(self.features(images), seed)
+    return self.evaluate_chunks((images[i : i + chunk] for i in range(0, len(images), chunk)), seed)
+
+  def evaluate_chunks(self, chunks: Iterable[np.ndarray], seed: int = 0) -> dict:
+    """Metrics of images given chunk by chunk (each (n, S, S, C) in [-1, 1]):
+    the feature metrics, sharpness, and the class mix where the network classifies."""
+    features, probabilities = [], []
+    energy = sharpness.EnergySum()
+    for images in chunks:
+      images = np.asarray(images, np.float32)
+      features.append(self.network(images))
+      energy.add(images)
+      if self.real_class_mix is not None:
+        probabilities.append(self.network.classify(images))
+    results = self.evaluate_features(np.concatenate(features), seed)
+    results['laplacian_energy'] = energy.energy
+    if self.reference_energy:
+      results['sharpness'] = energy.energy / self.reference_energy
+      results['reference_laplacian_energy'] = self.reference_energy
+    if self.real_class_mix is not None:
+      mix = class_mix_lib.class_mix(np.concatenate(probabilities))
+      results['class_fractions'] = mix['fractions']
+      results['class_confidence'] = mix['confidence']
+      results['class_tv'] = class_mix_lib.total_variation(
+        mix['fractions'], self.real_class_mix['fractions']
+      )
+      results['real_class_mix'] = self.real_class_mix
+    return results
 
 
 def load_split(dataset: str, split: str, data_dir: Optional[str], image_size: int, channels: int):
@@ -238,6 +298,9 @@ def build_evaluator(
       classifier_dir=classifier_dir,
       spec=classifier_spec,
     )
+    real_mix = class_mix_lib.class_mix(network.classify(test_split.images))
+  else:
+    real_mix = None
   reference = reference_stats.reference_statistics(
     reference_images.images,
     network,
@@ -248,7 +311,13 @@ def build_evaluator(
     cache_dir=cache_dir if use_cache else None,
     subset_size=subset_size,
   )
-  return Evaluator(dataset, network, reference)
+  return Evaluator(
+    dataset,
+    network,
+    reference,
+    reference_energy=sharpness.laplacian_energy(reference_images.images),
+    real_class_mix=real_mix,
+  )
 
 
 def evaluator_for_config(config, features: Optional[str] = None, **kwargs) -> Evaluator:
@@ -303,8 +372,8 @@ def evaluate_model(
   if num_samples < 2:
     raise EvaluationError(f'num_samples must be >= 2, got {num_samples}')
   start = time.time()
-  results = evaluator.evaluate_features(
-    sample_features(evaluator, model, params, config, num_samples, seed), seed
+  results = evaluator.evaluate_chunks(
+    quantized_samples(model, params, config, num_samples, seed), seed
   )
   results.update(
     {'source': 'samples', 'seed': seed, 'step': step, 'seconds': round(time.time() - start, 1)}
@@ -312,9 +381,16 @@ def evaluate_model(
   return results
 
 
+def scalar_names(results: dict) -> tuple:
+  """The scalar metrics a result holds: SCALARS, and CLASS_SCALARS where computed."""
+  return tuple(name for name in SCALARS + CLASS_SCALARS if name in results)
+
+
 def scalar_summaries(results: dict) -> dict:
   """The TensorBoard scalars of a result: eval_<features>/<metric>."""
-  return {f'eval_{results["features"]}/{name}': float(results[name]) for name in SCALARS}
+  return {
+    f'eval_{results["features"]}/{name}': float(results[name]) for name in scalar_names(results)
+  }
 
 
 def training_evaluate_fn(config, cache_dir: Optional[str] = None) -> Callable:
