@@ -36,11 +36,12 @@ export XDG_CACHE_HOME="$workroot/cache"
 common=(--steps=50000 --eval_every=2500 --num_samples=5000 --init_steps=3000 --warmup_ramp_steps=0)
 # Each method's coefficients as its sweep chose them (README, "Tuning"): LPGA
 # nll 0.015 (the reference's), VPGA vkld 0.04, LVPGA vkld 0.04 (the 10,000-step
-# study's best PGA setting); a grid every 2,500 steps.
-overrides='{"vpga": {"vkld": 0.04, "sample_every": 2500},
-  "lpga": {"nll": 0.015, "sample_every": 2500},
-  "lvpga": {"vkld": 0.04, "sample_every": 2500},
-  "vae": {"beta": 0.1, "sample_every": 2500}}'
+# study's best PGA setting); a grid and a kept checkpoint every 2,500 steps.
+every='"sample_every": 2500, "keep_checkpoint_every": 2500'
+overrides="{\"vpga\": {\"vkld\": 0.04, $every},
+  \"lpga\": {\"nll\": 0.015, $every},
+  \"lvpga\": {\"vkld\": 0.04, $every},
+  \"vae\": {\"beta\": 0.1, $every}}"
 
 for part in "$@"; do
   case "$part" in

@@ -49,16 +49,31 @@ class WorkdirError(RuntimeError):
   """The workdir does not fit the requested run; the message says why and what to do."""
 
 
-def checkpoint_manager(workdir: str, keep: int, cleanup_tmp: bool = False) -> ocp.CheckpointManager:
+def checkpoint_manager(
+  workdir: str, keep: int, cleanup_tmp: bool = False, keep_every: int = 0
+) -> ocp.CheckpointManager:
   """The run's orbax manager.
 
+  keep: how many of the newest checkpoints are kept.
+  keep_every: > 0 also keeps every checkpoint whose step is a multiple of it
+    (for looking at a run at earlier steps).
   cleanup_tmp: remove the temporary directories of checkpoint writes that were
     killed before they completed (only the trainer sets it: a reader must not
     remove the write of a run in progress).
   """
-  options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, create=True, cleanup_tmp_directories=cleanup_tmp
-  )
+  if keep_every:
+    policies = ocp.checkpoint_managers
+    options = ocp.CheckpointManagerOptions(
+      preservation_policy=policies.AnyPreservationPolicy(
+        [policies.LatestN(keep), policies.EveryNSteps(keep_every)]
+      ),
+      create=True,
+      cleanup_tmp_directories=cleanup_tmp,
+    )
+  else:
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, cleanup_tmp_directories=cleanup_tmp
+    )
   return ocp.CheckpointManager(
     storage.absolute(storage.join(workdir, CHECKPOINT_DIR)), options=options
   )

@@ -48,6 +48,22 @@ def test_stop_event_checkpoints_after_current_step(idx_dir, tmp_path):
   assert manager.latest_step() == 1
 
 
+def test_keep_checkpoint_every_keeps_multiples_beside_the_newest(idx_dir, tmp_path):
+  config = helpers.tiny_config(
+    idx_dir, num_steps=7, checkpoint_every=1, keep_checkpoints=2, keep_checkpoint_every=3
+  )
+  train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(checkpointing.checkpoint_manager(str(tmp_path), 2).all_steps()) == [3, 6, 7]
+  # Without it only the newest two stay.
+  train.train_and_evaluate(
+    helpers.tiny_config(idx_dir, **dict(num_steps=7, checkpoint_every=1, keep_checkpoints=2)),
+    str(tmp_path / 'b'),
+  )
+  assert sorted(checkpointing.checkpoint_manager(str(tmp_path / 'b'), 2).all_steps()) == [6, 7]
+  # The kept step can be loaded, as `pga sample --step` does.
+  assert checkpointing.load_trained(str(tmp_path), 3)[3] == 3
+
+
 def test_resuming_with_an_incompatible_config_is_an_error(idx_dir, tmp_path):
   train.train_and_evaluate(helpers.tiny_config(idx_dir, num_steps=1), str(tmp_path))
   with pytest.raises(checkpointing.WorkdirError, match='latent_dim'):
