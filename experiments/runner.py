@@ -109,18 +109,26 @@ def line_styles(labels: Sequence[str]) -> Dict[str, dict]:
   return styles
 
 
-def train_run(config, workdir: str) -> None:
+def train_run(config, workdir: str, stop_event=None) -> None:
   """Trains `config` in `workdir` to config.num_steps (resuming if it exists).
 
   With `config.eval_every`, evaluates during training (domain or Inception
-  features, `config.eval_num_samples` samples) and records the curve.
+  features, `config.eval_num_samples` samples) and records the curve. When
+  `stop_event` is set (SIGTERM/SIGINT, `run_grid`), the run checkpoints after
+  its current step and the study exits 0, to be resumed by the same command.
   """
   logging.info('=== %s (%d steps) -> %s', config.method, config.num_steps, workdir)
   evaluate_fn = None
   if config.eval_every:
     os.makedirs(workdir, exist_ok=True)
     evaluate_fn = curve_recorder(evaluate.training_evaluate_fn(config), workdir)
-  train.train_and_evaluate(config, workdir, evaluate_fn=evaluate_fn)
+  result = train.train_and_evaluate(config, workdir, stop_event=stop_event, evaluate_fn=evaluate_fn)
+  if result.preempted:
+    print(
+      f'stopped by a signal at step {result.step} of {workdir}, checkpointed; the same '
+      'command resumes the study'
+    )
+    raise SystemExit(0)
 
 
 def evaluate_run(
@@ -158,11 +166,17 @@ def markdown_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 def run_grid(
   configs: dict, workroot: str, evaluator_for: Callable, num_samples: int, only_train: bool = False
 ) -> dict:
-  """Trains and evaluates every config of {name: config}; returns {name: results}."""
+  """Trains and evaluates every config of {name: config}; returns {name: results}.
+
+  SIGTERM or SIGINT checkpoints the run in progress and exits 0.
+  """
+  from pga_jax.commands import train as train_command  # pylint: disable=g-import-not-at-top
+
+  stop = train_command.install_stop_handlers()
   results = {}
   for name, config in configs.items():
     workdir = os.path.join(workroot, name)
-    train_run(config, workdir)
+    train_run(config, workdir, stop)
     if not only_train:
       results[name] = evaluate_run(workdir, evaluator_for(config), num_samples)
   return results

@@ -98,6 +98,46 @@ def test_fashion_study_and_figures_scripts(idx_dir, tmp_path):
   assert (tmp_path / 'figs' / 'figure2_lpga.png').exists()
 
 
+def test_a_study_stopped_by_sigterm_checkpoints_and_exits_0(idx_dir, tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+
+  from pga_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
+  workroot = tmp_path / 'runs'
+  process = subprocess.Popen(
+    [
+      sys.executable,
+      os.path.join(REPO, 'experiments', 'fashion_study.py'),
+      '--methods=ae,vae',
+      '--steps=100000',
+      '--batch_size=8',
+      '--dataset=idx',
+      f'--data_dir={idx_dir}',
+      '--num_samples=24',
+      f'--workroot={workroot}',
+      f'--out={tmp_path}/out',
+    ],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    cwd=REPO,
+    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PGA_CACHE_DIR=str(tmp_path / 'cache')),
+  )
+  config_file = workroot / 'ae_s0' / 'config.json'
+  deadline = time.time() + 240
+  while not config_file.exists() and time.time() < deadline and process.poll() is None:
+    time.sleep(0.5)
+  time.sleep(3)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=240)
+  assert process.returncode == 0, stderr[-3000:]
+  assert 'stopped by a signal at step' in stdout and 'the same command resumes' in stdout
+  step = checkpointing.checkpoint_manager(str(workroot / 'ae_s0'), 3).latest_step()
+  assert step is not None and 0 < step < 100000
+  assert not (workroot / 'vae_s0').exists()  # the study stopped; it did not go on
+
+
 def test_logdet_tracking_exact_and_eq6_estimate_over_checkpoints(idx_dir, tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
