@@ -410,3 +410,63 @@ def test_term_curves_reports_each_runs_training_hours_summed_over_its_sessions(t
   )
   assert re.search(r'^\| vpga_s0 \| 0.3333 @300 \| 1.50 \|$', out.stdout, re.M), out.stdout
   assert 'training time of these runs: 1.50 h' in out.stdout
+
+
+def test_fid_anatomy_weighted_statistics_and_nearest_neighbours():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from experiments import fid_anatomy  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.RandomState(0)
+  x = rng.normal(size=(40, 3))
+  w = rng.uniform(0.1, 3.0, size=40)
+  mu, sigma = fid_anatomy.weighted_statistics(x, w)
+  np.testing.assert_allclose(mu, np.average(x, axis=0, weights=w), rtol=1e-12)
+  np.testing.assert_allclose(sigma, np.cov(x, rowvar=False, aweights=w), rtol=1e-10)
+  centres = rng.normal(size=(25, 3))
+  dist, index = fid_anatomy.nearest_distances(x, centres, block=7)
+  brute = np.linalg.norm(x[:, None] - centres[None], axis=-1)
+  np.testing.assert_array_equal(index, brute.argmin(1))
+  np.testing.assert_allclose(dist, brute.min(1), rtol=1e-9)
+
+
+def test_fid_anatomy_runs_end_to_end_and_its_fid_is_the_evaluations(idx_dir, tmp_path):
+  from pga_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from pga_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+
+  runs = tmp_path / 'runs'
+  run_script(
+    'fashion_study.py',
+    '--methods=vae',
+    '--steps=4',
+    '--batch_size=8',
+    '--dataset=idx',
+    f'--data_dir={idx_dir}',
+    '--num_samples=24',
+    f'--workroot={runs}',
+    f'--out={tmp_path}/study',
+    cache=tmp_path / 'cache',
+  )
+  out = tmp_path / 'anatomy'
+  run_script(
+    'fid_anatomy.py',
+    f'--workroot={runs}',
+    '--methods=vae',
+    '--num_samples=40',
+    '--min_class_images=2',
+    f'--out={out}',
+    cache=tmp_path / 'cache',
+  )
+  results = json.loads((out / 'anatomy.json').read_text())
+  assert sorted(results) == ['real test images', 'vae_s0 @4']
+  for r in results.values():
+    assert r['fid_mean_term'] + r['fid_covariance_term'] == pytest.approx(r['fid'])
+    assert len(r['per_class']) == 10
+  assert results['real test images']['nn_distance_ratio'] == 1.0
+  for name in ('nn', 'confidence', 'pairs'):
+    assert (out / f'anatomy_vae_s0_@4_{name}.png').stat().st_size > 0
+  # The same FID as the evaluation's, which computes it by another path.
+  config, model, params, step = checkpointing.load_trained(str(runs / 'vae_s0'))
+  evaluator = evaluate.evaluator_for_config(config, 'domain', cache_dir=str(tmp_path / 'cache'))
+  expected = evaluate.evaluate_model(evaluator, model, params, config, 40, seed=0, step=step)
+  assert results['vae_s0 @4']['fid'] == pytest.approx(expected['fid'], rel=1e-6)
