@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One unattended check of pga_jax on an accelerator (issue 18), in at most
+# One unattended check of pga_jax on an accelerator, in at most
 # 8 minutes on one NVIDIA GPU, with no network and without TensorFlow:
 #
 #   experiments/accelerator_check.sh OUT_DIR [--wheels DIR] [--dry-run]

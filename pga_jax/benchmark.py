@@ -20,10 +20,11 @@ feeds it synthetic images of the config's shape and reports
 The step is timed at `config.init_steps + 1` (after the warm-up, when every term
 is on) unless `at_step` says otherwise: the steady state of a run.
 
-`peer_command` interleaves an external command (e.g. the PyTorch peer,
-`../shared/bench/torch_peer.py`) with our timing blocks: each round runs the command, then a block of
-our steps, and the ratio of images/s is taken per round. On a shared machine
-only such same-session ratios are meaningful.
+`peer_command` interleaves an external command (e.g. the PyTorch peer, a
+script outside this repository that runs the reference's conv_mnist steps in
+plain PyTorch) with our timing blocks: each round runs the command, then a
+block of our steps, and the ratio of images/s is taken per round. On a shared
+machine only such same-session ratios are meaningful.
 
 `layer_profile` times each conv_mnist layer's forward and backward passes
 against a large matmul, the practical peak FLOP/s of XLA on this machine.

@@ -146,7 +146,7 @@ def _coefficient(name: str, doc: str, **per_method) -> Field:
   )
 
 
-# Reference settings per method: docs/reference-implementation.md, "Published settings".
+# Reference settings per method: docs/reference_code.md, "Published settings".
 FIELDS = (
   Field('method', 'lpga', one_of(METHOD_NAMES), structural=True),
   Field('dataset', 'mnist', one_of(catalog.DATASETS), structural=True),

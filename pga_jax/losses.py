@@ -1,7 +1,7 @@
 """The paper's loss terms as pure functions on arrays.
 
 Scales follow the authors' reference implementation (see
-`docs/reference-implementation.md` of the shared docs), which is what the
+`docs/reference_code.md`, "Loss scale"), which is what the
 published coefficients assume:
 - squared errors are means over all elements (batch and pixels / latent
   dims), and the paper's 1/2 factors are not applied;

@@ -1,4 +1,4 @@
-"""experiments/accelerator_check.sh: the core without TensorFlow (issue 18, item 3).
+"""experiments/accelerator_check.sh: the core without TensorFlow.
 
 - the modules the check runs (models, losses, methods, train step, data
   batches, `pga benchmark`) import with TensorFlow, tfds, clu and Pillow

@@ -1,4 +1,4 @@
-"""The `pga` command as a newcomer meets it (issue 16), run as a real process.
+"""The `pga` command as a newcomer meets it, run as a real process.
 
 Every case checks the exit status (0 success or stopped by a signal, 1 a
 failure during the work, 2 a usage or input error), that the problem is named
@@ -29,7 +29,8 @@ COMMANDS = (
   'train_classifier',
   'benchmark',
 )
-# Library lines seen on the console before issue 16 (TensorFlow, orbax, tfds, clu's dumps).
+# Log lines of the libraries underneath (TensorFlow, orbax, tfds, clu's config
+# dumps): they belong in pga.log, not on the console.
 LIBRARY_NOISE = (
   'oneDNN',
   'absl::InitializeLog',

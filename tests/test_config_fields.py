@@ -1,6 +1,6 @@
 """The config-field table (pga_jax/config_fields.py) and what is derived from it.
 
-Expected values here are written out from docs/reference-implementation.md
+Expected values here are written out from docs/reference_code.md
 ("Published settings") and from what a resumed run may change, not read back
 from the table.
 """

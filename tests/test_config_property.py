@@ -1,4 +1,4 @@
-"""Property-based tests of the config validator (issue 7, item 5).
+"""Property-based tests of the config validator.
 
 Random configs, valid and invalid, for many fields: every invalid one is
 rejected with a ConfigError naming the field; every valid one builds the model

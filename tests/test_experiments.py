@@ -470,3 +470,48 @@ def test_fid_anatomy_runs_end_to_end_and_its_fid_is_the_evaluations(idx_dir, tmp
   evaluator = evaluate.evaluator_for_config(config, 'domain', cache_dir=str(tmp_path / 'cache'))
   expected = evaluate.evaluate_model(evaluator, model, params, config, 40, seed=0, step=step)
   assert results['vae_s0 @4']['fid'] == pytest.approx(expected['fid'], rel=1e-6)
+
+
+def print_configs(*flags):
+  """{run name: config dict} that fashion_study.py would train with these flags."""
+  out = helpers.run_python(
+    os.path.join(REPO, 'experiments', 'fashion_study.py'), '--print_configs', *flags, cwd=REPO
+  )
+  return json.loads(out.stdout)
+
+
+def test_short_warm_ups_ramp_by_default_and_the_reference_warm_up_switches_at_once():
+  short = print_configs('--steps=1500', '--methods=lpga,lvpga,vpga,vae')
+  for name in ('lpga_s0', 'lvpga_s0'):
+    assert (short[name]['init_steps'], short[name]['warmup_ramp_steps']) == (500, 500)
+  assert short['vpga_s0']['warmup_ramp_steps'] == 0 and short['vae_s0']['init_steps'] == 0
+  # The paper's VAE: SGD with momentum 0.9 at PGA's learning rate.
+  assert short['vae_s0']['optimizer'] == dict(
+    short['lpga_s0']['optimizer'], name='sgd', learning_rate=0.1, momentum=0.9
+  )
+  reference = print_configs('--steps=50000', '--init_steps=3000', '--methods=lpga')
+  assert (reference['lpga_s0']['init_steps'], reference['lpga_s0']['warmup_ramp_steps']) == (
+    3000,
+    0,
+  )
+  chosen = print_configs('--steps=1500', '--warmup_ramp_steps=0', '--methods=lpga', '--vae=adam')
+  assert chosen['lpga_s0']['warmup_ramp_steps'] == 0
+
+
+def test_the_vae_sweeps_learning_rate_and_beta_one_at_a_time():
+  sgd = print_configs('--sweep', '--methods=vae', '--steps=2000')
+  settings = {
+    name: (c['optimizer']['name'], c['optimizer']['learning_rate'], c['beta'])
+    for name, c in sgd.items()
+  }
+  assert settings == {
+    'sweep_vae_learning_rate0.05': ('sgd', 0.05, 0.1),
+    'sweep_vae_learning_rate0.1': ('sgd', 0.1, 0.1),
+    'sweep_vae_learning_rate0.2': ('sgd', 0.2, 0.1),
+    'sweep_vae_beta0.05': ('sgd', 0.1, 0.05),
+    'sweep_vae_beta0.2': ('sgd', 0.1, 0.2),
+  }
+  adam = print_configs('--sweep', '--methods=vae', '--vae=adam', '--steps=500')
+  assert {
+    name: (c['optimizer']['name'], c['optimizer']['b1'], c['beta']) for name, c in adam.items()
+  } == {f'sweep_vae_beta{b}': ('adam', 0.5, b) for b in (0.02, 0.05, 0.1)}

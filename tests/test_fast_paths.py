@@ -1,4 +1,4 @@
-"""The speed paths of issue 5 compute what the plain definitions compute.
+"""The speed paths compute what the plain definitions compute.
 
 - the shared passes (`passes.SharedPasses`, `fast=True`) against
   every term evaluated on its own (`fast=False`): losses, metrics, gradients;

@@ -1,4 +1,4 @@
-"""Convolution forms chosen per backend by measurement (issue 18, item 1).
+"""Convolution forms chosen per backend by measurement.
 
 - every form of the strided and transposed convolutions, and every model
   `conv_impl`, gives lax's values and gradients;

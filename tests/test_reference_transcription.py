@@ -12,12 +12,14 @@ and w.r.t. the decoder equals d dec_loss / d decoder, to 1e-4 relative.
 
 Why it is independent. `enc_loss` and `dec_loss` below are transcribed line
 by line from the authors' code, not from our docs or our term functions:
-- LPGA: ../shared/reference/zj10-PGA/src/train_lpga.py
-- VPGA: ../shared/reference/zj10-PGA/src/train_vpga.py
-- LVPGA: ../shared/reference/zj10-PGA/src/train_lvpga.py
-- VAE: ../shared/reference/LynnHo-VAE-Tensorflow/train.py
+- LPGA: zj10/PGA, src/train_lpga.py
+- VPGA: zj10/PGA, src/train_vpga.py
+- LVPGA: zj10/PGA, src/train_lvpga.py
+- VAE: LynnHo/VAE-Tensorflow, train.py
 - AE: LPGA's losses with every coefficient but L_r at 0, i.e.
   enc_loss = dec_loss = mean((g(f(x)) - x)^2).
+(github.com/zj10/PGA and github.com/LynnHo/VAE-Tensorflow; the commits are
+named in docs/reference_code.md.)
 They use only the networks' apply functions (`AutoEncoder.encode` and
 `.decode`), `jax` and `numpy`; nothing from `pga_jax.losses`, `.terms` or
 `.fused`. From `pga_jax.methods` they take only `term_rng`, to regenerate

@@ -1,12 +1,12 @@
-"""Reliability (issue 7): preemption, non-finite steps, damaged checkpoints, bad input.
+"""Reliability: preemption, non-finite steps, damaged checkpoints, bad input.
 
-The faults are injected into real `pga train` processes wherever the issue asks
-for it: SIGTERM/SIGINT at random points of a run, SIGKILL while a checkpoint is
-being written, a truncated latest checkpoint, a loss term whose Eq. 6 log goes
-to -inf, a disk that fills up during a checkpoint write, and bad data / config /
-workdirs / Inception weights. The interrupted run's end state is compared
-bitwise with an uninterrupted run of the same config; the failed runs must
-leave what was saved byte for byte as it was.
+The faults are injected into real `pga train` processes: SIGTERM/SIGINT at
+random points of a run, SIGKILL while a checkpoint is being written, a
+truncated latest checkpoint, a loss term whose Eq. 6 log goes to -inf, a disk
+that fills up during a checkpoint write, and bad data / config / workdirs /
+Inception weights. The interrupted run's end state is compared bitwise with an
+uninterrupted run of the same config; the failed runs must leave what was
+saved byte for byte as it was.
 
 Random points: set PGA_FAULT_SEED to replay a failing draw (the seed is in
 every assertion message).

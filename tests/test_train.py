@@ -171,9 +171,10 @@ def test_every_experiment_config_is_valid():
     config_lib.validate(module.get_config())
 
 
-# The reference's published settings, copied from the shared reference notes
-# (not from our config code): (file, {field: value}). Every CIFAR-10 and every
-# CelebA PGA run shares its dataset's latent size and latent regularisers.
+# The reference's published settings, copied from docs/reference_code.md
+# ("Published settings"; not from our config code): (file, {field: value}).
+# Every CIFAR-10 and every CelebA PGA run shares its dataset's latent size and
+# latent regularisers.
 CIFAR10 = dict(latent_dim=128, zn_rec=3e-2)
 CELEBA = dict(latent_dim=128, zn_rec=3e-2, zh_rec=1e-2)
 PUBLISHED = [

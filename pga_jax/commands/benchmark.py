@@ -10,7 +10,7 @@ AE step of the same architecture (timed alternately in the same process).
   pga benchmark --decoder_only [--arch=conv_mnist] [--batch_size=64]
       decoder forward and forward+backward: lax.conv_transpose vs phase decomposition
   pga benchmark --config=... --peer_command='/tmp/torch-peer/bin/python \\
-      ../shared/bench/torch_peer.py --methods {method} --batch {batch} --steps {steps}'
+      PATH/TO/torch_peer.py --methods {method} --batch {batch} --steps {steps}'
       rounds of the peer and of our step, alternately; reports the ratio per round
 
 The machine may be shared: compare ratios measured in one session, not

@@ -7,7 +7,7 @@ starts at 2*log(0.1). Decoders end in `tanh` (images live in [-1, 1]).
 
 Each architecture is described by a small spec (layer widths and where batch
 norm goes) so the three stay visibly the same family, exactly as the
-reference lists them in `docs/reference-implementation.md`.
+reference lists them (`docs/reference_code.md`, "Architectures").
 """
 
 from __future__ import annotations
