@@ -111,7 +111,7 @@ def test_decoder_benchmark_times_both_implementations_on_the_same_weights():
   assert 'lax.conv_transpose' in benchmark.format_decoder_result(r)
 
 
-def test_cli_writes_the_json(tmp_path):
+def test_cli_writes_the_json(tmp_path, monkeypatch):
   config_file = tmp_path / 'bench_config.py'
   config_file.write_text(
     'from pga_jax import config as config_lib\n'
@@ -121,6 +121,15 @@ def test_cli_writes_the_json(tmp_path):
     '  return c\n'
   )
   out_json = tmp_path / 'out' / 'ae.json'
+  # --remeasure forgets this device's cached convolution choices, not another's.
+  from pga_jax.models import kernel_choice  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setenv(kernel_choice.CACHE_ENV, str(tmp_path / 'kernels'))
+  kind = kernel_choice.device_identity()[1]
+  stale = {'form': 'phase', 'settled': True, 'measurements': 1}
+  kernel_choice.write_cache(
+    kernel_choice.cache_path(), {f'x|cpu|{kind}|old': stale, 'x|cpu|Other CPU|old': stale}
+  )
   proc = helpers.run_cli(
     'benchmark',
     f'--config={config_file}',
@@ -128,9 +137,14 @@ def test_cli_writes_the_json(tmp_path):
     '--steps=2',
     '--warmup=1',
     f'--json={out_json}',
+    '--remeasure',
     timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'forgot 1 cached convolution choices' in proc.stderr
+  entries = kernel_choice.read_cache(kernel_choice.cache_path())
+  assert 'x|cpu|Other CPU|old' in entries and f'x|cpu|{kind}|old' not in entries
+  assert any(key.split('|')[2] == kind for key in entries)  # measured afresh
   assert 'images/s' in proc.stdout
   result = json.loads(out_json.read_text())
   for field in benchmark.RESULT_FIELDS:

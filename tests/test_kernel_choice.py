@@ -33,10 +33,16 @@ def strided_conv(x, w):
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-  """Every test measures into its own cache file, with an empty memo."""
+  """Every test measures into its own cache file, with an empty memo, on a
+  machine that looks quiet (every measurement settled) unless it says otherwise."""
   monkeypatch.setenv(kernel_choice.CACHE_ENV, str(tmp_path / 'cache'))
   monkeypatch.setattr(kernel_choice, '_MEMO', {})
+  monkeypatch.setattr(kernel_choice, 'other_load_per_cpu', lambda: 0.0)
   return kernel_choice.cache_path()
+
+
+def entry(form, settled=True, measurements=1):
+  return {'form': form, 'settled': settled, 'measurements': measurements}
 
 
 def assert_vjp_matches(fn, reference, x, w, rtol=1e-4, atol=1e-4, msg=''):
@@ -147,9 +153,11 @@ def test_choice_is_measured_once_then_read_from_the_cache(private_cache, monkeyp
   assert layers.measured_form(*args) == 'phase'
   assert len(timer.calls) == 1 and set(timer.calls[0]) == {'xla', 'phase', 'adjoint', 'adjoint_xla'}
   entries = json.load(open(private_cache))
-  ((key, form),) = entries.items()
+  ((key, cached),) = entries.items()
   platform, kind = kernel_choice.device_identity()
-  assert form == 'phase' and f'|{platform}|{kind}|' in key and 'x2x4x4x8' in key
+  assert cached['form'] == 'phase' and f'|{platform}|{kind}|' in key and 'x2x4x4x8' in key
+  assert (cached['settled'], cached['measurements'], cached['other_load']) == (True, 1, 0.0)
+  assert cached['times_ms'] == {'phase': 1.0, 'xla': 2.0, 'adjoint': 2.0, 'adjoint_xla': 2.0}
   # Same process (memo), and a fresh process (empty memo: the file): no timing.
   assert layers.measured_form(*args) == 'phase'
   assert layers.measured_form(*args, memo={}) == 'phase'
@@ -173,7 +181,9 @@ def test_choice_is_keyed_by_device_kind(private_cache, monkeypatch):
   assert kinds == sorted(['Another CPU', kind])
 
 
-@pytest.mark.parametrize('garbage', ['{"half": "writ', '[1, 2, 3]', '{"k": 3}', '\x00\xff'])
+@pytest.mark.parametrize(
+  'garbage', ['{"half": "writ', '[1, 2, 3]', '{"k": 3}', '{"k": "phase"}', '\x00\xff']
+)
 def test_a_corrupt_cache_is_rebuilt_with_a_warning(private_cache, monkeypatch, garbage):
   os.makedirs(os.path.dirname(private_cache), exist_ok=True)
   with open(private_cache, 'w', encoding='latin-1') as f:
@@ -184,7 +194,7 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(private_cache, monkeypatch, g
     form = layers.measured_form('downsample', (2, 8, 8, 3), (5, 5, 3, 4), 2, jnp.float32)
   assert form == 'phase' and len(timer.calls) == 1
   entries = json.load(open(private_cache))  # valid JSON again, with the new entry
-  assert list(entries.values()) == ['phase']
+  assert [e['form'] for e in entries.values()] == ['phase']
   assert os.listdir(os.path.dirname(private_cache)) == [kernel_choice.CACHE_FILE]  # no temp files
 
 
@@ -205,7 +215,7 @@ def test_an_unwritable_cache_warns_and_still_chooses(tmp_path, monkeypatch):
 
 
 def test_cached_choice_outside_the_candidates_is_measured_again(private_cache):
-  kernel_choice.write_cache(private_cache, {'k': 'gone'})
+  kernel_choice.write_cache(private_cache, {'k': entry('gone')})
   timed = []
   form = kernel_choice.choose(
     'k',
@@ -279,7 +289,7 @@ def test_with_several_processes_every_process_takes_the_first_candidate(private_
   """No measurement and no cache with several processes: the choice is made
   while tracing, where the processes cannot agree on a measured one."""
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
-  kernel_choice.write_cache(private_cache, {'k': 'b'})  # this process's own choice
+  kernel_choice.write_cache(private_cache, {'k': entry('b')})  # this process's own choice
   for memo in ({}, {}):
     assert (
       kernel_choice.choose(
@@ -312,7 +322,7 @@ def test_a_candidate_that_fails_is_skipped_with_a_warning(private_cache):
 
   with pytest.warns(UserWarning, match="'a' failed"):
     assert kernel_choice.choose('k', ('a', 'b'), make, memo={}) == 'b'
-  assert json.load(open(private_cache)) == {'k': 'b'}
+  assert json.load(open(private_cache))['k']['form'] == 'b'
 
   def boom():
     raise RuntimeError('failed at run time')
@@ -320,3 +330,71 @@ def test_a_candidate_that_fails_is_skipped_with_a_warning(private_cache):
   with pytest.warns(UserWarning, match="'a' failed while being timed"):
     times = kernel_choice.time_candidates({'a': boom, 'b': lambda: None}, repeats=2)
   assert times['a'] == float('inf') and times['b'] < float('inf')
+
+
+def choose_k(load, fastest, memo=None, key='k|cpu|Some CPU|rest'):
+  """choose() of ('a', 'b') at `load`; the timer makes `fastest` win and counts calls."""
+  timed = []
+
+  def timer(fns):
+    timed.append(1)
+    return {n: (1.0 if n == fastest else 2.0) for n in fns}
+
+  form = kernel_choice.choose(
+    key,
+    ('a', 'b'),
+    lambda n: lambda: None,
+    memo={} if memo is None else memo,
+    timer=timer,
+    load=lambda: load,
+  )
+  return form, len(timed)
+
+
+def test_a_choice_measured_under_load_is_measured_again_until_a_quiet_measurement(private_cache):
+  assert choose_k(1.5, 'b') == ('b', 1)
+  cached = json.load(open(private_cache))['k|cpu|Some CPU|rest']
+  assert (cached['settled'], cached['measurements'], cached['other_load']) == (False, 1, 1.5)
+  # Used in this process (memo), measured again by the next process that reads the file.
+  memo = {}
+  assert choose_k(1.5, 'b', memo) == ('b', 1)
+  assert choose_k(1.5, 'b', memo) == ('b', 0)
+  assert choose_k(0.2, 'a') == ('a', 1)  # quiet now: this measurement settles it
+  cached = json.load(open(private_cache))['k|cpu|Some CPU|rest']
+  assert (cached['form'], cached['settled'], cached['measurements']) == ('a', True, 3)
+  assert choose_k(2.0, 'b') == ('a', 0)  # settled: never timed again
+
+
+def test_a_machine_that_is_always_busy_keeps_its_choice_after_max_measurements(private_cache):
+  for i in range(kernel_choice.MAX_MEASUREMENTS):
+    assert choose_k(3.0, 'b') == ('b', 1), i
+  assert choose_k(3.0, 'a') == ('b', 0)
+  assert json.load(open(private_cache))['k|cpu|Some CPU|rest']['measurements'] == (
+    kernel_choice.MAX_MEASUREMENTS
+  )
+
+
+def test_load_does_not_unsettle_an_accelerators_measurement(private_cache):
+  key = 'k|gpu|Some GPU|rest'
+  assert choose_k(5.0, 'b', key=key) == ('b', 1)
+  assert json.load(open(private_cache))[key]['settled'] is True
+  assert choose_k(5.0, 'a', key=key) == ('b', 0)
+
+
+def test_forget_drops_one_device_kinds_entries(private_cache):
+  memo = {}
+  choose_k(0.0, 'b', memo, key='k|cpu|Some CPU|rest')
+  choose_k(0.0, 'b', memo, key='k|cpu|Other CPU|rest')
+  assert kernel_choice.forget(private_cache, 'Some CPU', memo) == 1
+  assert list(json.load(open(private_cache))) == ['k|cpu|Other CPU|rest']
+  assert list(memo) == [(private_cache, 'k|cpu|Other CPU|rest')]
+  assert choose_k(0.0, 'a', memo, key='k|cpu|Some CPU|rest') == ('a', 1)  # measured afresh
+
+
+def test_other_load_per_cpu_discounts_this_process(monkeypatch):
+  monkeypatch.undo()  # the real function
+  monkeypatch.setattr(os, 'getloadavg', lambda: (5.0, 0.0, 0.0))
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1})
+  assert kernel_choice.other_load_per_cpu() == 2.0
+  monkeypatch.setattr(os, 'getloadavg', lambda: (0.4, 0.0, 0.0))
+  assert kernel_choice.other_load_per_cpu() == 0.0

@@ -33,6 +33,12 @@ def define_flags():
   flags.DEFINE_integer('steps', 20, 'Timed steps (after the warm-up steps).')
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
   flags.DEFINE_string('json', None, 'Write the result as JSON to this path.')
+  flags.DEFINE_bool(
+    'remeasure',
+    False,
+    "Forget this device's cached convolution choices first, so every layer "
+    'shape is timed afresh (pga_jax.models.kernel_choice).',
+  )
   _define_train_step_flags()
   _define_layer_flags()
 
@@ -83,6 +89,14 @@ def main(argv):
 
   f = flags.FLAGS
   log = lambda s: print(f'pga: {s}', file=sys.stderr, flush=True)
+  if f.remeasure:
+    from pga_jax.models import kernel_choice  # pylint: disable=g-import-not-at-top
+
+    dropped = kernel_choice.forget()
+    log(
+      f'forgot {dropped} cached convolution choices of this device '
+      f'({kernel_choice.cache_path()}); measuring afresh'
+    )
   if f.layers:
     result = benchmark.layer_profile(f.batch_size, steps=f.steps)
     print(benchmark.format_layer_profile(result))

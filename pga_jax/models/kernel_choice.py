@@ -28,14 +28,29 @@ it is measured, not guessed from thresholds:
 - Key: the op, backend platform, device kind (on CPU: the CPU model and
   count, `device_identity`), jax version, input and kernel shapes, stride
   and dtype (`choice_key`).
-- Cache: one JSON file, `conv_impl_v1.json`, in `$PGA_JAX_CACHE_DIR`, else
-  `$XDG_CACHE_HOME/pga_jax`, else `~/.cache/pga_jax`. Written atomically (a
-  temporary file in the same folder, then `os.replace`), so a reader sees the
-  old or the new file, never half of one; concurrent writers can at worst
-  lose each other's new entries, which are then measured again. A corrupt or
-  unreadable file is replaced with a warning; an unwritable folder only costs
-  a warning (the choice is still used). Given the cache file, the choice is
-  deterministic: a cached key is never timed again.
+- Cache: one JSON file, `conv_impl_v2.json`, in `$PGA_JAX_CACHE_DIR`, else
+  `$XDG_CACHE_HOME/pga_jax`, else `~/.cache/pga_jax`; one entry per key:
+  the chosen form, every candidate's median milliseconds, the load of other
+  processes while it was measured, and how many times the key has been
+  measured. Written atomically (a temporary file in the same folder, then
+  `os.replace`), so a reader sees the old or the new file, never half of one;
+  concurrent writers can at worst lose each other's new entries, which are
+  then measured again. A corrupt or unreadable file is replaced with a
+  warning; an unwritable folder only costs a warning (the choice is still
+  used). `forget(device)` drops a device's entries (`pga benchmark
+  --remeasure`).
+- Measurements under load are provisional. XLA:CPU's forms differ in how
+  many threads they use, so other processes on the same cores slow them
+  unequally, and a choice measured on a busy machine can be the wrong one for
+  a quiet one (seen: `phase` chosen under load, `xla` 7% faster once quiet).
+  The rule: a measurement is *settled* when the load of other processes
+  (the 1-minute load average, less this process's one, per usable CPU) was
+  at most `QUIET_LOAD` while it ran. A settled entry is never timed again.
+  An unsettled one is used, and measured again the next time a process looks
+  the key up in the file, until a measurement is settled or the key has been
+  measured `MAX_MEASUREMENTS` times (a machine that is always busy keeps its
+  last choice). Load does not matter on accelerators, whose kernels do not
+  share CPU cores: there every measurement is settled.
 - A run's own forms: the trainer records the choices it made in the run
   directory (`conv_forms.json`) and pins them on resume (`pin`), so a resumed
   run computes with the forms it started with, even if the cache changed.
@@ -72,9 +87,11 @@ import jax
 import numpy as np
 
 CACHE_ENV = 'PGA_JAX_CACHE_DIR'
-CACHE_FILE = 'conv_impl_v1.json'
+CACHE_FILE = 'conv_impl_v2.json'
 SLOW_FACTOR = 20.0
 REPEATS = 5
+QUIET_LOAD = 0.5  # other processes' load per CPU up to which a measurement is settled
+MAX_MEASUREMENTS = 3
 
 # (cache file path, key) -> chosen form. See the module docstring.
 _MEMO: Dict[tuple, str] = {}
@@ -93,8 +110,18 @@ def cache_path(environ=None) -> str:
   return os.path.join(cache_dir(environ), CACHE_FILE)
 
 
+def _valid_entry(entry) -> bool:
+  return (
+    isinstance(entry, dict)
+    and isinstance(entry.get('form'), str)
+    and isinstance(entry.get('settled'), bool)
+    and isinstance(entry.get('measurements'), int)
+  )
+
+
 def read_cache(path: str, warn: bool = True) -> dict:
-  """The cached choices {key: form}; {} (with a warning) if the file is corrupt."""
+  """The cached entries {key: {form, settled, measurements, other_load, times_ms}};
+  {} (with a warning) if the file is corrupt."""
   try:
     with open(path) as f:
       entries = json.load(f)
@@ -107,15 +134,47 @@ def read_cache(path: str, warn: bool = True) -> dict:
       )
     return {}
   if not isinstance(entries, dict) or not all(
-    isinstance(k, str) and isinstance(v, str) for k, v in entries.items()
+    isinstance(k, str) and _valid_entry(v) for k, v in entries.items()
   ):
     if warn:
       warnings.warn(
-        f'pga_jax: convolution choice cache {path} does not hold a '
-        '{key: form} object; rebuilding it'
+        f'pga_jax: convolution choice cache {path} does not hold '
+        '{key: {form, settled, measurements, ...}} entries; rebuilding it'
       )
     return {}
   return entries
+
+
+def other_load_per_cpu() -> float:
+  """The 1-minute load average of other processes per usable CPU: the load
+  average less this process's own 1, over the CPU count (0 if unknown)."""
+  try:
+    load = os.getloadavg()[0]
+    count = len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return 0.0
+  return max(0.0, load - 1.0) / max(count, 1)
+
+
+def forget(path: Optional[str] = None, device_kind: Optional[str] = None, memo=None) -> int:
+  """Drops the cached choices of one device kind (default: this process's
+  first device), in the file and the memo, so they are measured afresh.
+  Returns how many entries the file held for it."""
+  path = cache_path() if path is None else path
+  memo = _MEMO if memo is None else memo
+  device_kind = device_kind or device_identity()[1]
+  entries = read_cache(path)
+
+  def is_mine(key):
+    parts = key.split('|')
+    return len(parts) > 2 and parts[2] == device_kind
+
+  mine = [key for key in entries if is_mine(key)]
+  if mine:
+    write_cache(path, {k: v for k, v in entries.items() if k not in mine})
+  for cached in [m for m in memo if m[0] == path and is_mine(m[1])]:
+    del memo[cached]
+  return len(mine)
 
 
 def write_cache(path: str, entries: dict) -> bool:
@@ -260,13 +319,16 @@ def choose(
   path: Optional[str] = None,
   memo: Optional[dict] = None,
   timer: Optional[Callable[[Dict[str, Callable]], Dict[str, float]]] = None,
+  load: Optional[Callable[[], float]] = None,
 ) -> str:
-  """The fastest of `candidates` for `key`: from the memo, the cache file, or
-  measured now (then written to the cache).
+  """The fastest of `candidates` for `key`: from the memo, a settled entry of
+  the cache file, or measured now (then written to the cache).
 
   make_timed(name) builds a zero-argument function running that candidate on
   concrete inputs; it is only called when the key has to be measured.
   timer: {name: function} -> {name: seconds} (default `time_candidates`).
+  load: () -> other processes' load per CPU (default `other_load_per_cpu`;
+    only read on CPU, see the module docstring).
   """
   if not candidates:
     raise ValueError(f'no candidate forms for {key}')
@@ -276,29 +338,48 @@ def choose(
   memo = _MEMO if memo is None else memo
   choice = memo.get((path, key))
   if choice is None:
-    entries = read_cache(path)
-    choice = entries.get(key)
-    if choice not in candidates:
-      with jax.ensure_compile_time_eval():
-        fns = {}
-        for name in candidates:
-          try:
-            fns[name] = make_timed(name)
-          except Exception as err:  # pylint: disable=broad-except  (e.g. out of memory)
-            warnings.warn(
-              f'pga_jax: convolution form {name!r} failed to compile for '
-              f'timing ({err}); not using it'
-            )
-        times = (timer or time_candidates)(fns) if fns else {}
-      finite = [n for n in candidates if times.get(n, float('inf')) < float('inf')]
-      if finite:
-        choice = min(finite, key=lambda n: (times[n], candidates.index(n)))
-        # Other processes may have added entries meanwhile.
-        write_cache(path, dict(read_cache(path, warn=False), **{key: choice}))
-      else:
-        choice = candidates[0]
-        warnings.warn(
-          f'pga_jax: no convolution form could be timed for {key}; using {choice!r} (not cached)'
-        )
+    entry = read_cache(path).get(key)
+    usable = entry is not None and entry['form'] in candidates
+    final = usable and (entry['settled'] or entry['measurements'] >= MAX_MEASUREMENTS)
+    if final:
+      choice = entry['form']
+    else:
+      choice = _measure(key, candidates, make_timed, path, timer, load, entry if usable else None)
   memo[(path, key)] = choice
+  return choice
+
+
+def _measure(key, candidates, make_timed, path, timer, load, previous) -> str:
+  """Times the candidates, writes the entry, returns the choice (see `choose`)."""
+  parts = key.split('|')
+  on_cpu = len(parts) < 2 or parts[1] == 'cpu'  # a key not made by choice_key counts as CPU
+  load_before = (load or other_load_per_cpu)() if on_cpu else 0.0
+  with jax.ensure_compile_time_eval():
+    fns = {}
+    for name in candidates:
+      try:
+        fns[name] = make_timed(name)
+      except Exception as err:  # pylint: disable=broad-except  (e.g. out of memory)
+        warnings.warn(
+          f'pga_jax: convolution form {name!r} failed to compile for timing ({err}); not using it'
+        )
+    times = (timer or time_candidates)(fns) if fns else {}
+  other_load = max(load_before, (load or other_load_per_cpu)() if on_cpu else 0.0)
+  finite = [n for n in candidates if times.get(n, float('inf')) < float('inf')]
+  if not finite:
+    choice = previous['form'] if previous else candidates[0]
+    warnings.warn(
+      f'pga_jax: no convolution form could be timed for {key}; using {choice!r} (not cached)'
+    )
+    return choice
+  choice = min(finite, key=lambda n: (times[n], candidates.index(n)))
+  entry = {
+    'form': choice,
+    'settled': other_load <= QUIET_LOAD,
+    'measurements': (previous['measurements'] if previous else 0) + 1,
+    'other_load': round(other_load, 3),
+    'times_ms': {n: round(1e3 * times[n], 4) for n in finite},
+  }
+  # Other processes may have added entries meanwhile.
+  write_cache(path, dict(read_cache(path, warn=False), **{key: entry}))
   return choice
