@@ -1,4 +1,4 @@
-"""Plots and tabulates the evaluation curves of study runs (FID, precision, recall, KID).
+"""Plots and tabulates the evaluation curves of study runs (FID, precision, recall, sharpness, ...).
 
 The runs are those of `experiments/fashion_study.py --eval_every=N`, which
 records each evaluation during training in the run's `eval_curve.jsonl`:
@@ -7,10 +7,11 @@ records each evaluation during training in the run's `eval_curve.jsonl`:
       --eval_every=1000 --num_samples=5000 --workroot=runs/study10k --out=docs/study10k
   python experiments/fid_curves.py --workroot=runs/study10k --out=docs/study/fid_curves.png
 
-Writes the PNG (FID against step, one line per run; precision and recall
-below), a JSON of the curves beside it, and prints a markdown table of the
-metrics at each run's last evaluated step (mean ± std over seeds) and one of
-the FID of every run at every evaluated step.
+Writes the PNG (FID, precision and recall against step, one line per run,
+and sharpness and class-mix TV where the runs recorded them), a JSON of the
+curves beside it, and prints a markdown table of the metrics at each run's
+last evaluated step (mean ± std over seeds) and tables of the FID and the
+sharpness of every run at every evaluated step.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ METRICS = (
   ('fid', 'domain FID', 'log'),
   ('precision', 'precision', 'linear'),
   ('recall', 'recall', 'linear'),
+  ('sharpness', 'sharpness (1 = as sharp as the data)', 'linear'),
+  ('class_tv', 'class-mix TV to real', 'linear'),
 )
+# Columns of the summary table; the last two only where every run recorded them.
+SUMMARY = ('fid', 'precision', 'recall', 'kid', 'sharpness', 'class_tv')
 
 
 def _metric_names(row: dict) -> dict:
@@ -60,22 +65,26 @@ def summary_table(curves: dict) -> str:
   for label, rows in curves.items():
     prefix, method, _ = runner.split_label(label)
     finals.setdefault((prefix, method), []).append(rows[-1])
+  keys = [k for k in SUMMARY if all(k in r for runs in finals.values() for r in runs)]
   rows = []
   for (prefix, method), runs in finals.items():
     steps = sorted({int(r['step']) for r in runs})
     rows.append(
       [prefix + '/' * bool(prefix) + method.upper(), '/'.join(map(str, steps))]
-      + [runner.mean_std([r[k] for r in runs]) for k in ('fid', 'precision', 'recall', 'kid')]
+      + [runner.mean_std([r[k] for r in runs]) for k in keys]
       + [str(len(runs))]
     )
+  titles = {'fid': 'FID', 'kid': 'KID', 'class_tv': 'class-mix TV'}
   return runner.markdown_table(
-    rows, ['method', 'step', 'FID', 'precision', 'recall', 'KID', 'seeds']
+    rows, ['method', 'step'] + [titles.get(k, k) for k in keys] + ['seeds']
   )
 
 
 def by_step_table(curves: dict, key: str = 'fid') -> str:
   """`key` of every run (columns) at every evaluated step (rows); '' where a run has none."""
-  values = {label: {int(r['step']): r[key] for r in rows} for label, rows in curves.items()}
+  values = {
+    label: {int(r['step']): r[key] for r in rows if key in r} for label, rows in curves.items()
+  }
   steps = sorted({step for run in values.values() for step in run})
   rows = [
     [str(step)] + [f'{run[step]:.3g}' if step in run else '' for run in values.values()]
@@ -91,11 +100,13 @@ def plot(curves: dict, path: str) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   styles = runner.line_styles(list(curves))
-  fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
-  for ax, (key, title, scale) in zip(axes, METRICS):
+  metrics = [m for m in METRICS if any(m[0] in r for rows in curves.values() for r in rows)]
+  fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4))
+  for ax, (key, title, scale) in zip(axes, metrics):
     for name, rows in curves.items():
+      shown = [r for r in rows if key in r]
       ax.plot(
-        [r['step'] for r in rows], [r[key] for r in rows], marker='.', label=name, **styles[name]
+        [r['step'] for r in shown], [r[key] for r in shown], marker='.', label=name, **styles[name]
       )
     ax.set_title(title)
     ax.set_xlabel('step')
@@ -118,6 +129,8 @@ def main(argv):
   runner.write_json_beside(f.out, curves)
   print(summary_table(curves))
   print(by_step_table(curves))
+  if any('sharpness' in r for rows in curves.values() for r in rows):
+    print(by_step_table(curves, 'sharpness'))
 
 
 if __name__ == '__main__':

@@ -254,6 +254,7 @@ def test_fid_curves_labels_the_runs_of_several_workroots_by_folder(tmp_path):
       'eval_domain/precision': 0.5,
       'eval_domain/recall': 0.25,
       'eval_domain/kid': 1.0,
+      'eval_domain/sharpness': fid / 100,
     }
 
   _write_curve(tmp_path / 'main' / 'lpga_s0', [row(1000, 40.0)])
@@ -274,6 +275,9 @@ def test_fid_curves_labels_the_runs_of_several_workroots_by_folder(tmp_path):
   assert re.findall(r'^\| (\S+) \|', summary, re.M)[1:] == ['main/VAE', 'main/LPGA', 'alt/LPGA']
   assert re.search(r'^\| main/LPGA \| 1000 \| 40 \|', out.stdout, re.M), out.stdout
   assert re.search(r'^\| alt/LPGA \| 1000 \| 22 ± 2.8 \|', out.stdout, re.M), out.stdout
+  # Sharpness: a column of the summary and a table by step (runs in the order above).
+  assert re.search(r'^\| main/LPGA \| 1000 \| 40 \| .* \| 0\.4 \| 1 \|$', out.stdout, re.M)
+  assert re.search(r'^\| 1000 \| 0\.3 \| 0\.4 \| 0\.2 \| 0\.24 \|$', out.stdout, re.M), out.stdout
 
 
 def test_find_runs_refuses_workroots_with_the_same_folder_name(tmp_path):
