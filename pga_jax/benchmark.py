@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pga_jax import config as config_lib, config_fields
+from pga_jax import config as config_lib
 from pga_jax import data, sharding
 from pga_jax.data import synthetic
 from pga_jax import train_step as ts
@@ -325,7 +325,7 @@ def benchmark_config(
     'batch_size': int(config.batch_size),
     'latent_dim': int(config.latent_dim),
     'use_bn': bool(config.use_bn),
-    'compute_dtype': config_fields.get(config, 'compute_dtype'),
+    'compute_dtype': config.compute_dtype,
     'optimizer': config.optimizer.name,
     'at_step': int(config.init_steps) + 1 if at_step is None else int(at_step),
     'warmup_steps': warmup,
@@ -341,7 +341,7 @@ def benchmark_config(
     'last_step_finite': finite == 1.0,
     # The convolution forms the step runs (conv_impl 'auto': measured per
     # layer shape on this device, pga_jax.models.kernel_choice).
-    'conv_impl': config_fields.get(config, 'conv_impl'),
+    'conv_impl': config.conv_impl,
     'conv_forms': kernel_choice.choices_made(),
     'max_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     **stats,

@@ -256,7 +256,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     )
   try:
     with storage.open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      return config_fields.upgrade(ml_collections.ConfigDict(json.load(f)))
   except (OSError, ValueError, TypeError) as err:
     raise WorkdirError(
       f'cannot read the run config {path} ({_short(err)}); restore it from '

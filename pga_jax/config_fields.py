@@ -6,7 +6,9 @@ each field's check, `checkpointing.check_compatible` compares the fields marked
 `structural`, and `method_override` reads the per-method defaults.
 
 To add a field: add one `Field` to `FIELDS`. If runs were stored before it
-existed, set `added_later=True` with the default those runs used.
+existed, set `added_later=True` with the default those runs used: a stored
+config is brought up to date when it is loaded (`upgrade`, called by
+`checkpointing.load_config`), so every reader can use `config.<field>`.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def one_of(choices) -> Check:
       return f'must be one of {tuple(choices)}, got {value!r}'
     return None
 
+  check.choices = tuple(choices)
   return check
 
 
@@ -84,6 +87,7 @@ def integer_in(choices) -> Check:
       return f'must be one of {tuple(choices)}, got {value!r}'
     return None
 
+  check.choices = tuple(choices)
   return check
 
 
@@ -139,10 +143,17 @@ class Field:
     return self.per_method.get(method, self.default)
 
 
-def _coefficient(name: str, doc: str, **per_method) -> Field:
+def _coefficient(name: str, doc: str, added_later: bool = False, **per_method) -> Field:
   """A loss coefficient (>= 0); the reference's value per method, 0 elsewhere."""
   return Field(
-    name, 0.0, number(0.0), structural=True, per_method=per_method, coefficient=True, doc=doc
+    name,
+    0.0,
+    number(0.0),
+    structural=True,
+    per_method=per_method,
+    coefficient=True,
+    added_later=added_later,
+    doc=doc,
   )
 
 
@@ -284,3 +295,22 @@ def get(config, name: str, missing=KeyError):
       return missing
     node = node[part]
   return node
+
+
+def upgrade(config):
+  """Adds every `added_later` field that `config` (a ConfigDict) lacks, with
+  the default the runs stored before it ran with; returns `config`.
+
+  Stored configs are upgraded once, when loaded, so code reads `config.x`
+  for every field of the table.
+  """
+  for name, default in ADDED_LATER.items():
+    *parents, leaf = name.split('.')
+    node = config
+    for parent in parents:
+      if parent not in node:
+        node[parent] = {}
+      node = node[parent]
+    if leaf not in node:
+      node[leaf] = default
+  return config

@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from pga_jax import config_fields, passes, terms
+from pga_jax import passes, terms
 from pga_jax.models import AutoEncoder
 
 TermFn = Callable[..., jax.Array]
@@ -162,9 +162,7 @@ def warmup_weight(step: jax.Array, init_steps: int, ramp_steps: int = 0) -> jax.
 def term_coefficient(term: Term, config, step: jax.Array) -> jax.Array:
   base = 1.0 if term.coeff is None else float(config[term.coeff])
   if term.warmup:
-    return base * warmup_weight(
-      step, int(config.init_steps), int(config_fields.get(config, 'warmup_ramp_steps'))
-    )
+    return base * warmup_weight(step, int(config.init_steps), int(config.warmup_ramp_steps))
   return jnp.asarray(base, jnp.float32)
 
 
@@ -243,7 +241,7 @@ def build_method(config) -> Method:
     )
   method = METHODS[config.method]
   extra = []
-  for spec in config_fields.get(config, 'extra_terms') or ():
+  for spec in config.extra_terms or ():
     extra.append(
       Term(
         name=spec['name'],
@@ -258,7 +256,7 @@ def build_method(config) -> Method:
 
 def build_model(config, method: Method, channels: int) -> AutoEncoder:
   """The AutoEncoder a config describes (log-variance head if the method needs it)."""
-  dtype = jnp.bfloat16 if config_fields.get(config, 'compute_dtype') == 'bfloat16' else None
+  dtype = jnp.bfloat16 if config.compute_dtype == 'bfloat16' else None
   return AutoEncoder(
     config.arch,
     int(config.latent_dim),
@@ -266,7 +264,7 @@ def build_model(config, method: Method, channels: int) -> AutoEncoder:
     bool(config.use_bn),
     with_logvar=method.needs_logvar,
     dtype=dtype,
-    conv_impl=config_fields.get(config, 'conv_impl'),
+    conv_impl=config.conv_impl,
   )
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 from clu import metrics as clu_metrics, periodic_actions
 
-from pga_jax import checkpointing, config as config_lib, config_fields, data, event_logs, figures
+from pga_jax import checkpointing, config as config_lib, data, event_logs, figures
 from pga_jax import sampling, sharding, storage, train_step as ts
 
 FIGURE_IMAGES = 100  # the reference's sample batch for figures
@@ -187,10 +187,7 @@ def train_and_evaluate(
   is_main = jax.process_index() == 0
 
   manager = checkpointing.checkpoint_manager(
-    workdir,
-    config.keep_checkpoints,
-    cleanup_tmp=True,
-    keep_every=config_fields.get(config, 'keep_checkpoint_every'),
+    workdir, config.keep_checkpoints, cleanup_tmp=True, keep_every=config.keep_checkpoint_every
   )
   resuming = manager.latest_step() is not None
   if resuming:

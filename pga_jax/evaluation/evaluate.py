@@ -400,12 +400,10 @@ def training_evaluate_fn(config, cache_dir: Optional[str] = None) -> Callable:
   statistics if they are not cached), so a problem shows before training.
   Each call draws `config.eval_num_samples` samples with `PRNGKey(config.seed)`.
   """
-  from pga_jax import config as config_lib, config_fields  # pylint: disable=g-import-not-at-top
+  from pga_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
   config_lib.validate(config, jax.device_count())  # name a bad field before any work
-  if config.eval_features == 'inception' and not config_fields.get(
-    config, 'eval_inception_weights'
-  ):
+  if config.eval_features == 'inception' and not config.eval_inception_weights:
     raise EvaluationError(
       'config.eval_features is inception, which needs the FID Inception weights: set '
       '--config.eval_inception_weights=PATH (see `python -m pga_jax.evaluation.'
@@ -413,7 +411,7 @@ def training_evaluate_fn(config, cache_dir: Optional[str] = None) -> Callable:
     )
   evaluator = evaluator_for_config(
     config,
-    inception_weights=config_fields.get(config, 'eval_inception_weights'),
+    inception_weights=config.eval_inception_weights,
     inception_flag='config.eval_inception_weights',
     cache_dir=cache_dir,
   )

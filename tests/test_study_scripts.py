@@ -1,9 +1,9 @@
-"""experiments/study10k.sh passes the study's settings to fashion_study.py.
+"""experiments/study10k.sh and study50k.sh pass the studies' settings to fashion_study.py.
 
-The driver is run with PYTHON set to a stand-in that records its arguments and
+A driver is run with PYTHON set to a stand-in that records its arguments and
 environment instead of training; the recorded flags are then turned into the
 configs fashion_study.py would train, and those are checked against the
-settings the README states for the 10,000-step study.
+settings the README states for each study.
 """
 
 import json
@@ -17,9 +17,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'experiments', 'study10k.sh')
+SCRIPT_50K = os.path.join(REPO, 'experiments', 'study50k.sh')
 
 
-def run_driver(tmp_path, *parts):
+def run_driver(tmp_path, *parts, script=SCRIPT):
   record = tmp_path / 'calls.jsonl'
   stand_in = tmp_path / 'python'
   stand_in.write_text(
@@ -31,7 +32,7 @@ def run_driver(tmp_path, *parts):
   )
   stand_in.chmod(stand_in.stat().st_mode | stat.S_IEXEC)
   result = subprocess.run(
-    ['bash', SCRIPT, str(tmp_path / 'work'), str(tmp_path / 'out'), *parts],
+    ['bash', script, str(tmp_path / 'work'), str(tmp_path / 'out'), *parts],
     capture_output=True,
     text=True,
     timeout=60,
@@ -126,3 +127,53 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path, parts):
   if parts:
     assert "'everything'" in result.stderr
   assert calls == []
+
+
+def test_the_50k_study_trains_the_settings_the_readme_states(tmp_path):
+  result, calls = run_driver(
+    tmp_path, 'sweep', 'vae', 'vpga', 'lpga', 'lvpga', 'vae_adam', script=SCRIPT_50K
+  )
+  assert result.returncode == 0, result.stderr
+  assert len(calls) == 6
+  work = str(tmp_path / 'work')
+  assert all(call['cache'] == os.path.join(work, 'cache') for call in calls)
+  sweep_flags, sweep = configs_of(calls[0])
+  assert sweep_flags['workroot'] == os.path.join(work, 'sweep50k_vae')
+  assert {(c.optimizer.learning_rate, c.beta) for c in sweep.values()} == {
+    (0.05, 0.1),
+    (0.1, 0.1),
+    (0.2, 0.1),
+    (0.1, 0.05),
+    (0.1, 0.2),
+  }
+  assert {(c.num_steps, c.eval_every, c.optimizer.name) for c in sweep.values()} == {
+    (2000, 500, 'sgd')
+  }
+  runs = {}
+  for call, method in zip(calls[1:5], ('vae', 'vpga', 'lpga', 'lvpga')):
+    part_flags, configs = configs_of(call)
+    assert part_flags['workroot'] == os.path.join(work, 'study50k')
+    assert part_flags['out'] == str(tmp_path / 'out' / method)
+    ((name, config),) = configs.items()
+    assert name == f'{method}_s0'
+    runs[method] = config
+  adam_flags, adam = configs_of(calls[5])
+  assert adam_flags['workroot'] == os.path.join(work, 'study50k_adam')
+  runs['vae_adam'] = adam['vae_s0']
+  for config in runs.values():
+    assert (config.num_steps, config.eval_every, config.eval_num_samples) == (50000, 2500, 5000)
+    assert (config.arch, config.batch_size, config.seed) == ('conv_mnist', 64, 0)
+    assert (config.sample_every, config.keep_checkpoint_every) == (2500, 2500)
+    assert config.dataset == 'fashion_mnist'
+  vae, adam_vae = runs['vae'], runs['vae_adam']
+  assert (vae.optimizer.name, vae.optimizer.momentum) == ('sgd', 0.9)
+  assert (vae.optimizer.learning_rate, vae.beta) == (0.2, 0.1)  # the sweep's choice
+  assert (adam_vae.optimizer.name, adam_vae.optimizer.learning_rate) == ('adam', 2e-4)
+  assert (adam_vae.optimizer.b1, adam_vae.beta) == (0.5, 0.1)
+  assert runs['vpga'].vkld == 0.04 and runs['lvpga'].vkld == 0.04 and runs['lpga'].nll == 0.015
+  for method in ('vpga', 'lpga', 'lvpga'):
+    assert (runs[method].optimizer.name, runs[method].optimizer.learning_rate) == ('sgd', 0.1)
+  # The reference's warm-up; its switch, but for LPGA, whose switch diverged here.
+  assert (runs['lvpga'].init_steps, runs['lvpga'].warmup_ramp_steps) == (3000, 0)
+  assert (runs['lpga'].init_steps, runs['lpga'].warmup_ramp_steps) == (3000, 500)
+  assert runs['vpga'].init_steps == 0
