@@ -519,3 +519,24 @@ def test_the_vae_sweeps_learning_rate_and_beta_one_at_a_time():
   assert {
     name: (c['optimizer']['name'], c['optimizer']['b1'], c['beta']) for name, c in adam.items()
   } == {f'sweep_vae_beta{b}': ('adam', 0.5, b) for b in (0.02, 0.05, 0.1)}
+
+
+def test_grids_by_step_puts_each_runs_grids_side_by_side(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  for name, steps in (('vae_s0', (10, 20)), ('lpga_s0', (10,))):
+    figures = tmp_path / 'runs' / name / 'figures'
+    figures.mkdir(parents=True)
+    for step in steps:
+      Image.fromarray(np.full((12, 12), step, np.uint8)).save(figures / f'samples_{step:08d}.png')
+  out = run_script(
+    'grids_by_step.py',
+    f'--workroot={tmp_path / "runs"}',
+    '--methods=vae,lpga',
+    '--steps=10,20',
+    f'--out={tmp_path}/grids.png',
+    cache=tmp_path / 'cache',
+  )
+  assert '3 of 4 grids' in out.stdout  # lpga_s0 has no grid at step 20
+  assert (tmp_path / 'grids.png').stat().st_size > 0
