@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from pga_jax import config as config_lib, methods, train_step as ts
+from pga_jax import config as config_lib, methods, testing, train_step as ts
 from pga_jax.models import AutoEncoder, layers
 from pga_jax import data
 from tests import helpers
@@ -45,22 +45,8 @@ def images():
 @pytest.mark.parametrize('use_bn', [False, True])
 @pytest.mark.parametrize('method_name', sorted(methods.METHODS))
 def test_shared_encoder_pass_gives_the_plain_losses_metrics_and_gradients(method_name, use_bn):
-  _, fast_fn, model, _ = make(method_name, True, use_bn)
-  _, plain_fn, _, _ = make(method_name, False, use_bn)
-  params = model.init(jax.random.PRNGKey(0))
-  x, rng, step = images(), jax.random.PRNGKey(2), jnp.asarray(7)
-  (l_fast, m_fast), g_fast = jax.jit(jax.value_and_grad(fast_fn, has_aux=True))(
-    params, x, rng, step
-  )
-  (l_plain, m_plain), g_plain = jax.jit(jax.value_and_grad(plain_fn, has_aux=True))(
-    params, x, rng, step
-  )
-  assert set(m_fast) == set(m_plain)
-  np.testing.assert_allclose(l_fast, l_plain, rtol=1e-5)
-  for name in m_plain:
-    np.testing.assert_allclose(m_fast[name], m_plain[name], rtol=1e-5, atol=1e-7, err_msg=name)
-  for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_plain)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  config, *_ = make(method_name, True, use_bn)
+  testing.check_fast_path(config, batch=B)
 
 
 class CountingModel:
