@@ -26,7 +26,7 @@
 # --dry-run, whose limits allow for a heavily loaded CPU), so it ends in
 # time even if a stage hangs; a stage that ran out of time says so in its
 # JSON. The convolution forms measured on the device are kept in
-# OUT_DIR/kernel_cache/conv_impl_v1.json (or $PGA_JAX_CACHE_DIR if set) and
+# OUT_DIR/kernel_cache/conv_impl_v2.json (or $PGA_JAX_CACHE_DIR if set) and
 # listed in each benchmark's JSON (conv_forms).
 #
 # --dry-run: the same on CPU with tiny sizes (three tests, batch 2, one timed

@@ -48,7 +48,7 @@ from experiments import runner
 from pga_jax import checkpointing, figures
 from pga_jax.data import pipeline
 from pga_jax.evaluation import class_mix as class_mix_lib
-from pga_jax.evaluation import evaluate, frechet, metrics, sharpness
+from pga_jax.evaluation import evaluate, fid_parts, frechet, metrics, sharpness
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_list('workroot', ['runs/study50k'], 'Folders holding the runs (METHOD_sSEED).')
@@ -86,29 +86,6 @@ def predicted_classes(evaluator, images: np.ndarray, chunk: int = 1000) -> np.nd
   )
 
 
-def weighted_statistics(features: np.ndarray, weights: np.ndarray):
-  """Weighted mean and covariance (reliability weights: unbiased for equal weights)."""
-  w = np.asarray(weights, np.float64) / np.sum(weights)
-  x = np.asarray(features, np.float64)
-  mu = w @ x
-  xc = x - mu
-  sigma = (xc * w[:, None]).T @ xc / (1.0 - np.sum(w * w))
-  return mu, sigma
-
-
-def nearest_distances(points: np.ndarray, centres: np.ndarray, block: int = 256):
-  """(distance, index) of each point's nearest centre, in float64."""
-  points = np.asarray(points, np.float64)
-  centres = np.asarray(centres, np.float64)
-  dist = np.empty(len(points))
-  index = np.empty(len(points), np.int64)
-  for start in range(0, len(points), block):
-    d = metrics.squared_distances(points[start : start + block], centres)
-    index[start : start + block] = d.argmin(1)
-    dist[start : start + block] = np.sqrt(d.min(1))
-  return dist, index
-
-
 def anatomy(reference: Reference, images: np.ndarray, min_class_images: int) -> dict:
   """The measures of the module docstring for uint8 (N, S, S, C) images."""
   ev = reference.evaluator
@@ -124,7 +101,7 @@ def anatomy(reference: Reference, images: np.ndarray, min_class_images: int) -> 
   mean_term = float(np.sum((reference.mu - mu) ** 2))
   weights = reference.mix[classes] / np.maximum(mix[classes], 1e-12)
   balanced = frechet.frechet_distance(
-    reference.mu, reference.sigma, *weighted_statistics(features, weights)
+    reference.mu, reference.sigma, *fid_parts.weighted_statistics(features, weights)
   )
   per_class = []
   for c in range(reference.num_classes):
@@ -145,7 +122,7 @@ def anatomy(reference: Reference, images: np.ndarray, min_class_images: int) -> 
   within = sum(r['real_fraction'] * r['fid'] for r in measured) / sum(
     r['real_fraction'] for r in measured
   )
-  dist, nearest = nearest_distances(features, reference.features)
+  dist, nearest = fid_parts.nearest_distances(features, reference.features)
   energy = np.array([sharpness.laplacian_energy(images[i : i + 1]) for i in range(len(images))])
   confidence = probabilities.max(-1)
   return {

@@ -132,14 +132,31 @@ def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
   return storage.join(str(manager.directory), str(step))
 
 
+# Operating-system causes a user can act on, named even when TensorStore
+# buries them in the middle of a long message or on a later line.
+OS_CAUSES = (
+  'No space left on device',
+  'File too large',
+  'Disk quota exceeded',
+  'Read-only file system',
+  'Permission denied',
+)
+
+
 def _short(err: BaseException) -> str:
   """The first line of an error (orbax/TensorStore errors span many lines), shortened.
 
-  Keeps both ends of a long line: TensorStore puts the cause (e.g. 'No space
-  left on device') at the end.
+  Keeps both ends of a long line (TensorStore often puts the cause, e.g. 'No
+  space left on device', at the end), and names an operating-system cause
+  found anywhere in the error when the shortened line lost it (where it sits
+  depends on which of the checkpoint's files failed first).
   """
-  text = (str(err).strip().splitlines() or [''])[0]
+  full = str(err).strip()
+  text = (full.splitlines() or [''])[0]
   text = text if len(text) <= 240 else f'{text[:120]} ... {text[-115:]}'
+  lost = [cause for cause in OS_CAUSES if cause in full and cause not in text]
+  if lost:
+    text = f'{lost[0]}: {text}'
   return f'{type(err).__name__}: {text}' if text else type(err).__name__
 
 

@@ -419,16 +419,16 @@ def test_term_curves_reports_each_runs_training_hours_summed_over_its_sessions(t
 def test_fid_anatomy_weighted_statistics_and_nearest_neighbours():
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from experiments import fid_anatomy  # pylint: disable=g-import-not-at-top
+  from pga_jax.evaluation import fid_parts  # pylint: disable=g-import-not-at-top
 
   rng = np.random.RandomState(0)
   x = rng.normal(size=(40, 3))
   w = rng.uniform(0.1, 3.0, size=40)
-  mu, sigma = fid_anatomy.weighted_statistics(x, w)
+  mu, sigma = fid_parts.weighted_statistics(x, w)
   np.testing.assert_allclose(mu, np.average(x, axis=0, weights=w), rtol=1e-12)
   np.testing.assert_allclose(sigma, np.cov(x, rowvar=False, aweights=w), rtol=1e-10)
   centres = rng.normal(size=(25, 3))
-  dist, index = fid_anatomy.nearest_distances(x, centres, block=7)
+  dist, index = fid_parts.nearest_distances(x, centres, block=7)
   brute = np.linalg.norm(x[:, None] - centres[None], axis=-1)
   np.testing.assert_array_equal(index, brute.argmin(1))
   np.testing.assert_allclose(dist, brute.min(1), rtol=1e-9)
