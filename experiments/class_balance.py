@@ -88,12 +88,7 @@ def _percent(fractions):
 def main(argv):
   del argv
   f = flags.FLAGS
-  runs = runner.find_runs(f.workroot, f.methods)
-  if not runs:
-    raise SystemExit(
-      f'class_balance: no runs METHOD_sSEED of {",".join(f.methods)} under '
-      f'{",".join(f.workroot)}; train them first (experiments/fashion_study.py or pga train)'
-    )
+  runs = runner.find_runs_or_exit('class_balance', f.workroot, f.methods)
   first = checkpointing.load_config(next(iter(runs.values())))
   classifier = domain_classifier(first)
   results = {

@@ -205,14 +205,7 @@ def run_study(f) -> dict:
 
 
 # The metrics of the results tables: (result key, column, format).
-COLUMNS = (
-  ('fid', 'FID', '.3g'),
-  ('precision', 'precision', '.3f'),
-  ('recall', 'recall', '.3f'),
-  ('kid', 'KID', '.3g'),
-  ('sharpness', 'sharpness', '.3f'),
-  ('class_tv', 'class-mix TV', '.3f'),
-)
+COLUMNS = runner.METRIC_COLUMNS
 
 
 def tabulate(results: dict, sweep: bool, curves: dict = None) -> str:

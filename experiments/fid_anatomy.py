@@ -208,12 +208,7 @@ def tables(results: dict, class_names) -> str:
 def main(argv):
   del argv
   f = flags.FLAGS
-  runs = runner.find_runs(f.workroot, f.methods)
-  if not runs:
-    raise SystemExit(
-      f'fid_anatomy: no runs METHOD_sSEED of {",".join(f.methods)} under '
-      f'{",".join(f.workroot)}; train them first (experiments/fashion_study.py or pga train)'
-    )
+  runs = runner.find_runs_or_exit('fid_anatomy', f.workroot, f.methods)
   first = checkpointing.load_config(next(iter(runs.values())))
   evaluator = evaluate.evaluator_for_config(first, 'domain')
   train = evaluate.load_split(first.dataset, 'train', first.data_dir, None, None)

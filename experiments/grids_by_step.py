@@ -72,11 +72,7 @@ def plot(grids: dict, labels, steps, path: str) -> None:
 def main(argv):
   del argv
   f = flags.FLAGS
-  runs = runner.find_runs(f.workroot, f.methods)
-  if not runs:
-    raise SystemExit(
-      f'grids_by_step: no runs METHOD_sSEED of {",".join(f.methods)} under {",".join(f.workroot)}'
-    )
+  runs = runner.find_runs_or_exit('grids_by_step', f.workroot, f.methods)
   steps = [int(s) for s in f.steps]
   grids = load_grids(runs, steps)
   plot(grids, list(runs), steps, f.out)

@@ -79,15 +79,7 @@ def cases(images: np.ndarray, labels: np.ndarray, f) -> dict:
   return out
 
 
-COLUMNS = (
-  ('fid', 'FID', '.3g'),
-  ('precision', 'precision', '.3f'),
-  ('recall', 'recall', '.3f'),
-  ('kid', 'KID', '.3g'),
-  ('sharpness', 'sharpness', '.3f'),
-  ('class_tv', 'class-mix TV', '.3f'),
-  ('class_confidence', 'confidence', '.3f'),
-)
+COLUMNS = runner.METRIC_COLUMNS + (('class_confidence', 'confidence', '.3f'),)
 
 
 def main(argv):

@@ -75,6 +75,30 @@ def find_runs(workroots: Sequence[str], methods: Sequence[str]) -> Dict[str, str
   return dict(sorted(runs.items(), key=lambda item: _run_order(item[0], workroots, methods)))
 
 
+def find_runs_or_exit(
+  script: str, workroots: Sequence[str], methods: Sequence[str]
+) -> Dict[str, str]:
+  """`find_runs`, or exit with one line naming what `script` looked for."""
+  runs = find_runs(workroots, methods)
+  if not runs:
+    raise SystemExit(
+      f'{script}: no runs METHOD_sSEED of {",".join(methods)} under '
+      f'{",".join(workroots)}; train them first (experiments/fashion_study.py or pga train)'
+    )
+  return runs
+
+
+# The evaluation's metrics as table columns: (result key, title, format).
+METRIC_COLUMNS = (
+  ('fid', 'FID', '.3g'),
+  ('precision', 'precision', '.3f'),
+  ('recall', 'recall', '.3f'),
+  ('kid', 'KID', '.3g'),
+  ('sharpness', 'sharpness', '.3f'),
+  ('class_tv', 'class-mix TV', '.3f'),
+)
+
+
 def _run_order(label: str, workroots: Sequence[str], methods: Sequence[str]):
   prefix, method, seed = split_label(label)
   roots = [os.path.basename(os.path.normpath(r)) for r in workroots]

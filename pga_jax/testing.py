@@ -69,6 +69,20 @@ def _norm(tree) -> float:
   return float(optax.global_norm(tree))
 
 
+def _assert_trees_close(a_tree, b_tree, rtol: float, atol: float, what: str) -> None:
+  """Raises AssertionError naming the first leaf of two gradient pytrees that
+  differ; float32 sums in another order, so the tolerance also scales with
+  each leaf's largest entry."""
+  for (path, a), b in zip(
+    jax.tree_util.tree_leaves_with_path(a_tree), jax.tree_util.tree_leaves(b_tree)
+  ):
+    if not np.allclose(a, b, rtol=rtol, atol=atol + rtol * float(np.max(np.abs(a)))):
+      raise AssertionError(
+        f'the gradient at {jax.tree_util.keystr(path)} {what} '
+        f'(max difference {float(np.max(np.abs(a - b))):.3g})'
+      )
+
+
 def _setup(config, batch: int, channels: int, seed: int, method=None):
   method = method or methods.build_method(config)
   model = methods.build_model(config, method, channels)
@@ -123,15 +137,7 @@ def check_routing(
   full = jax.grad(
     lambda p: methods.method_loss(method, model, p, images, rng, step, config, fast=False)[0]
   )(params)
-  for (path, a), b in zip(
-    jax.tree_util.tree_leaves_with_path(full), jax.tree_util.tree_leaves(summed)
-  ):
-    # float32 sums in another order: tolerance relative to the leaf's scale too
-    if not np.allclose(a, b, rtol=rtol, atol=atol + rtol * float(np.max(np.abs(a)))):
-      raise AssertionError(
-        f'the method gradient at {jax.tree_util.keystr(path)} is not the sum of its terms '
-        f'weighted gradients (max difference {float(np.max(np.abs(a - b))):.3g})'
-      )
+  _assert_trees_close(full, summed, rtol, atol, "is not the sum of its terms' weighted gradients")
   return norms
 
 
@@ -242,12 +248,7 @@ def check_fast_path(
         f'{name}: {float(fast_metrics[name])} with shared passes, '
         f'{float(plain_metrics[name])} plain'
       )
-  for (path, a), b in zip(
-    jax.tree_util.tree_leaves_with_path(fast_grads), jax.tree_util.tree_leaves(plain_grads)
-  ):
-    if not np.allclose(a, b, rtol=rtol, atol=atol + rtol * float(np.max(np.abs(a)))):
-      raise AssertionError(
-        f'gradient at {jax.tree_util.keystr(path)} differs between shared passes and plain '
-        f'(max difference {float(np.max(np.abs(a - b))):.3g})'
-      )
+  _assert_trees_close(
+    fast_grads, plain_grads, rtol, atol, 'differs between shared passes and plain'
+  )
   return {name: float(v) for name, v in plain_metrics.items()}
