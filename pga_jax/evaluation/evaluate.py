@@ -347,18 +347,6 @@ def quantized_samples(model, params, config, num_samples: int, seed: int, chunk:
     yield quantize(sampling.decode_latents(model, params, latents[i : i + chunk], reference))
 
 
-def sample_features(
-  evaluator: Evaluator, model, params, config, num_samples: int, seed: int, chunk: int = 1000
-) -> np.ndarray:
-  """Features of `num_samples` quantized samples g(z), z from PRNGKey(seed)."""
-  return np.concatenate(
-    [
-      evaluator.network(images)
-      for images in quantized_samples(model, params, config, num_samples, seed, chunk)
-    ]
-  )
-
-
 def evaluate_model(
   evaluator: Evaluator,
   model,
