@@ -87,7 +87,7 @@ def _setup(config, batch: int, channels: int, seed: int, method=None):
   method = method or methods.build_method(config)
   model = methods.build_model(config, method, channels)
   params = model.init(jax.random.PRNGKey(seed))
-  size = config_lib.image_shape(config)[0] if config.dataset not in ('folder', 'idx') else 28
+  size = config_lib.image_shape(config)[0]  # folder/idx: config.image_size
   images = jax.random.uniform(
     jax.random.PRNGKey(seed + 1), (batch, size, size, channels), minval=-1.0, maxval=1.0
   )
