@@ -187,9 +187,14 @@ def build_step(config, at_step: Optional[int] = None, seed: int = 0) -> BuiltSte
     jax.process_count(),
   )
   batch = dp.global_batch(source.batch_at(0))
-  step_fn = ts.jit_train_step(setup.loss_fn, setup.optimizer, state_shardings, dp)
+  jitted = ts.jit_train_step(setup.loss_fn, setup.optimizer, state_shardings, dp)
+  coefficients = dp.replicate(setup.coefficients)
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
+  compiled = jitted.lower(state, batch, coefficients).compile()
+
+  def step_fn(state, batch):
+    return jitted(state, batch, coefficients)
+
   compile_s = time.perf_counter() - t0
   flops, bytes_accessed = _cost(compiled)
   return BuiltStep(

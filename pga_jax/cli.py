@@ -184,6 +184,20 @@ def _apply_method_defaults(flag_values) -> None:
     )
 
 
+def _set_code_dir(flag_values) -> None:
+  """A config that names a researcher's own code ('module:NAME' as its method or
+  in extra_terms) looks for it next to the config file too (`user_code`)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from pga_jax import user_code  # pylint: disable=g-import-not-at-top
+
+  config = flag_values.config
+  if 'code_dir' not in config or config.code_dir is not None:
+    return
+  if user_code.is_named(config.method) or config.get('extra_terms'):
+    path = config_flags.get_config_filename(flag_values['config']).split(':', 1)[0]
+    config.code_dir = os.path.dirname(os.path.abspath(path))
+
+
 def parse_flags(argv):
   """absl's flag parsing, with one-line errors and exit status 2."""
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -202,6 +216,7 @@ def parse_flags(argv):
   if len(rest) > 1:
     usage_error(f'unexpected argument {rest[1]!r} (flags are --name=value; see `{rest[0]} --help`)')
   if 'config' in f and f['config'].present:
+    _set_code_dir(f)
     _apply_method_defaults(f)
     from pga_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from pga_jax import config_fields
+from pga_jax import config_fields, methods
 from pga_jax.data import catalog
 from pga_jax.models import ARCHITECTURES
 
@@ -19,13 +19,26 @@ OPTIMIZERS = config_fields.OPTIMIZERS
 COEFFICIENTS = config_fields.COEFFICIENTS
 
 
-def base_config(method: str = 'lpga') -> ml_collections.ConfigDict:
-  """Every field a run reads (`config_fields.FIELDS`), with the reference's defaults for `method`."""
-  if method not in METHOD_NAMES:
-    raise ValueError(f'unknown method {method!r}; choose one of {METHOD_NAMES}')
+def base_config(method: str = 'lpga', code_dir: str = None) -> ml_collections.ConfigDict:
+  """Every field a run reads (`config_fields.FIELDS`), with `method`'s
+  defaults (`methods.Method.defaults`: the reference's, for the paper's
+  methods). `method` is a name of `methods.METHODS` or a researcher's
+  'module:NAME' (looked for as `user_code` says, also in `code_dir`)."""
+  own = methods.defaults(method, code_dir)
+  unknown = sorted(set(own) - set(config_fields.BY_NAME))
+  if unknown:
+    raise ValueError(
+      f'method {method!r}: its defaults name {unknown}, which are not config fields '
+      '(config_fields.FIELDS)'
+    )
   c = ml_collections.ConfigDict()
   for field in config_fields.FIELDS:
-    value = method if field.name == 'method' else field.default_for(method)
+    if field.name == 'method':
+      value = method
+    elif field.name == 'code_dir' and code_dir is not None:
+      value = code_dir
+    else:
+      value = own.get(field.name, field.default)
     if value is None and field.text_type is not None:
       value = ml_collections.FieldReference(None, field_type=field.text_type)
     *parents, leaf = field.name.split('.')
@@ -93,13 +106,21 @@ def _fail(field: str, message: str):
   raise ConfigError(f'config.{field}: {message}')
 
 
-def _validate_extra_terms(config) -> None:
-  """Each extra term is a dict `methods.build_method` can build, with a coefficient field."""
-  from pga_jax import methods  # pylint: disable=g-import-not-at-top  (methods imports models)
-
-  for spec in config.extra_terms:
+def _validate_terms(config) -> None:
+  """The method resolves (a researcher's 'module:NAME' imports) and every
+  extra term builds, with a coefficient field that is a number >= 0."""
+  try:
+    methods.resolve(config.method, config_fields.get(config, 'code_dir'))
+  except ValueError as err:
+    _fail('method', str(err))
+  for spec in config_fields.get(config, 'extra_terms'):
+    if isinstance(spec, str):
+      continue
     if not isinstance(spec, (dict, ml_collections.ConfigDict)):
-      _fail('extra_terms', f'each extra term must be a dict, got {spec!r}')
+      _fail(
+        'extra_terms',
+        f"each extra term must be a dict or a 'module:NAME=COEFFICIENT' string, got {spec!r}",
+      )
     for key in ('name', 'fn', 'updates'):
       if key not in spec:
         _fail('extra_terms', f'each extra term needs {key!r}; got {dict(spec)}')
@@ -107,8 +128,8 @@ def _validate_extra_terms(config) -> None:
     method = methods.build_method(config)
   except ValueError as err:
     _fail('extra_terms', str(err))
-  for term in method.terms[-len(config.extra_terms) :] if config.extra_terms else ():
-    if term.coeff is None:
+  for term in method.terms:
+    if term.coeff is None or term.value is not None:
       continue
     if term.coeff not in config:
       _fail(
@@ -160,5 +181,4 @@ def validate(config, device_count: int = 1) -> None:
     _fail('batch_size', 'batch norm needs a batch of at least 2')
   if config.method == 'vae' and config.beta <= 0:
     _fail('beta', 'the VAE needs beta > 0')
-  if config_fields.get(config, 'extra_terms'):
-    _validate_extra_terms(config)
+  _validate_terms(config)

@@ -1,9 +1,9 @@
-"""The one table of run-config fields: default, check, resume rule, per-method default.
+"""The one table of run-config fields: default, check, resume rule.
 
 Each field is declared once here, as a `Field`. Everything else is derived:
-`config.base_config` builds a config from the table, `config.validate` runs
-each field's check, `checkpointing.check_compatible` compares the fields marked
-`structural`, and `method_override` reads the per-method defaults.
+`config.base_config` builds a config from the table (a method's own defaults,
+`methods.Method.defaults`, on top), `config.validate` runs each field's check,
+`checkpointing.check_compatible` compares the fields marked `structural`.
 
 To add a field: add one `Field` to `FIELDS`. If runs were stored before it
 existed, set `added_later=True` with the default those runs used: a stored
@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 
+from pga_jax import methods, user_code
 from pga_jax.data import catalog
 from pga_jax.models import ARCHITECTURES
 from pga_jax.models.layers import CONV_IMPLS
 
-METHOD_NAMES = ('ae', 'vae', 'lpga', 'vpga', 'lvpga')
+METHOD_NAMES = tuple(methods.METHODS)
 OPTIMIZERS = ('sgd', 'adam')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 EVAL_FEATURES = ('domain', 'inception')
@@ -108,10 +109,22 @@ def optional_text(what: str) -> Check:
 
 
 def term_tuple(value) -> Optional[str]:
-  """A tuple (or list) of term dicts; `config.validate` checks the terms themselves."""
+  """A tuple (or list) of term dicts or 'module:NAME=COEFFICIENT' strings;
+  `config.validate` checks the terms themselves."""
   if not isinstance(value, (list, tuple)):
-    return f'must be a tuple of term dicts, got {value!r}'
+    return f"must be a tuple of term dicts or 'module:NAME=COEFFICIENT' strings, got {value!r}"
   return None
+
+
+def method_name(value) -> Optional[str]:
+  """One of `methods.METHODS`, or a researcher's method named 'module:NAME'
+  (imported when the config is validated)."""
+  if user_code.is_named(value) or (isinstance(value, str) and value in methods.METHODS):
+    return None
+  return f"must be one of {METHOD_NAMES} or your own method as 'module:NAME', got {value!r}"
+
+
+method_name.choices = METHOD_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +136,6 @@ class Field:
   check: returns what is wrong with a value, or None.
   structural: a resumed run must have the stored value (it changes what was
     trained, or the data order).
-  per_method: {method: default} where the reference's default depends on the method.
   added_later: runs were stored before the field existed; they ran with `default`.
   text_type: for a field whose default is None, the type the command line may set.
   doc: what the field is for, when the name does not say it.
@@ -133,33 +145,28 @@ class Field:
   default: Any
   check: Check
   structural: bool = False
-  per_method: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   added_later: bool = False
   text_type: Optional[type] = None
   coefficient: bool = False
   doc: str = ''
 
-  def default_for(self, method: str) -> Any:
-    return self.per_method.get(method, self.default)
+  def default_for(self, method, code_dir: Optional[str] = None) -> Any:
+    """The field's default for `method` (a name or 'module:NAME'): the
+    method's own (`methods.Method.defaults`) if it has one, else `default`."""
+    return methods.defaults(method, code_dir).get(self.name, self.default)
 
 
-def _coefficient(name: str, doc: str, added_later: bool = False, **per_method) -> Field:
-  """A loss coefficient (>= 0); the reference's value per method, 0 elsewhere."""
+def _coefficient(name: str, doc: str, added_later: bool = False) -> Field:
+  """A loss coefficient (>= 0): 0 unless the method sets it (`methods.Method.defaults`)."""
   return Field(
-    name,
-    0.0,
-    number(0.0),
-    structural=True,
-    per_method=per_method,
-    coefficient=True,
-    added_later=added_later,
-    doc=doc,
+    name, 0.0, number(0.0), structural=True, coefficient=True, added_later=added_later, doc=doc
   )
 
 
-# Reference settings per method: docs/reference_code.md, "Published settings".
+# Reference settings per method (methods.METHODS): docs/reference_code.md,
+# "Published settings".
 FIELDS = (
-  Field('method', 'lpga', one_of(METHOD_NAMES), structural=True),
+  Field('method', 'lpga', method_name, structural=True),
   Field('dataset', 'mnist', one_of(catalog.DATASETS), structural=True),
   Field(
     'data_dir',
@@ -175,13 +182,7 @@ FIELDS = (
   Field('skip_bad_files', False, boolean),
   Field('arch', 'conv_mnist', one_of(sorted(ARCHITECTURES)), structural=True),
   Field('use_bn', False, boolean, structural=True),
-  Field(
-    'latent_dim',
-    12,
-    integer(1),
-    structural=True,
-    per_method=dict(ae=12, vae=32, lpga=12, vpga=32, lvpga=32),
-  ),
+  Field('latent_dim', 12, integer(1), structural=True),
   Field('compute_dtype', 'float32', one_of(COMPUTE_DTYPES), structural=True, added_later=True),
   Field(
     'conv_impl',
@@ -204,27 +205,17 @@ FIELDS = (
   Field('optimizer.momentum', 0.9, number(0.0, below=1.0), structural=True),
   Field('optimizer.b1', 0.5, number(0.0, below=1.0), structural=True),
   Field('optimizer.b2', 0.999, number(0.0, below=1.0), structural=True),
-  _coefficient(
-    'zn_rec', 'L_lr,N: latent reconstruction of prior samples', lpga=6e-2, vpga=6e-2, lvpga=6e-2
-  ),
+  _coefficient('zn_rec', 'L_lr,N: latent reconstruction of prior samples'),
   _coefficient('zh_rec', 'L_lr,H: latent reconstruction of encoded data'),
-  _coefficient('nll', 'Eqs. 5/6: the log-density terms', lpga=1.5e-2),
-  _coefficient(
-    'vrec',
-    'VPGA: Eq. 10 reconstruction; LVPGA: Eq. 6 with posterior perturbations',
-    vpga=1e-2,
-    lvpga=2e-2,
-  ),
-  _coefficient(
-    'vkld', 'KL of the encoder posterior to the prior (VPGA, LVPGA)', vpga=2e-2, lvpga=2e-2
-  ),
-  _coefficient('beta', "the VAE's KL weight", vae=0.1),
+  _coefficient('nll', 'Eqs. 5/6: the log-density terms'),
+  _coefficient('vrec', 'VPGA: Eq. 10 reconstruction; LVPGA: Eq. 6 with posterior perturbations'),
+  _coefficient('vkld', 'KL of the encoder posterior to the prior (VPGA, LVPGA)'),
+  _coefficient('beta', "the VAE's KL weight"),
   Field(
     'init_steps',
     0,
     integer(0),
     structural=True,
-    per_method=dict(lpga=3000, lvpga=3000),
     doc='warm-up: steps trained with L_r alone before the other terms start',
   ),
   Field(
@@ -243,7 +234,17 @@ FIELDS = (
     term_tuple,
     structural=True,
     added_later=True,
-    doc='loss terms a researcher adds (methods.build_method)',
+    doc="loss terms a researcher adds: 'module:NAME[@updates]=COEFFICIENT' strings "
+    '(the command line) or dicts (methods.extra_terms)',
+  ),
+  Field(
+    'code_dir',
+    None,
+    optional_text('a folder name'),
+    added_later=True,
+    text_type=str,
+    doc="where a researcher's modules named in method or extra_terms are looked for besides "
+    "the working directory; pga train sets it to the config file's folder (user_code)",
   ),
   Field('log_every', 100, integer(1)),
   Field('sample_every', 2000, integer(1)),
@@ -275,7 +276,6 @@ BY_NAME = {f.name: f for f in FIELDS}
 COEFFICIENTS = tuple(f.name for f in FIELDS if f.coefficient)
 STRUCTURAL = tuple(f.name for f in FIELDS if f.structural)
 ADDED_LATER = {f.name: f.default for f in FIELDS if f.added_later}
-PER_METHOD = tuple(f.name for f in FIELDS if f.per_method)
 
 
 def get(config, name: str, missing=KeyError):

@@ -1,11 +1,16 @@
-"""`--config.method=M` on the command line: the run gets method M's reference settings.
+"""`--config.method=M` on the command line: the run gets method M's own defaults.
 
 A config file is written for one method (e.g. quickstart.py for LPGA). When the
-command line changes the method, every field whose reference default differs
-between methods (latent size, coefficients, warm-up, optimizer: the fields with
-`per_method` defaults in `config_fields.FIELDS`) takes M's default, unless the command line sets it too.
-A field the config file set to a value of its own is not guessed at: the run
-is refused, naming the field and the flag that decides it.
+command line changes the method, every field whose default differs between
+the file's method and M (latent size, coefficients, warm-up: the fields in
+either method's `methods.Method.defaults`) takes M's default, unless the
+command line sets it too. A field the config file set to a value of its own
+is not guessed at: the run is refused, naming the field and the flag that
+decides it.
+
+To know what the file set, `apply` needs the config as the file made it;
+absl's config flag applies the overrides while it parses and keeps no copy,
+so the command line executes the config file a second time (`cli`).
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ def _flat(config, prefix: str = '') -> Dict[str, object]:
   return flat
 
 
-def method_fields() -> Dict[str, Dict[str, object]]:
-  """{field: {method: reference default}} for the fields whose default depends on the method."""
-  return {
-    f.name: {m: f.default_for(m) for m in config_lib.METHOD_NAMES}
-    for f in config_fields.FIELDS
-    if f.per_method
-  }
+def method_fields(names=config_lib.METHOD_NAMES, code_dir=None) -> Dict[str, Dict[str, object]]:
+  """{field: {method: default}} for the fields whose default differs between
+  the methods `names` (by default the project's)."""
+  table = {}
+  for field in config_fields.FIELDS:
+    if field.name == 'method':
+      continue
+    values = {m: field.default_for(m, code_dir) for m in names}
+    if len({repr(v) for v in values.values()}) > 1:
+      table[field.name] = values
+  return table
 
 
 def _set(config, field: str, value) -> None:
@@ -54,11 +63,15 @@ def apply(config, file_config, overrides: Mapping[str, object]) -> Dict[str, obj
   must decide.
   """
   old, new = file_config.method, config.method
-  if old == new or new not in config_lib.METHOD_NAMES or old not in config_lib.METHOD_NAMES:
+  if old == new:
     return {}
+  try:
+    table = method_fields((old, new), config_fields.get(config, 'code_dir'))
+  except ValueError:
+    return {}  # an unknown method: config.validate names it
   from_file = _flat(file_config)
   changed, conflicts = {}, []
-  for field, defaults in method_fields().items():
+  for field, defaults in table.items():
     if field in overrides or field not in from_file:
       continue
     value = from_file[field]

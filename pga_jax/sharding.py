@@ -42,6 +42,12 @@ class DataParallel:
     """Assembles the global batch from this process's rows (disjoint per host)."""
     return jax.make_array_from_process_local_data(self.batch, local_batch)
 
+  def replicate(self, tree):
+    """A pytree of host values (the same on every process) as arrays replicated over the mesh."""
+    return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree
+    )
+
   def traced(self, fn):
     """`fn`, traced with this mesh as JAX's abstract mesh, so `shard_rows` applies in it."""
 

@@ -212,6 +212,7 @@ def train_and_evaluate(
     checkpointing.write_config(workdir, config)
 
   step_fn = ts.jit_train_step(setup.loss_fn, setup.optimizer, state_shardings, dp)
+  coefficients = dp.replicate(setup.coefficients)
 
   writer = event_logs.create_writer(workdir, just_logging=not is_main)
   if not resuming:
@@ -233,7 +234,7 @@ def train_and_evaluate(
   t_window = time.time()
   try:
     for step_index, local_batch in batches.iterate(start, config.num_steps - start):
-      state, metrics = step_fn(state, dp.global_batch(local_batch))
+      state, metrics = step_fn(state, dp.global_batch(local_batch), coefficients)
       pending.append(metrics)
       step = step_index + 1
       progress(step)

@@ -1,7 +1,8 @@
 """Train state and the pure train step, built the one way every caller uses.
 
-`train_step(state, images) -> (state, metrics)` is one function of its
-inputs, jitted once (`jit_train_step`). The step's random key is derived from
+`train_step(state, images, coefficients) -> (state, metrics)` is one
+function of its inputs, jitted once (`jit_train_step`); the loss
+coefficients are an input, so changing them does not recompile. The step's random key is derived from
 the run's key and the step number, so a resumed run draws the same numbers as
 an uninterrupted one.
 
@@ -52,21 +53,28 @@ def init_train_state(model, optimizer: optax.GradientTransformation, rng: jax.Ar
 
 class TrainSetup(NamedTuple):
   """What a config's training needs besides data: its model, its routed loss
-  (`methods.make_loss_fn`), its optimizer, and `init_fn(rng) -> TrainState`."""
+  (`methods.make_loss_fn`), its optimizer, `init_fn(rng) -> TrainState`, and
+  the loss coefficients from the config (`methods.coefficients`), the train
+  step's third argument."""
 
   model: Any
   loss_fn: Callable
   optimizer: optax.GradientTransformation
   init_fn: Callable[[jax.Array], TrainState]
+  coefficients: Any
 
 
 def train_setup(config) -> TrainSetup:
   """The model, loss, optimizer and state initialiser of `config`."""
   _, _, channels = config_lib.image_shape(config)
-  loss_fn, model, _ = methods.make_loss_fn(config, channels)
+  loss_fn, model, method = methods.make_loss_fn(config, channels)
   optimizer = make_optimizer(config)
   return TrainSetup(
-    model, loss_fn, optimizer, functools.partial(init_train_state, model, optimizer)
+    model,
+    loss_fn,
+    optimizer,
+    functools.partial(init_train_state, model, optimizer),
+    methods.coefficients(method, config),
   )
 
 
@@ -90,14 +98,15 @@ def create_train_state(setup: TrainSetup, seed: int, shardings) -> TrainState:
 def jit_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, state_shardings, dp):
   """The train step as one SPMD program over `dp.mesh` (`sharding.DataParallel`).
 
-  The batch comes in sharded over 'data', the state replicated (and donated);
+  The batch comes in sharded over 'data', the state and the coefficients
+  replicated (the state donated);
   XLA inserts the all-reduces for the global-batch means (losses, batch-norm
   statistics, gradients); `dp.traced` lets terms split their batch-sized
   random draws like the batch. tests/test_distributed.py checks the compiled HLO.
   """
   return jax.jit(
     dp.traced(make_train_step(loss_fn, optimizer)),
-    in_shardings=(state_shardings, dp.batch),
+    in_shardings=(state_shardings, dp.batch, dp.replicated),
     out_shardings=(state_shardings, dp.replicated),
     donate_argnums=0,
   )
@@ -109,7 +118,10 @@ def all_finite(tree) -> jax.Array:
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
-  """Builds `train_step(state, images) -> (state, metrics)`.
+  """Builds `train_step(state, images, coefficients=None) -> (state, metrics)`.
+
+  `coefficients` ({name: scalar}, `methods.coefficients`) weights the loss
+  terms as traced values; None bakes the config's values in as constants.
 
   A step whose loss or gradients are not finite is not applied (parameters
   and optimizer state stay as they were); `metrics['finite']` is 0 for it,
@@ -134,9 +146,9 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
     params, opt_state, _ = operands
     return params, opt_state
 
-  def train_step(state: TrainState, images: jax.Array):
+  def train_step(state: TrainState, images: jax.Array, coefficients=None):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    (loss, metrics), grads = grad_fn(state.params, images, step_rng, state.step)
+    (loss, metrics), grads = grad_fn(state.params, images, step_rng, state.step, coefficients)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_params, new_opt_state = jax.lax.cond(

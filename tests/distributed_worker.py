@@ -88,9 +88,14 @@ def trainer_parts(config):
   setup = ts.train_setup(config)
   shardings = jax.tree_util.tree_map(lambda _: dp.replicated, ts.abstract_state(setup))
   target = ts.abstract_state(setup, lambda _: dp.replicated)
-  loss_fn, optimizer, init_fn = setup.loss_fn, setup.optimizer, setup.init_fn
   return dict(
-    dp=dp, loss_fn=loss_fn, optimizer=optimizer, init_fn=init_fn, shardings=shardings, target=target
+    dp=dp,
+    loss_fn=setup.loss_fn,
+    optimizer=setup.optimizer,
+    init_fn=setup.init_fn,
+    shardings=shardings,
+    target=target,
+    coefficients=dp.replicate(setup.coefficients),
   )
 
 
@@ -146,7 +151,7 @@ def run_job(job: dict, config_overrides: dict, idx_dir: str) -> dict:
     images = jax.ShapeDtypeStruct(
       (config.batch_size, size, size, channels), np.float32, sharding=parts['dp'].batch
     )
-    compiled = step_fn.lower(parts['target'], images).compile()
+    compiled = step_fn.lower(parts['target'], images, parts['coefficients']).compile()
     with open(job['out'], 'w') as f:
       f.write(compiled.as_text())
     result.update(
@@ -174,11 +179,11 @@ def run_job(job: dict, config_overrides: dict, idx_dir: str) -> dict:
     warmup, steps = job.get('warmup', 3), job['num_steps']
     host = [batches.batch_at(i) for i in range(warmup + steps)]
     for i in range(warmup):
-      state, metrics = step_fn(state, dp.global_batch(host[i]))
+      state, metrics = step_fn(state, dp.global_batch(host[i]), parts['coefficients'])
     jax.block_until_ready(state)
     start = time.perf_counter()
     for i in range(warmup, warmup + steps):
-      state, metrics = step_fn(state, dp.global_batch(host[i]))
+      state, metrics = step_fn(state, dp.global_batch(host[i]), parts['coefficients'])
     jax.block_until_ready((state, metrics))
     seconds = time.perf_counter() - start
     result.update(
