@@ -7,7 +7,7 @@ lr 0.1, momentum 0.9, as the paper trains all its models (the VAE included);
 Warm-up (LPGA, LVPGA): `--init_steps` steps, or `--warmup_fraction` of the
 steps. A warm-up shorter than the reference's 3,000 steps is not the
 reference's recipe, and switching every term on at once after it can diverge
-(README, "The switch-on"), so such runs raise the terms over
+(docs/switch_on.md), so such runs raise the terms over
 `--warmup_ramp_steps` (default 500 there, 0 otherwise).
 
   python experiments/fashion_study.py --steps=1500 --seeds=0 --out=docs/study

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 10,000-step study of the README ("The paper's claim at 10,000 steps"):
+# The 10,000-step study (docs/study10k.md, "The paper's claim at 10,000 steps"):
 # the VAE, LPGA, VPGA and LVPGA on Fashion-MNIST, conv_mnist, batch 64, domain
 # FID / precision / recall / KID on 5,000 samples every 1,000 steps.
 #
@@ -28,18 +28,18 @@ shift 2
 export XDG_CACHE_HOME="$workroot/cache"
 
 # LPGA and LVPGA warm up for a third of the steps (3,333) and then raise their
-# terms over 500 steps (warmup_ramp_steps; the README's switch-on section):
+# terms over 500 steps (warmup_ramp_steps; docs/switch_on.md):
 # with the reference's all-at-once switch, LPGA seed 0 diverged 7 steps after
 # it on one of our CPUs and not on another.
 # The VAE of this study is the public VAE's Adam recipe (--vae=adam), not the
 # paper's SGD-trained VAE (experiments/study50k.sh).
 common=(--steps=10000 --eval_every=1000 --num_samples=5000 --warmup_ramp_steps=500 --vae=adam)
-# The sweep's choices (README, "Tuning"): VAE beta 0.1 (its reference value),
+# The sweep's choices (docs/study1500.md, "Tuning"): VAE beta 0.1 (its reference value),
 # VPGA vkld 0.04; LPGA keeps a checkpoint every 500 steps for
 # experiments/logdet_tracking.py.
 main_overrides='{"vae": {"beta": 0.1}, "vpga": {"vkld": 0.04},
   "lpga": {"checkpoint_every": 500, "keep_checkpoints": 21}}'
-# One more setting per method, chosen from the seed-0 measurements (README).
+# One more setting per method, chosen from the seed-0 measurements (docs/study10k.md).
 alt_overrides='{"vae": {"beta": 0.05}, "lpga": {"nll": 0.03},
   "vpga": {"vkld": 0.04, "vrec": 0.02}, "lvpga": {"vkld": 0.04}}'
 

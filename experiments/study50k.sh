@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 50,000-step study of the README ("The paper's claim at 50,000 steps"):
+# The 50,000-step study (docs/study50k.md, with the rule written before the runs):
 # the paper's VAE (SGD), VPGA and LPGA, then the public VAE's Adam recipe and
 # LVPGA, on Fashion-MNIST, conv_mnist, batch 64, seed 0; domain FID, KID,
 # precision/recall, sharpness and class mix on 5,000 samples every 2,500
@@ -35,10 +35,11 @@ export XDG_CACHE_HOME="$workroot/cache"
 # LPGA and LVPGA warm up for the reference's 3,000 steps and then switch
 # every term on at once, as the reference does (no ramp), except where that
 # diverged: LPGA's switch gave non-finite steps from step 3,007 on (AMD EPYC
-# family 26), so LPGA raises its terms over 500 steps (README, "The switch-on").
+# family 26), so LPGA raises its terms over 500 steps (docs/switch_on.md).
 common=(--steps=50000 --eval_every=2500 --num_samples=5000 --init_steps=3000)
 declare -A ramp=([vae]=0 [vpga]=0 [lpga]=500 [lvpga]=0)
-# Each method's settings as its sweep chose them (README, "Tuning"): LPGA
+# Each method's settings as its sweep chose them (docs/study1500.md, "Tuning";
+# the VAE's sweep: docs/study50k.md): LPGA
 # nll 0.015 (the reference's), VPGA vkld 0.04, LVPGA vkld 0.04 (the 10,000-step
 # study's best PGA setting); the paper's VAE: SGD learning rate VAE_LR and beta
 # VAE_BETA from the sweep part; the Adam VAE: beta 0.1, the public VAE's

@@ -2,7 +2,7 @@
 
 `pga train` (and the study scripts, through it) logs every term of the method
 under its name (rec, zn_rec, nll_enc, nll_dec, vrec, vkld, kl; see the
-README's term table) and grad_norm every `log_every` steps. This reads those
+term table in docs/design.md) and grad_norm every `log_every` steps. This reads those
 event files back and draws one panel per term, one line per run:
 
   python experiments/term_curves.py --workroot=runs/study10k --out=docs/study/term_curves.png

@@ -225,7 +225,7 @@ FIELDS = (
     structural=True,
     added_later=True,
     doc="not the reference's: > 0 raises the warm-up terms' coefficients linearly over this "
-    'many steps after init_steps instead of all at once (README)',
+    'many steps after init_steps instead of all at once (docs/switch_on.md)',
   ),
   Field('num_perturbations', 1, integer(1), structural=True),
   Field(

@@ -8,8 +8,8 @@ where `params` has already been routed by `pga_jax.passes.route` (the
 parameter subtrees the term must not update are wrapped in `stop_gradient`).
 Inside a term, further stop-gradients implement what the reference does
 within one term (e.g. the encoder's weights inside h for Eq. 6 and vrec). A
-researcher adds a term by writing one function with this signature (see the
-README).
+researcher adds a term by writing one function with this signature (see
+docs/extending.md).
 
 `model` is an `AutoEncoder`, or during training a `passes.SharedPasses`
 that computes the passes several terms share (f(x), g(f(x)) and the centre

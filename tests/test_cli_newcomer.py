@@ -438,6 +438,36 @@ def test_readme_states_the_newcomer_facts():
   assert 'decoded points' in usage
 
 
+def test_readme_and_docs_links_resolve():
+  """Every relative link and image of README.md and docs/*.md names a file (and heading) that exists."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+
+  def anchor(heading):  # GitHub's: lower case, punctuation dropped, spaces to hyphens
+    return re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
+
+  pages = [os.path.join(REPO, 'README.md')] + sorted(glob.glob(os.path.join(REPO, 'docs', '*.md')))
+  assert len(pages) > 5
+  broken, links = [], 0
+  for page in pages:
+    with open(page) as f:
+      text = f.read()
+    for target in re.findall(r'\]\(([^)\s]+)\)', text):
+      if '://' in target:
+        continue
+      links += 1
+      path, _, fragment = target.partition('#')
+      full = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+      if not os.path.exists(full):
+        broken.append(f'{os.path.relpath(page, REPO)}: {target}')
+      elif fragment:
+        with open(full) as f:
+          headings = re.findall(r'^#+ (.*)$', f.read(), re.M)
+        if fragment not in {anchor(h) for h in headings}:
+          broken.append(f'{os.path.relpath(page, REPO)}: {target}')
+  assert links > 50 and not broken, broken
+
+
 def test_method_override_rules_on_the_reference_configs():
   """In-process companion of the CLI test: which fields follow the method, which are refused."""
   import importlib.util  # pylint: disable=g-import-not-at-top

@@ -3,7 +3,7 @@
 A driver is run with PYTHON set to a stand-in that records its arguments and
 environment instead of training; the recorded flags are then turned into the
 configs fashion_study.py would train, and those are checked against the
-settings the README states for each study.
+settings docs/study10k.md and docs/study50k.md state for each study.
 """
 
 import json

@@ -6,7 +6,7 @@ dimensions). When the reference switches every term on at once, L_lr,N's
 encoder gradient (prior draws through an h never trained near the origin)
 jumps ~40x; SGD with momentum overshoots, the codes oscillate and explode
 within a few steps, the decoder saturates and Eq. 6's difference becomes
-exactly zero (experiments/switch_on.py logs it step by step; README).
+exactly zero (experiments/switch_on.py logs it step by step; docs/switch_on.md).
 `warmup_ramp_steps` raises the coefficients over R steps instead.
 
 The same warmed-up state is continued both ways, so the switch alone differs.

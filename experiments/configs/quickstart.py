@@ -4,7 +4,7 @@ The reference's MNIST settings (conv_mnist, z 12, SGD lr 0.1 momentum 0.9,
 zn_rec 6e-2, nll 1.5e-2) with a shorter warm-up and step budget. After the
 short warm-up the terms are ramped in over 500 steps instead of switched on
 at once (`warmup_ramp_steps`, not the reference's): on digit-like images the
-reference's switch diverges after a 500-step warm-up (README, "The switch-on").
+reference's switch diverges after a 500-step warm-up (docs/switch_on.md).
 
 Run: pga train --config=experiments/configs/quickstart.py --workdir=runs/quickstart
 """
