@@ -25,12 +25,6 @@ def base_config(method: str = 'lpga', code_dir: str = None) -> ml_collections.Co
   methods). `method` is a name of `methods.METHODS` or a researcher's
   'module:NAME' (looked for as `user_code` says, also in `code_dir`)."""
   own = methods.defaults(method, code_dir)
-  unknown = sorted(set(own) - set(config_fields.BY_NAME))
-  if unknown:
-    raise ValueError(
-      f'method {method!r}: its defaults name {unknown}, which are not config fields '
-      '(config_fields.FIELDS)'
-    )
   c = ml_collections.ConfigDict()
   for field in config_fields.FIELDS:
     if field.name == 'method':
@@ -48,6 +42,9 @@ def base_config(method: str = 'lpga', code_dir: str = None) -> ml_collections.Co
         node[parent] = ml_collections.ConfigDict()
       node = node[parent]
     node[leaf] = value
+  for name, value in own.items():  # the method's own fields, e.g. its coefficients
+    if name not in config_fields.BY_NAME:
+      c[name] = value
   return c
 
 

@@ -41,6 +41,9 @@ def method_fields(names=config_lib.METHOD_NAMES, code_dir=None) -> Dict[str, Dic
     values = {m: field.default_for(m, code_dir) for m in names}
     if len({repr(v) for v in values.values()}) > 1:
       table[field.name] = values
+  own = {m: config_lib.methods.defaults(m, code_dir) for m in names}
+  for name in sorted(set().union(*own.values()) - set(config_fields.BY_NAME)):
+    table[name] = {m: own[m].get(name) for m in names}  # None: the method has no such field
   return table
 
 
@@ -48,7 +51,8 @@ def _set(config, field: str, value) -> None:
   *parents, leaf = field.split('.')
   for parent in parents:
     config = config[parent]
-  config[leaf] = value
+  with config.unlocked():  # a method's own field is new to a config made for another method
+    config[leaf] = value
 
 
 def apply(config, file_config, overrides: Mapping[str, object]) -> Dict[str, object]:
@@ -72,6 +76,11 @@ def apply(config, file_config, overrides: Mapping[str, object]) -> Dict[str, obj
   from_file = _flat(file_config)
   changed, conflicts = {}, []
   for field, defaults in table.items():
+    if field not in from_file and field not in config_fields.BY_NAME:
+      if defaults[new] is not None and field not in overrides:  # the new method's own field
+        _set(config, field, defaults[new])
+        changed[field] = defaults[new]
+      continue
     if field in overrides or field not in from_file:
       continue
     value = from_file[field]

@@ -101,8 +101,10 @@ class Method:
 
   defaults: {config field: value} for the fields whose default is the
   method's own (`config.base_config(method)` uses them; every other field
-  has the default of `config_fields.FIELDS`). The encoder has a log-variance
-  head when a term needs the posterior (`needs_logvar`).
+  has the default of `config_fields.FIELDS`). A name that is no field of
+  that table, e.g. the coefficient of a term only this method has, becomes a
+  field of the method's configs (`--config.NAME=...` sets it). The encoder
+  has a log-variance head when a term needs the posterior (`needs_logvar`).
   """
 
   name: str
