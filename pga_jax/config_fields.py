@@ -18,9 +18,9 @@ import math
 import numbers
 from typing import Any, Callable, Mapping, Optional
 
+from pga_jax.conv_forms import CONV_IMPLS
 from pga_jax.data import catalog
 from pga_jax.models import ARCHITECTURES
-from pga_jax.models.layers import CONV_IMPLS
 
 METHOD_NAMES = ('ae', 'vae', 'lpga', 'vpga', 'lvpga')
 OPTIMIZERS = ('sgd', 'adam')
@@ -190,7 +190,7 @@ FIELDS = (
     added_later=True,
     doc="how convolutions are computed (all exact): 'auto' measures per layer shape and "
     "device and caches the choice; 'xla' | 'phase' | 'adjoint' force one "
-    '(pga_jax.models.layers.layer_forms)',
+    '(pga_jax.conv_forms.forms.layer_forms)',
   ),
   Field(
     'batch_size', 64, integer(1), structural=True, doc='global batch, over all devices and hosts'
