@@ -54,11 +54,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pga_jax import config as config_lib
+from pga_jax import config as config_lib, conv_forms
 from pga_jax import data, sharding
 from pga_jax.data import synthetic
 from pga_jax import train_step as ts
-from pga_jax.models import AutoEncoder, kernel_choice
+from pga_jax.models import AutoEncoder
 
 # Fields every `benchmark_config` result has (tests/test_benchmark.py).
 RESULT_FIELDS = (
@@ -345,9 +345,9 @@ def benchmark_config(
     'bytes_accessed_per_step': built.bytes_accessed,
     'last_step_finite': finite == 1.0,
     # The convolution forms the step runs (conv_impl 'auto': measured per
-    # layer shape on this device, pga_jax.models.kernel_choice).
+    # layer shape on this device, pga_jax.conv_forms).
     'conv_impl': config.conv_impl,
-    'conv_forms': kernel_choice.choices_made(),
+    'conv_forms': conv_forms.choices_made(),
     'max_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     **stats,
     **built.memory,
@@ -532,8 +532,6 @@ def _flops(fn, args) -> float:
 
 def _conv_mnist_layers(batch_size: int) -> dict:
   """conv_mnist's heavy layers as (function, input shape, weight shape)."""
-  from pga_jax.models import layers  # pylint: disable=g-import-not-at-top
-
   dn = ('NHWC', 'HWIO', 'NHWC')
   conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME', dimension_numbers=dn)
   b = batch_size
@@ -542,8 +540,8 @@ def _conv_mnist_layers(batch_size: int) -> dict:
     'enc conv 64->128, 14->7': (conv, (b, 14, 14, 64), (5, 5, 64, 128)),
     'enc dense 6272->1024': (jnp.matmul, (b, 6272), (6272, 1024)),
     'dec dense 1024->6272': (jnp.matmul, (b, 1024), (1024, 6272)),
-    'dec upconv 128->64, 7->14': (layers.upsample_conv, (b, 7, 7, 128), (5, 5, 128, 64)),
-    'dec upconv 64->1, 14->28': (layers.upsample_conv, (b, 14, 14, 64), (5, 5, 64, 1)),
+    'dec upconv 128->64, 7->14': (conv_forms.upsample_conv, (b, 7, 7, 128), (5, 5, 128, 64)),
+    'dec upconv 64->1, 14->28': (conv_forms.upsample_conv, (b, 14, 14, 64), (5, 5, 64, 1)),
   }
 
 

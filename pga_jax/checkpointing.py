@@ -30,13 +30,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from pga_jax import config_fields, storage
-from pga_jax.models import kernel_choice
+from pga_jax import config_fields, conv_forms, storage
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
-# The convolution forms the run computes with (`kernel_choice`), pinned on resume.
-CONV_FORMS_FILE = 'conv_forms.json'
 QUARANTINE_DIR = 'corrupt_checkpoints'  # damaged checkpoints are moved here, never deleted
 DIGEST_ITEM = 'digest'
 
@@ -303,47 +300,6 @@ def check_compatible(stored, config) -> None:
     )
 
 
-def record_conv_forms(workdir: str) -> None:
-  """Adds the convolution forms this process has chosen to the run's CONV_FORMS_FILE.
-
-  Process 0 only; written atomically, and only when something is new. See
-  `kernel_choice.pin`.
-  """
-  if jax.process_index() != 0:
-    return
-  chosen = kernel_choice.choices_made()
-  recorded = read_conv_forms(workdir)
-  if all(recorded.get(key) == form for key, form in chosen.items()):
-    return
-  merged = dict(recorded, **chosen)
-  storage.write_atomic(
-    storage.join(workdir, CONV_FORMS_FILE), json.dumps(merged, indent=1, sort_keys=True)
-  )
-
-
-def read_conv_forms(workdir: str) -> dict:
-  """{key: form} recorded by `record_conv_forms` ({} if none, or unreadable: only speed)."""
-  path = storage.join(workdir, CONV_FORMS_FILE)
-  if not storage.exists(path):
-    return {}
-  try:
-    with storage.open(path) as f:
-      forms = json.load(f)
-  except (OSError, ValueError) as err:
-    logging.warning('Ignoring unreadable %s (%s); forms are chosen again.', path, _short(err))
-    return {}
-  if not isinstance(forms, dict):
-    return {}
-  return {str(k): str(v) for k, v in forms.items()}
-
-
-def pin_conv_forms(workdir: str) -> dict:
-  """Pins the run's recorded convolution forms in this process (`kernel_choice.pin`)."""
-  forms = read_conv_forms(workdir)
-  kernel_choice.pin(forms)
-  return forms
-
-
 def write_config(workdir: str, config) -> None:
   """Writes the config atomically (process 0 only)."""
   if jax.process_index() != 0:
@@ -369,7 +325,7 @@ def load_trained(workdir: str, step: Optional[int] = None):
     raise WorkdirError(
       f'no checkpoint for step {step} in {workdir}; available: {sorted(available)}'
     )
-  pin_conv_forms(workdir)  # compute with the forms the run trained with
+  conv_forms.pin(workdir)  # compute with the forms the run trained with
   setup = ts.train_setup(config)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = ts.abstract_state(setup, lambda _: device)

@@ -19,9 +19,9 @@ import numbers
 from typing import Any, Callable, Optional
 
 from pga_jax import methods, user_code
+from pga_jax.conv_forms import CONV_IMPLS
 from pga_jax.data import catalog
 from pga_jax.models import ARCHITECTURES
-from pga_jax.models.layers import CONV_IMPLS
 
 METHOD_NAMES = tuple(methods.METHODS)
 OPTIMIZERS = ('sgd', 'adam')
@@ -191,7 +191,7 @@ FIELDS = (
     added_later=True,
     doc="how convolutions are computed (all exact): 'auto' measures per layer shape and "
     "device and caches the choice; 'xla' | 'phase' | 'adjoint' force one "
-    '(pga_jax.models.layers.layer_forms)',
+    '(pga_jax.conv_forms.forms.layer_forms)',
   ),
   Field(
     'batch_size', 64, integer(1), structural=True, doc='global batch, over all devices and hosts'

@@ -17,7 +17,7 @@ def exact_log_det(h: Callable[[jax.Array], jax.Array], latents: jax.Array) -> ja
   `h` maps a single latent (H,) to (H,). Costs H reverse-mode passes per
   sample: meant for diagnostics with small H, not for training. Reverse
   mode because the decoder's fast upsampling defines only a VJP
-  (`pga_jax.models.layers.upsample_conv`).
+  (`pga_jax.conv_forms.upsample_conv`).
   """
   chex.assert_rank(latents, 2)
   jacobians = jax.vmap(jax.jacrev(h))(latents)

@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 from clu import metrics as clu_metrics, periodic_actions
 
-from pga_jax import checkpointing, config as config_lib, data, event_logs, figures
+from pga_jax import checkpointing, config as config_lib, conv_forms, data, event_logs, figures
 from pga_jax import sampling, sharding, storage, train_step as ts
 
 FIGURE_IMAGES = 100  # the reference's sample batch for figures
@@ -193,7 +193,7 @@ def train_and_evaluate(
   if resuming:
     checkpointing.check_compatible(checkpointing.load_config(workdir), config)
     # The convolution forms it computed with before, whatever the cache says now.
-    checkpointing.pin_conv_forms(workdir)
+    conv_forms.pin(workdir)
 
   images = load_training_images(config)
   batches = data.BatchSource(
@@ -271,7 +271,7 @@ def train_and_evaluate(
           )
         else:
           checkpointing.save(manager, state, step)
-          checkpointing.record_conv_forms(workdir)
+          conv_forms.record(workdir)
       # Not on preemption: the grace period is for the checkpoint.
       if is_main and (step % config.sample_every == 0 or final) and not preempted:
         figure_paths = write_figures(

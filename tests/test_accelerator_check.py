@@ -19,7 +19,7 @@ import time
 import pytest
 
 from experiments import accelerator_check
-from pga_jax.models import kernel_choice
+from pga_jax.conv_forms import choice
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE_PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'chex', 'orbax-checkpoint')
@@ -149,6 +149,6 @@ def test_dry_run_in_a_fresh_venv_without_tensorflow(tmp_path):
   bench = json.loads((out_dir / 'benchmark_conv_mnist_bfloat16.json').read_text())
   assert bench['compute_dtype'] == 'bfloat16' and bench['flops_per_sec'] > 0
   assert 0 < bench['fraction_of_measured_matmul_peak']
-  cache = json.loads((out_dir / 'kernel_cache' / kernel_choice.CACHE_FILE).read_text())
+  cache = json.loads((out_dir / 'kernel_cache' / choice.CACHE_FILE).read_text())
   assert any(k.startswith('upsample|cpu|') for k in cache)
   print(f'dry run in a fresh venv: {time.perf_counter() - t0:.0f} s')

@@ -122,13 +122,13 @@ def test_cli_writes_the_json(tmp_path, monkeypatch):
   )
   out_json = tmp_path / 'out' / 'ae.json'
   # --remeasure forgets this device's cached convolution choices, not another's.
-  from pga_jax.models import kernel_choice  # pylint: disable=g-import-not-at-top
+  from pga_jax.conv_forms import choice  # pylint: disable=g-import-not-at-top
 
-  monkeypatch.setenv(kernel_choice.CACHE_ENV, str(tmp_path / 'kernels'))
-  kind = kernel_choice.device_identity()[1]
+  monkeypatch.setenv(choice.CACHE_ENV, str(tmp_path / 'kernels'))
+  kind = choice.device_identity()[1]
   stale = {'form': 'phase', 'settled': True, 'measurements': 1}
-  kernel_choice.write_cache(
-    kernel_choice.cache_path(), {f'x|cpu|{kind}|old': stale, 'x|cpu|Other CPU|old': stale}
+  choice.write_cache(
+    choice.cache_path(), {f'x|cpu|{kind}|old': stale, 'x|cpu|Other CPU|old': stale}
   )
   proc = helpers.run_cli(
     'benchmark',
@@ -142,7 +142,7 @@ def test_cli_writes_the_json(tmp_path, monkeypatch):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'forgot 1 cached convolution choices' in proc.stderr
-  entries = kernel_choice.read_cache(kernel_choice.cache_path())
+  entries = choice.read_cache(choice.cache_path())
   assert 'x|cpu|Other CPU|old' in entries and f'x|cpu|{kind}|old' not in entries
   assert any(key.split('|')[2] == kind for key in entries)  # measured afresh
   assert 'images/s' in proc.stdout

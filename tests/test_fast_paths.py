@@ -15,8 +15,9 @@ import numpy as np
 import optax
 import pytest
 
-from pga_jax import config as config_lib, methods, testing, train_step as ts
-from pga_jax.models import AutoEncoder, layers
+from pga_jax import config as config_lib, conv_forms, methods, testing, train_step as ts
+from pga_jax.conv_forms import forms
+from pga_jax.models import AutoEncoder
 from pga_jax import data
 from tests import helpers
 
@@ -161,12 +162,12 @@ def test_upsample_conv_modes_equal_lax_conv_transpose_with_gradients(kernel_size
   expected, vjp = jax.vjp(reference, x, w)
   expected_grads = vjp(ct)
   for mode in ('auto', 'adjoint', 'fused', 'per_phase'):
-    got, vjp = jax.vjp(lambda x_, w_: layers.upsample_conv(x_, w_, mode=mode), x, w)
+    got, vjp = jax.vjp(lambda x_, w_: conv_forms.upsample_conv(x_, w_, mode=mode), x, w)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=mode)
     for a, b in zip(vjp(ct), expected_grads):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=mode)
   with pytest.raises(ValueError, match='mode'):
-    layers.upsample_conv(x, w, mode='nope')
+    conv_forms.upsample_conv(x, w, mode='nope')
 
 
 def test_train_step_applies_the_optax_update_computed_by_hand():
@@ -309,7 +310,7 @@ def test_downsample_conv_equals_lax_conv_with_gradients(
     x_, w_, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
   )
   expected, vjp_ref = jax.vjp(reference, x, w)
-  got, vjp_got = jax.vjp(layers.downsample_conv, x, w)
+  got, vjp_got = jax.vjp(conv_forms.downsample_conv, x, w)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
   ct = jax.random.normal(jax.random.PRNGKey(2), expected.shape)
   for a, b in zip(vjp_got(ct), vjp_ref(ct)):
@@ -325,7 +326,7 @@ def test_transposed_conv_dispatch_equals_lax_conv_transpose(shape):
   expected = jax.lax.conv_transpose(
     x, w, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
   )
-  np.testing.assert_allclose(layers.transposed_conv(x, w, 2), expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(forms.transposed_conv(x, w, 2), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_model_gradients_do_not_depend_on_the_custom_backward_passes():

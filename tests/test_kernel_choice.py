@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pga_jax import config as config_lib, methods
-from pga_jax.models import AutoEncoder, kernel_choice, layers
+from pga_jax import config as config_lib, conv_forms, methods
+from pga_jax.conv_forms import choice, forms
+from pga_jax.models import AutoEncoder
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -35,10 +36,10 @@ def strided_conv(x, w):
 def private_cache(tmp_path, monkeypatch):
   """Every test measures into its own cache file, with an empty memo, on a
   machine that looks quiet (every measurement settled) unless it says otherwise."""
-  monkeypatch.setenv(kernel_choice.CACHE_ENV, str(tmp_path / 'cache'))
-  monkeypatch.setattr(kernel_choice, '_MEMO', {})
-  monkeypatch.setattr(kernel_choice, 'other_load_per_cpu', lambda: 0.0)
-  return kernel_choice.cache_path()
+  monkeypatch.setenv(choice.CACHE_ENV, str(tmp_path / 'cache'))
+  monkeypatch.setattr(choice, '_MEMO', {})
+  monkeypatch.setattr(choice, 'other_load_per_cpu', lambda: 0.0)
+  return choice.cache_path()
 
 
 def entry(form, settled=True, measurements=1):
@@ -63,16 +64,16 @@ def assert_form_matches(conv, reference, form, shape):
   assert_vjp_matches(lambda a, b: conv(a, b, 2, form), reference, x, w, msg=form)
 
 
-@pytest.mark.parametrize('form', layers.UPSAMPLE_FORMS + ('auto',))
+@pytest.mark.parametrize('form', conv_forms.UPSAMPLE_FORMS + ('auto',))
 @pytest.mark.parametrize('shape', [(7, 16, 8), (4, 8, 3), (5, 6, 1)])
 def test_every_upsample_form_gives_lax_values_and_gradients(form, shape):
-  assert_form_matches(layers.upsample_conv, conv_transpose, form, shape)
+  assert_form_matches(conv_forms.upsample_conv, conv_transpose, form, shape)
 
 
-@pytest.mark.parametrize('form', layers.DOWNSAMPLE_FORMS + ('auto',))
+@pytest.mark.parametrize('form', conv_forms.DOWNSAMPLE_FORMS + ('auto',))
 @pytest.mark.parametrize('shape', [(8, 3, 16), (14, 8, 4)])
 def test_every_downsample_form_gives_lax_values_and_gradients(form, shape):
-  assert_form_matches(layers.downsample_conv, strided_conv, form, shape)
+  assert_form_matches(conv_forms.downsample_conv, strided_conv, form, shape)
 
 
 @pytest.mark.parametrize('form', ['xla', 'phase'])
@@ -80,10 +81,10 @@ def test_transposed_conv_forms(form):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 8))
   w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 8, 6))
   np.testing.assert_allclose(
-    layers.transposed_conv(x, w, 2, form), conv_transpose(x, w), rtol=1e-4, atol=1e-4
+    forms.transposed_conv(x, w, 2, form), conv_transpose(x, w), rtol=1e-4, atol=1e-4
   )
   with pytest.raises(ValueError, match='form'):
-    layers.transposed_conv(x, w, 2, 'nope')
+    forms.transposed_conv(x, w, 2, 'nope')
 
 
 @pytest.mark.parametrize('conv_impl', ['auto', 'phase', 'adjoint'])
@@ -120,17 +121,17 @@ def test_xla_conv_impl_is_plain_lax_so_forward_mode_works():
 def test_candidates_include_xla_off_cpu_and_first():
   x, k = (64, 7, 7, 128), (5, 5, 128, 64)
   for platform in ('gpu', 'cuda', 'tpu', 'rocm'):
-    up = layers.candidate_forms('upsample', platform, x, k, 2)
+    up = forms.candidate_forms('upsample', platform, x, k, 2)
     assert up[0] == 'xla' and set(up) == {'xla', 'phase', 'adjoint', 'adjoint_xla'}
-    down = layers.candidate_forms('downsample', platform, (64, 14, 14, 64), k, 2)
+    down = forms.candidate_forms('downsample', platform, (64, 14, 14, 64), k, 2)
     assert down == ('xla', 'phase')
-  cpu = layers.candidate_forms('upsample', 'cpu', x, k, 2)
+  cpu = forms.candidate_forms('upsample', 'cpu', x, k, 2)
   assert 'xla' in cpu and cpu[0] != 'xla'
   # The adjoint forms need a kernel at least the stride; downsample a divisible input.
-  assert 'adjoint' not in layers.candidate_forms('upsample', 'gpu', x, (1, 1, 128, 64), 2)
-  assert layers.candidate_forms('downsample', 'gpu', (2, 7, 7, 3), k, 2) == ('xla',)
+  assert 'adjoint' not in forms.candidate_forms('upsample', 'gpu', x, (1, 1, 128, 64), 2)
+  assert forms.candidate_forms('downsample', 'gpu', (2, 7, 7, 3), k, 2) == ('xla',)
   with pytest.raises(ValueError, match='op'):
-    layers.candidate_forms('sideways', 'cpu', x, k, 2)
+    forms.candidate_forms('sideways', 'cpu', x, k, 2)
 
 
 class CountingTimer:
@@ -148,34 +149,34 @@ class CountingTimer:
 
 def test_choice_is_measured_once_then_read_from_the_cache(private_cache, monkeypatch):
   timer = CountingTimer('phase')
-  monkeypatch.setattr(kernel_choice, 'time_candidates', timer)
+  monkeypatch.setattr(choice, 'time_candidates', timer)
   args = ('upsample', (2, 4, 4, 8), (5, 5, 8, 3), 2, jnp.float32)
-  assert layers.measured_form(*args) == 'phase'
+  assert choice.measured_form(*args) == 'phase'
   assert len(timer.calls) == 1 and set(timer.calls[0]) == {'xla', 'phase', 'adjoint', 'adjoint_xla'}
   entries = json.load(open(private_cache))
   ((key, cached),) = entries.items()
-  platform, kind = kernel_choice.device_identity()
+  platform, kind = choice.device_identity()
   assert cached['form'] == 'phase' and f'|{platform}|{kind}|' in key and 'x2x4x4x8' in key
   assert (cached['settled'], cached['measurements'], cached['other_load']) == (True, 1, 0.0)
   assert cached['times_ms'] == {'phase': 1.0, 'xla': 2.0, 'adjoint': 2.0, 'adjoint_xla': 2.0}
   # Same process (memo), and a fresh process (empty memo: the file): no timing.
-  assert layers.measured_form(*args) == 'phase'
-  assert layers.measured_form(*args, memo={}) == 'phase'
+  assert choice.measured_form(*args) == 'phase'
+  assert choice.measured_form(*args, memo={}) == 'phase'
   assert len(timer.calls) == 1
   # Another shape or dtype is another key.
-  layers.measured_form('upsample', (2, 4, 4, 8), (5, 5, 8, 3), 2, jnp.bfloat16)
+  choice.measured_form('upsample', (2, 4, 4, 8), (5, 5, 8, 3), 2, jnp.bfloat16)
   assert len(timer.calls) == 2 and len(json.load(open(private_cache))) == 2
 
 
 def test_choice_is_keyed_by_device_kind(private_cache, monkeypatch):
   timer = CountingTimer('adjoint')
-  monkeypatch.setattr(kernel_choice, 'time_candidates', timer)
+  monkeypatch.setattr(choice, 'time_candidates', timer)
   args = ('upsample', (2, 4, 4, 8), (5, 5, 8, 3), 2, jnp.float32)
-  layers.measured_form(*args)
-  platform, kind = kernel_choice.device_identity()
-  monkeypatch.setattr(kernel_choice, 'device_identity', lambda: (platform, 'Another CPU'))
+  choice.measured_form(*args)
+  platform, kind = choice.device_identity()
+  monkeypatch.setattr(choice, 'device_identity', lambda: (platform, 'Another CPU'))
   timer.fastest = 'xla'
-  assert layers.measured_form(*args) == 'xla'  # not the other device's 'adjoint'
+  assert choice.measured_form(*args) == 'xla'  # not the other device's 'adjoint'
   assert len(timer.calls) == 2
   kinds = sorted(k.split('|')[2] for k in json.load(open(private_cache)))
   assert kinds == sorted(['Another CPU', kind])
@@ -189,21 +190,21 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(private_cache, monkeypatch, g
   with open(private_cache, 'w', encoding='latin-1') as f:
     f.write(garbage)
   timer = CountingTimer('phase')
-  monkeypatch.setattr(kernel_choice, 'time_candidates', timer)
+  monkeypatch.setattr(choice, 'time_candidates', timer)
   with pytest.warns(UserWarning, match='rebuilding'):
-    form = layers.measured_form('downsample', (2, 8, 8, 3), (5, 5, 3, 4), 2, jnp.float32)
+    form = choice.measured_form('downsample', (2, 8, 8, 3), (5, 5, 3, 4), 2, jnp.float32)
   assert form == 'phase' and len(timer.calls) == 1
   entries = json.load(open(private_cache))  # valid JSON again, with the new entry
   assert [e['form'] for e in entries.values()] == ['phase']
-  assert os.listdir(os.path.dirname(private_cache)) == [kernel_choice.CACHE_FILE]  # no temp files
+  assert os.listdir(os.path.dirname(private_cache)) == [choice.CACHE_FILE]  # no temp files
 
 
 def test_an_unwritable_cache_warns_and_still_chooses(tmp_path, monkeypatch):
   blocker = tmp_path / 'file'
   blocker.write_text('not a folder')
-  path = str(blocker / 'sub' / kernel_choice.CACHE_FILE)
+  path = str(blocker / 'sub' / choice.CACHE_FILE)
   with pytest.warns(UserWarning, match='cannot write'):
-    form = kernel_choice.choose(
+    form = choice.choose(
       'k',
       ('a', 'b'),
       lambda n: lambda: None,
@@ -215,9 +216,9 @@ def test_an_unwritable_cache_warns_and_still_chooses(tmp_path, monkeypatch):
 
 
 def test_cached_choice_outside_the_candidates_is_measured_again(private_cache):
-  kernel_choice.write_cache(private_cache, {'k': entry('gone')})
+  choice.write_cache(private_cache, {'k': entry('gone')})
   timed = []
-  form = kernel_choice.choose(
+  form = choice.choose(
     'k',
     ('a', 'b'),
     lambda n: lambda: None,
@@ -234,7 +235,7 @@ def test_time_candidates_takes_medians_and_drops_pathological_forms():
   def make(name):
     return lambda: calls.__setitem__(name, calls[name] + 1)
 
-  times = kernel_choice.time_candidates(
+  times = choice.time_candidates(
     {'fast': make('fast'), 'slow': make('slow')},
     repeats=3,
     slow_factor=20,
@@ -246,10 +247,10 @@ def test_time_candidates_takes_medians_and_drops_pathological_forms():
 
 def test_measurement_at_trace_time_stays_out_of_the_traced_program(monkeypatch):
   timer = CountingTimer('adjoint')
-  monkeypatch.setattr(kernel_choice, 'time_candidates', timer)
+  monkeypatch.setattr(choice, 'time_candidates', timer)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 8))
   w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 8, 3))
-  fn = lambda a, b: jnp.sum(jnp.sin(layers.upsample_conv(a, b)))
+  fn = lambda a, b: jnp.sum(jnp.sin(conv_forms.upsample_conv(a, b)))
   jaxpr = jax.make_jaxpr(jax.grad(fn, argnums=(0, 1)))(x, w)
   assert len(timer.calls) == 1
   # The chosen form's program only: no random inputs drawn, one custom VJP.
@@ -263,10 +264,10 @@ def test_measurement_at_trace_time_stays_out_of_the_traced_program(monkeypatch):
 
 
 def test_cache_dir_honours_the_override_and_xdg(monkeypatch):
-  assert kernel_choice.cache_dir({kernel_choice.CACHE_ENV: '/x', 'XDG_CACHE_HOME': '/y'}) == '/x'
-  assert kernel_choice.cache_dir({'XDG_CACHE_HOME': '/y'}) == os.path.join('/y', 'pga_jax')
+  assert choice.cache_dir({choice.CACHE_ENV: '/x', 'XDG_CACHE_HOME': '/y'}) == '/x'
+  assert choice.cache_dir({'XDG_CACHE_HOME': '/y'}) == os.path.join('/y', 'pga_jax')
   monkeypatch.setenv('HOME', '/home/someone')
-  assert kernel_choice.cache_dir({}) == '/home/someone/.cache/pga_jax'
+  assert choice.cache_dir({}) == '/home/someone/.cache/pga_jax'
 
 
 def test_conv_impl_is_a_validated_config_field_that_reaches_the_model():
@@ -289,10 +290,10 @@ def test_with_several_processes_every_process_takes_the_first_candidate(private_
   """No measurement and no cache with several processes: the choice is made
   while tracing, where the processes cannot agree on a measured one."""
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
-  kernel_choice.write_cache(private_cache, {'k': entry('b')})  # this process's own choice
+  choice.write_cache(private_cache, {'k': entry('b')})  # this process's own choice
   for memo in ({}, {}):
     assert (
-      kernel_choice.choose(
+      choice.choose(
         'k',
         ('a', 'b'),
         lambda n: lambda: None,
@@ -305,7 +306,7 @@ def test_with_several_processes_every_process_takes_the_first_candidate(private_
 
 def test_init_measures_nothing(monkeypatch):
   monkeypatch.setattr(
-    kernel_choice, 'time_candidates', lambda fns: pytest.fail('model.init timed convolution forms')
+    choice, 'time_candidates', lambda fns: pytest.fail('model.init timed convolution forms')
   )
   model = AutoEncoder('conv_32', 8, 3, conv_impl='auto')
   params = jax.jit(model.init)(jax.random.PRNGKey(0))
@@ -321,14 +322,14 @@ def test_a_candidate_that_fails_is_skipped_with_a_warning(private_cache):
     return lambda: None
 
   with pytest.warns(UserWarning, match="'a' failed"):
-    assert kernel_choice.choose('k', ('a', 'b'), make, memo={}) == 'b'
+    assert choice.choose('k', ('a', 'b'), make, memo={}) == 'b'
   assert json.load(open(private_cache))['k']['form'] == 'b'
 
   def boom():
     raise RuntimeError('failed at run time')
 
   with pytest.warns(UserWarning, match="'a' failed while being timed"):
-    times = kernel_choice.time_candidates({'a': boom, 'b': lambda: None}, repeats=2)
+    times = choice.time_candidates({'a': boom, 'b': lambda: None}, repeats=2)
   assert times['a'] == float('inf') and times['b'] < float('inf')
 
 
@@ -340,7 +341,7 @@ def choose_k(load, fastest, memo=None, key='k|cpu|Some CPU|rest'):
     timed.append(1)
     return {n: (1.0 if n == fastest else 2.0) for n in fns}
 
-  form = kernel_choice.choose(
+  form = choice.choose(
     key,
     ('a', 'b'),
     lambda n: lambda: None,
@@ -366,11 +367,11 @@ def test_a_choice_measured_under_load_is_measured_again_until_a_quiet_measuremen
 
 
 def test_a_machine_that_is_always_busy_keeps_its_choice_after_max_measurements(private_cache):
-  for i in range(kernel_choice.MAX_MEASUREMENTS):
+  for i in range(choice.MAX_MEASUREMENTS):
     assert choose_k(3.0, 'b') == ('b', 1), i
   assert choose_k(3.0, 'a') == ('b', 0)
   assert json.load(open(private_cache))['k|cpu|Some CPU|rest']['measurements'] == (
-    kernel_choice.MAX_MEASUREMENTS
+    choice.MAX_MEASUREMENTS
   )
 
 
@@ -385,7 +386,7 @@ def test_forget_drops_one_device_kinds_entries(private_cache):
   memo = {}
   choose_k(0.0, 'b', memo, key='k|cpu|Some CPU|rest')
   choose_k(0.0, 'b', memo, key='k|cpu|Other CPU|rest')
-  assert kernel_choice.forget(private_cache, 'Some CPU', memo) == 1
+  assert choice.forget(private_cache, 'Some CPU', memo) == 1
   assert list(json.load(open(private_cache))) == ['k|cpu|Other CPU|rest']
   assert list(memo) == [(private_cache, 'k|cpu|Other CPU|rest')]
   assert choose_k(0.0, 'a', memo, key='k|cpu|Some CPU|rest') == ('a', 1)  # measured afresh
@@ -395,6 +396,6 @@ def test_other_load_per_cpu_discounts_this_process(monkeypatch):
   monkeypatch.undo()  # the real function
   monkeypatch.setattr(os, 'getloadavg', lambda: (5.0, 0.0, 0.0))
   monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1})
-  assert kernel_choice.other_load_per_cpu() == 2.0
+  assert choice.other_load_per_cpu() == 2.0
   monkeypatch.setattr(os, 'getloadavg', lambda: (0.4, 0.0, 0.0))
-  assert kernel_choice.other_load_per_cpu() == 0.0
+  assert choice.other_load_per_cpu() == 0.0

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pga_jax import conv_forms
 from pga_jax.models import layers
 
 
@@ -17,7 +18,7 @@ def test_upsample_conv_equals_lax_conv_transpose(kernel_size, size):
   expected = jax.lax.conv_transpose(
     x, w, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
   )
-  got = layers.upsample_conv(x, w)
+  got = conv_forms.upsample_conv(x, w)
   assert got.shape == (3, 2 * size, 2 * size, 5)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 

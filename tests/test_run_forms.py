@@ -1,7 +1,7 @@
 """A resumed run computes with the convolution forms it started with.
 
 With conv_impl='auto' each layer's form is measured and cached per machine
-(`pga_jax.models.kernel_choice`). The forms are exact but round differently,
+(`pga_jax.conv_forms`). The forms are exact but round differently,
 so a cache measured again between two sessions (under other load, or after
 it was deleted) would make a resumed run drift from an uninterrupted one.
 The trainer records its forms in the run directory and pins them on resume.
@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from pga_jax import checkpointing, train
-from pga_jax.models import kernel_choice
+from pga_jax import conv_forms, train
+from pga_jax.conv_forms import choice
 from tests import helpers
 
 
@@ -33,9 +33,9 @@ class FavouringTimer:
 
 def new_session(monkeypatch, cache_dir, index):
   """A fresh process on a machine whose cache is `cache_dir` and whose timings favour `index`."""
-  monkeypatch.setenv(kernel_choice.CACHE_ENV, str(cache_dir))
-  monkeypatch.setattr(kernel_choice, '_MEMO', {})
-  monkeypatch.setattr(kernel_choice, 'time_candidates', FavouringTimer(index))
+  monkeypatch.setenv(choice.CACHE_ENV, str(cache_dir))
+  monkeypatch.setattr(choice, '_MEMO', {})
+  monkeypatch.setattr(choice, 'time_candidates', FavouringTimer(index))
 
 
 def leaves(result):
@@ -52,12 +52,12 @@ def test_resume_after_the_cache_changed_keeps_the_forms_and_the_bits(
 ):
   new_session(monkeypatch, tmp_path / 'cache1', 0)
   straight = train.train_and_evaluate(helpers.tiny_config(idx_dir), str(tmp_path / 'straight'))
-  first_forms = kernel_choice.choices_made()
+  first_forms = choice.choices_made()
 
   new_session(monkeypatch, tmp_path / 'cache1', 0)
   half = tmp_path / 'interrupted'
   train.train_and_evaluate(helpers.tiny_config(idx_dir, num_steps=3), str(half))
-  recorded = json.load(open(os.path.join(half, checkpointing.CONV_FORMS_FILE)))
+  recorded = json.load(open(os.path.join(half, conv_forms.RUN_FILE)))
   assert recorded and set(recorded.values()) == set(first_forms.values())
 
   # Next session: the cache is gone and the machine now favours other forms.
@@ -67,18 +67,18 @@ def test_resume_after_the_cache_changed_keeps_the_forms_and_the_bits(
   for a, b in zip(leaves(straight), leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   for key, form in recorded.items():
-    assert kernel_choice.choices_made()[key] == form
+    assert choice.choices_made()[key] == form
 
   # The check can fail: a run with the other forms does not give the same bits.
   new_session(monkeypatch, tmp_path / 'cache3', -1)
   other = train.train_and_evaluate(helpers.tiny_config(idx_dir), str(tmp_path / 'other'))
-  other_forms = kernel_choice.choices_made()
+  other_forms = choice.choices_made()
   assert any(other_forms[k] != f for k, f in recorded.items() if k in other_forms)
   assert any(not np.array_equal(a, b) for a, b in zip(leaves(straight), leaves(other)))
 
 
 def test_an_unreadable_forms_file_only_costs_a_new_choice(tmp_path):
-  (tmp_path / checkpointing.CONV_FORMS_FILE).write_text('{not json')
-  assert checkpointing.read_conv_forms(str(tmp_path)) == {}
-  (tmp_path / checkpointing.CONV_FORMS_FILE).write_text('[1, 2]')
-  assert checkpointing.read_conv_forms(str(tmp_path)) == {}
+  (tmp_path / conv_forms.RUN_FILE).write_text('{not json')
+  assert conv_forms.read_recorded(str(tmp_path)) == {}
+  (tmp_path / conv_forms.RUN_FILE).write_text('[1, 2]')
+  assert conv_forms.read_recorded(str(tmp_path)) == {}

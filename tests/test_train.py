@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from pga_jax import checkpointing, config as config_lib, train
+from pga_jax import checkpointing, config as config_lib, conv_forms, train
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +96,7 @@ def test_cli_train_then_sample_reconstruct_interpolate(idx_dir, tmp_path):
     assert os.path.exists(os.path.join(workdir, 'figures', f'{name}_latest.png'))
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
   # The convolution forms the run chose (conv_impl 'auto'), kept for its resume.
-  forms = json.load(open(os.path.join(workdir, checkpointing.CONV_FORMS_FILE)))
+  forms = json.load(open(os.path.join(workdir, conv_forms.RUN_FILE)))
   assert {key.split('|')[0] for key in forms} == {'upsample', 'downsample'}
   assert set(forms.values()) <= {'xla', 'phase', 'adjoint', 'adjoint_xla', 'fused'}
 

@@ -37,7 +37,7 @@ def define_flags():
     'remeasure',
     False,
     "Forget this device's cached convolution choices first, so every layer "
-    'shape is timed afresh (pga_jax.models.kernel_choice).',
+    'shape is timed afresh (pga_jax.conv_forms).',
   )
   _define_train_step_flags()
   _define_layer_flags()
@@ -90,12 +90,12 @@ def main(argv):
   f = flags.FLAGS
   log = lambda s: print(f'pga: {s}', file=sys.stderr, flush=True)
   if f.remeasure:
-    from pga_jax.models import kernel_choice  # pylint: disable=g-import-not-at-top
+    from pga_jax import conv_forms  # pylint: disable=g-import-not-at-top
 
-    dropped = kernel_choice.forget()
+    dropped = conv_forms.forget()
     log(
       f'forgot {dropped} cached convolution choices of this device '
-      f'({kernel_choice.cache_path()}); measuring afresh'
+      f'({conv_forms.cache_path()}); measuring afresh'
     )
   if f.layers:
     result = benchmark.layer_profile(f.batch_size, steps=f.steps)

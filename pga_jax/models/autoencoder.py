@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pga_jax.models import dcgan, layers, resnet
+from pga_jax import conv_forms
+from pga_jax.models import dcgan, resnet
 
 ARCHITECTURES = {
   # name: native image size (networks: dcgan.py, resnet.py; built by the methods below)
@@ -40,9 +41,9 @@ class AutoEncoder:
   `with_logvar` adds the log-variance head that VPGA, LVPGA and the VAE need.
   `dtype` is the compute dtype (e.g. bfloat16); parameters stay float32.
   `conv_impl` picks how the strided and transposed convolutions and their
-  backward passes are computed (`layers.layer_forms`; every form is exact):
+  backward passes are computed (`conv_forms.forms.layer_forms`; every form is exact):
   'auto' (default) the form measured fastest per layer shape on this backend
-  and device (cached, `pga_jax.models.kernel_choice`; may be a custom VJP,
+  and device (cached, `pga_jax.conv_forms.choice`; may be a custom VJP,
   reverse mode only), 'xla' XLA's own convolutions and JAX's autodiff
   everywhere (`jax.jvp` / `jacfwd` work), 'phase' / 'adjoint' force those
   forms.
@@ -59,8 +60,10 @@ class AutoEncoder:
   def __post_init__(self):
     if self.arch not in ARCHITECTURES:
       raise ValueError(f'unknown arch {self.arch!r}; choose one of {sorted(ARCHITECTURES)}')
-    if self.conv_impl not in layers.CONV_IMPLS:
-      raise ValueError(f'unknown conv_impl {self.conv_impl!r}; choose one of {layers.CONV_IMPLS}')
+    if self.conv_impl not in conv_forms.CONV_IMPLS:
+      raise ValueError(
+        f'unknown conv_impl {self.conv_impl!r}; choose one of {conv_forms.CONV_IMPLS}'
+      )
 
   @property
   def image_size(self) -> int:

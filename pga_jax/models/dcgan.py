@@ -110,7 +110,7 @@ class DcganEncoder(nn.Module):
   with_logvar: bool = False
   dim: int = 64
   dtype: Optional[jnp.dtype] = None
-  conv_impl: str = 'auto'  # layers.layer_forms
+  conv_impl: str = 'auto'  # conv_forms.forms.layer_forms
 
   @nn.compact
   def __call__(self, x: jax.Array, stat_rows: Optional[int] = None):
@@ -138,7 +138,7 @@ class DcganDecoder(nn.Module):
   use_bn: bool = False
   dim: int = 64
   dtype: Optional[jnp.dtype] = None
-  conv_impl: str = 'auto'  # layers.layer_forms
+  conv_impl: str = 'auto'  # conv_forms.forms.layer_forms
 
   @nn.compact
   def __call__(self, z: jax.Array, stat_rows: Optional[int] = None) -> jax.Array:

@@ -1,11 +1,12 @@
 """Which exact form of a convolution to run, chosen by measurement and cached.
 
-`layers.upsample_conv` and `layers.downsample_conv` can compute the same
-values and gradients in several forms (XLA's own convolution and JAX's
-autodiff of it, a phase decomposition, custom VJPs from the adjoint
-convolution). Which is fastest depends on the backend (cuDNN on GPU, XLA:CPU
-on CPU, ...), the device, the shape and the dtype, so with `conv_impl='auto'`
-it is measured, not guessed from thresholds:
+The strided and transposed convolutions can compute the same values and
+gradients in several forms (`pga_jax.conv_forms.forms`: XLA's own
+convolution and JAX's autodiff of it, a phase decomposition, custom VJPs from
+the adjoint convolution). Which is fastest depends on the backend (cuDNN on
+GPU, XLA:CPU on CPU, ...), the device, the shape and the dtype, so with
+`conv_impl='auto'` it is measured (`measured_form`), not guessed from
+thresholds:
 
 - When: at trace time, the first time a layer with a given key is traced.
   The layer's shapes are static there, so the key is exact (batch included),
@@ -52,8 +53,9 @@ it is measured, not guessed from thresholds:
   last choice). Load does not matter on accelerators, whose kernels do not
   share CPU cores: there every measurement is settled.
 - A run's own forms: the trainer records the choices it made in the run
-  directory (`conv_forms.json`) and pins them on resume (`pin`), so a resumed
-  run computes with the forms it started with, even if the cache changed.
+  directory (`conv_forms.json`, `pga_jax.conv_forms.record`) and pins them on
+  resume (`pin`), so a resumed run computes with the forms it started with,
+  even if the cache changed.
 - In-process memo: `_MEMO` maps (cache file, key) to the choice, so a
   process re-tracing the same layer neither re-reads the file nor, if the
   file cannot be written, times the layer again (it would be free to choose
@@ -84,7 +86,10 @@ import warnings
 from typing import Callable, Dict, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from pga_jax.conv_forms import forms
 
 CACHE_ENV = 'PGA_JAX_CACHE_DIR'
 CACHE_FILE = 'conv_impl_v2.json'
@@ -383,3 +388,45 @@ def _measure(key, candidates, make_timed, path, timer, load, previous) -> str:
   # Other processes may have added entries meanwhile.
   write_cache(path, dict(read_cache(path, warn=False), **{key: entry}))
   return choice
+
+
+def _timed_candidate(op: str, form: str, x_shape, kernel_shape, stride: int, dtype):
+  """A compiled zero-argument function: the form's forward pass and its VJP for
+  the input and the kernel on fixed random inputs of these shapes."""
+  apply = forms.upsample_form if op == 'upsample' else forms.downsample_form
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(keys[0], x_shape, jnp.float32).astype(dtype)
+  kernel = (0.05 * jax.random.normal(keys[1], kernel_shape, jnp.float32)).astype(dtype)
+  y_shape = jax.eval_shape(lambda a, b: apply(a, b, stride, form), x, kernel).shape
+  cotangent = jax.random.normal(keys[2], y_shape, jnp.float32).astype(dtype)
+
+  def step(x_, kernel_, cotangent_):
+    y, vjp = jax.vjp(lambda a, b: apply(a, b, stride, form), x_, kernel_)
+    return y, vjp(cotangent_)
+
+  compiled = jax.jit(step).lower(x, kernel, cotangent).compile()
+  return lambda: compiled(x, kernel, cotangent)
+
+
+def measured_form(
+  op: str,
+  x_shape,
+  kernel_shape,
+  stride: int,
+  dtype,
+  path: Optional[str] = None,
+  memo: Optional[dict] = None,
+) -> str:
+  """The fastest form of `op` ('upsample' or 'downsample') for these static
+  shapes on the default device, measured once and cached (`choose`)."""
+  platform, device_kind = device_identity()
+  x_shape, kernel_shape = tuple(x_shape), tuple(kernel_shape)
+  candidates = forms.candidate_forms(op, platform, x_shape, kernel_shape, stride)
+  key = choice_key(op, platform, device_kind, x_shape, kernel_shape, stride, dtype)
+  return choose(
+    key,
+    candidates,
+    lambda form: _timed_candidate(op, form, x_shape, kernel_shape, stride, dtype),
+    path=path,
+    memo=memo,
+  )
