@@ -256,10 +256,6 @@ def restore_latest_good(
   )
 
 
-def config_to_json(config) -> str:
-  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
-
-
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = storage.join(workdir, CONFIG_FILE)
   try:
@@ -316,9 +312,7 @@ def record_conv_forms(workdir: str) -> None:
   if all(recorded.get(key) == form for key, form in chosen.items()):
     return
   merged = dict(recorded, **chosen)
-  storage.write_atomic(
-    storage.join(workdir, CONV_FORMS_FILE), json.dumps(merged, indent=1, sort_keys=True)
-  )
+  storage.write_json(storage.join(workdir, CONV_FORMS_FILE), merged, indent=1)
 
 
 def read_conv_forms(workdir: str) -> dict:
@@ -348,7 +342,7 @@ def write_config(workdir: str, config) -> None:
   """Writes the config atomically (process 0 only)."""
   if jax.process_index() != 0:
     return
-  storage.write_atomic(storage.join(workdir, CONFIG_FILE), config_to_json(config))
+  storage.write_json(storage.join(workdir, CONFIG_FILE), config.to_dict(), default=list)
 
 
 def load_trained(workdir: str, step: Optional[int] = None):
