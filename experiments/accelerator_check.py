@@ -102,12 +102,11 @@ def tensorflow_report() -> dict:
 
 
 def write(out_dir: str, name: str, result: dict) -> str:
-  path = os.path.join(out_dir, f'{name}.json')
-  result = dict(result, **tensorflow_report())
-  with open(path + '.tmp', 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True, default=str)
-    f.write('\n')
-  os.replace(path + '.tmp', path)
+  from pga_jax import storage  # pylint: disable=g-import-not-at-top
+
+  path = storage.write_json(
+    os.path.join(out_dir, f'{name}.json'), dict(result, **tensorflow_report()), default=str
+  )
   print(f'accelerator_check: wrote {path}', flush=True)
   return path
 

@@ -20,7 +20,6 @@ kinds score low). The samples are the evaluation's (the same latents, from
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -31,7 +30,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import runner
-from pga_jax import checkpointing, config as config_lib
+from pga_jax import checkpointing, config as config_lib, storage
 from pga_jax.evaluation import class_mix as class_mix_lib, classifier as classifier_lib, evaluate
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -109,7 +108,7 @@ def main(argv):
       r['fractions'], results['real']['fractions']
     )
     results['runs'][name] = r
-  runner.write_text(f.out, json.dumps(results, indent=1, sort_keys=True))
+  storage.write_json(f.out, results, indent=1)
   print(table(results))
 
 

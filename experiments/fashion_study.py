@@ -30,7 +30,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pga_jax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pga_jax import config as config_lib, storage  # pylint: disable=g-import-not-at-top,wrong-import-position
 from pga_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = ('ae', 'vae', 'lpga', 'vpga', 'lvpga')
@@ -251,10 +251,7 @@ def main(argv):
   curves = {name: runner.read_curve(os.path.join(f.workroot, name)) for name in results}
   table = tabulate(results, f.sweep, curves)
   runner.write_text(os.path.join(f.out, f'{stem}.md'), table)
-  runner.write_text(
-    os.path.join(f.out, f'{stem}.json'),
-    json.dumps(results, indent=2, sort_keys=True, default=float),
-  )
+  storage.write_json(os.path.join(f.out, f'{stem}.json'), results)
   if not f.sweep:
     for method in f.methods:
       workdir = os.path.join(f.workroot, f'{method}_s{f.seeds[0]}')

@@ -35,7 +35,6 @@ Writes anatomy.md (two tables) and anatomy.json in --out.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -45,7 +44,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import runner
-from pga_jax import checkpointing, figures
+from pga_jax import checkpointing, figures, storage
 from pga_jax.data import pipeline
 from pga_jax.evaluation import class_mix as class_mix_lib
 from pga_jax.evaluation import evaluate, fid_parts, frechet, metrics, sharpness
@@ -234,9 +233,7 @@ def main(argv):
   public = {
     label: {k: v for k, v in r.items() if not k.startswith('_')} for label, r in results.items()
   }
-  runner.write_text(
-    os.path.join(f.out, 'anatomy.json'), json.dumps(public, indent=1, sort_keys=True, default=float)
-  )
+  storage.write_json(os.path.join(f.out, 'anatomy.json'), public, indent=1)
   print(text)
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -52,7 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import jax.numpy as jnp
 
-from pga_jax import checkpointing, config as config_lib, data, diagnostics, losses
+from pga_jax import checkpointing, config as config_lib, data, diagnostics, losses, storage
 from pga_jax.commands import common
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -308,15 +307,6 @@ def plot(results: dict, out: str) -> str:
   return out
 
 
-def write_json(results: dict, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(results, f, indent=1)
-  os.replace(tmp, path)
-  return path
-
-
 def parse_ks(values: Sequence[str]) -> List[int]:
   try:
     ks = sorted({int(v) for v in values})
@@ -346,7 +336,7 @@ def main(argv):
   except (checkpointing.WorkdirError, data.DatasetError) as err:
     common.user_error(err)
   json_path = f.json or os.path.splitext(f.out)[0] + '.json'
-  write_json(results, json_path)
+  storage.write_json(json_path, results, indent=1)
   plot(results, f.out)
   print(table(results))
   if not all(math.isfinite(e['exact_mean']) for e in results['steps']):

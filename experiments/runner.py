@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
-from pga_jax import checkpointing, train
+from pga_jax import checkpointing, storage, train
 from pga_jax.evaluation import evaluate
 
 
@@ -170,7 +170,7 @@ def evaluate_run(
     evaluator, model, params, config, num_samples, seed=seed, step=step
   )
   results['network_id'] = evaluator.network.identity
-  evaluate.write_json(results, path)
+  storage.write_json(path, results)
   return results
 
 
@@ -255,6 +255,4 @@ def save_figure(fig, path: str, dpi: int) -> None:
 
 def write_json_beside(path: str, value) -> str:
   """Writes `value` as JSON next to `path` (same name, extension .json)."""
-  return write_text(
-    os.path.splitext(path)[0] + '.json', json.dumps(value, indent=1, sort_keys=True, default=float)
-  )
+  return storage.write_json(os.path.splitext(path)[0] + '.json', value, indent=1)

@@ -16,7 +16,6 @@ checkpoints. On a machine without them, `--features=domain` and small
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 
@@ -24,6 +23,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pga_jax import storage  # pylint: disable=g-import-not-at-top,wrong-import-position
 from pga_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
@@ -111,10 +111,7 @@ def main(argv):
   title = f'FID ({f.features} features, {f.num_samples} samples, seeds {",".join(f.seeds)})\n\n'
   table = title + runner.markdown_table(rows, ['model'] + f.datasets)
   runner.write_text(f.out, table)
-  runner.write_text(
-    os.path.splitext(f.out)[0] + '.json',
-    json.dumps(results, indent=2, sort_keys=True, default=float),
-  )
+  storage.write_json(os.path.splitext(f.out)[0] + '.json', results)
   print(table)
 
 

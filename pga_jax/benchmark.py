@@ -20,20 +20,16 @@ feeds it synthetic images of the config's shape and reports
 The step is timed at `config.init_steps + 1` (after the warm-up, when every term
 is on) unless `at_step` says otherwise: the steady state of a run.
 
-`peer_command` interleaves an external command (e.g. the PyTorch peer, a
-script outside this repository that runs the reference's conv_mnist steps in
-plain PyTorch) with our timing blocks: each round runs the command, then a
-block of our steps, and the ratio of images/s is taken per round. On a shared
-machine only such same-session ratios are meaningful.
+`peer_command` interleaves an external command (experiments/torch_peer.py:
+the reference's conv_mnist steps in plain PyTorch) with our timing blocks:
+each round runs the command, then a block of our steps, and the ratio of
+images/s is taken per round. On a shared machine only such same-session
+ratios are meaningful.
 
-`layer_profile` times each conv_mnist layer's forward and backward passes
-against a large matmul, the practical peak FLOP/s of XLA on this machine.
-
-`decoder_benchmark` times a decoder's forward and forward+backward with
-`lax.conv_transpose` and its own autodiff (what `flax.linen.ConvTranspose`
-computes) and with `UpConv` (`conv_impl='auto'`: the form measured fastest
-per layer on this device), on the same weights. The JSON keeps the key
-prefix `phase_decomposition_` for it.
+What is timed outside a train step (each conv_mnist layer against a matmul
+peak, the decoder's convolution forms, throughput over simulated devices)
+lives in experiments/ (layer_profile.py, decoder_benchmark.py,
+scaling_benchmark.py).
 """
 
 from __future__ import annotations
@@ -58,7 +54,6 @@ from pga_jax import config as config_lib, conv_forms
 from pga_jax import data, sharding
 from pga_jax.data import synthetic
 from pga_jax import train_step as ts
-from pga_jax.models import AutoEncoder
 
 # Fields every `benchmark_config` result has (tests/test_benchmark.py).
 RESULT_FIELDS = (
@@ -257,7 +252,8 @@ def run_peer(
 # --------------------------------------------------------------------------
 
 
-def _environment() -> dict:
+def environment() -> dict:
+  """The software, devices and load the numbers were measured with."""
   try:
     load = os.getloadavg()
   except OSError:
@@ -289,7 +285,7 @@ def benchmark_config(
   """Benchmarks `config`'s train step; returns a JSON-able dict (RESULT_FIELDS and more)."""
   if steps < 1 or warmup < 0 or block < 1:
     raise ValueError(f'need steps >= 1, warmup >= 0, block >= 1; got {steps}, {warmup}, {block}')
-  env_start = _environment()
+  env_start = environment()
   built = build_step(config, at_step)
   log(f'{config.method}/{config.arch}: compiled in {built.compile_s:.1f} s')
   ae = None
@@ -365,7 +361,7 @@ def benchmark_config(
     result['peer_images_per_sec'] = peer_ips
     result['peer_ratio_per_round'] = peer_ratios
     result['peer_ratio_median'] = float(np.median(peer_ratios))
-  env_end = _environment()
+  env_end = environment()
   result['environment'] = dict(env_start, load_average_1m_end=env_end['load_average_1m'])
   return result
 
@@ -406,206 +402,6 @@ def format_result(r: dict) -> str:
       'timings may not be representative'
     )
   return '\n'.join(lines)
-
-
-# --------------------------------------------------------------------------
-# Decoder: lax.conv_transpose ("before") vs phase-decomposed UpConv ("after").
-# --------------------------------------------------------------------------
-
-
-def decoder_benchmark(
-  arch: str = 'conv_mnist',
-  batch_size: int = 64,
-  latent_dim: int = 12,
-  channels: Optional[int] = None,
-  steps: int = 20,
-  warmup: int = 2,
-  dtype=None,
-  seed: int = 0,
-) -> dict:
-  """Forward and forward+backward of the decoder, both implementations, same weights.
-
-  forward+backward is the VJP w.r.t. parameters and latents with a random
-  cotangent (what a train step needs). Timed in alternating rounds.
-  """
-  if channels is None:
-    channels = 1 if arch == 'conv_mnist' else 3
-  rng = jax.random.PRNGKey(seed)
-  latents = jax.random.normal(jax.random.fold_in(rng, 1), (batch_size, latent_dim))
-  variants = {}
-  for name, conv_impl in (('conv_transpose', 'xla'), ('phase_decomposition', 'phase')):
-    model = AutoEncoder(arch, latent_dim, channels, conv_impl=conv_impl, dtype=dtype)
-    params = model.init(rng)['decoder']  # same names and shapes: same weights
-    cot = jax.random.normal(jax.random.fold_in(rng, 2), (batch_size,) + model.image_shape)
-
-    def fwd(p, z, model=model):
-      return model.decode(p, z)
-
-    def fwd_bwd(p, z, ct, model=model):
-      out, vjp = jax.vjp(lambda p_, z_: model.decode(p_, z_), p, z)
-      return out, vjp(ct.astype(out.dtype))
-
-    variants[name] = {
-      'fwd': (jax.jit(fwd), (params, latents)),
-      'fwd_bwd': (jax.jit(fwd_bwd), (params, latents, cot)),
-    }
-  outputs = {}
-  for name, fns in variants.items():
-    for kind, (fn, args) in fns.items():
-      outputs[(name, kind)] = _block(fn(*args))
-      for _ in range(warmup):
-        _block(fn(*args))
-  times = {(n, k): [] for n in variants for k in ('fwd', 'fwd_bwd')}
-  for _ in range(steps):
-    for (name, kind), samples in times.items():
-      fn, args = variants[name][kind]
-      t0 = time.perf_counter()
-      _block(fn(*args))
-      samples.append(time.perf_counter() - t0)
-  a, b = outputs[('conv_transpose', 'fwd_bwd')], outputs[('phase_decomposition', 'fwd_bwd')]
-  max_diff = max(
-    float(jnp.max(jnp.abs(x - y)))
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
-  )
-  result = {
-    'arch': arch,
-    'batch_size': batch_size,
-    'latent_dim': latent_dim,
-    'dtype': str(jnp.dtype(dtype or jnp.float32)),
-    'steps': steps,
-    'max_abs_diff_outputs_and_grads': max_diff,
-  }
-  for (name, kind), samples in times.items():
-    s = summarize(samples)
-    result[f'{name}_{kind}_ms_median'] = s['step_ms_median']
-    result[f'{name}_{kind}_ms_p10'] = s['step_ms_p10']
-    result[f'{name}_{kind}_ms_p90'] = s['step_ms_p90']
-  for kind in ('fwd', 'fwd_bwd'):
-    result[f'{kind}_speedup'] = (
-      result[f'conv_transpose_{kind}_ms_median'] / result[f'phase_decomposition_{kind}_ms_median']
-    )
-  result['environment'] = _environment()
-  return result
-
-
-def format_decoder_result(r: dict) -> str:
-  lines = [
-    f'decoder {r["arch"]} batch {r["batch_size"]} ({r["dtype"]}), median of {r["steps"]} (p10-p90):'
-  ]
-  for kind, label in (('fwd', 'forward'), ('fwd_bwd', 'forward+backward')):
-    before = r[f'conv_transpose_{kind}_ms_median']
-    after = r[f'phase_decomposition_{kind}_ms_median']
-    lines.append(
-      f'  {label:17s} lax.conv_transpose {before:8.1f} ms '
-      f'({r[f"conv_transpose_{kind}_ms_p10"]:.1f}-{r[f"conv_transpose_{kind}_ms_p90"]:.1f})'
-      f'   UpConv {after:8.1f} ms '
-      f'({r[f"phase_decomposition_{kind}_ms_p10"]:.1f}-'
-      f'{r[f"phase_decomposition_{kind}_ms_p90"]:.1f})   {before / after:.2f}x'
-    )
-  lines.append(
-    f'  max |difference| of outputs and gradients: {r["max_abs_diff_outputs_and_grads"]:.2e}'
-  )
-  return '\n'.join(lines)
-
-
-# --------------------------------------------------------------------------
-# Where a conv_mnist step's time goes: each layer's passes, against a peak.
-# --------------------------------------------------------------------------
-
-
-def _median_ms(fn, args, steps: int) -> float:
-  _block(fn(*args))
-  _block(fn(*args))
-  samples = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    _block(fn(*args))
-    samples.append(time.perf_counter() - t0)
-  return 1000 * float(np.median(samples))
-
-
-def _flops(fn, args) -> float:
-  cost = fn.lower(*args).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return float((cost or {}).get('flops', float('nan')))
-
-
-def _conv_mnist_layers(batch_size: int) -> dict:
-  """conv_mnist's heavy layers as (function, input shape, weight shape)."""
-  dn = ('NHWC', 'HWIO', 'NHWC')
-  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME', dimension_numbers=dn)
-  b = batch_size
-  return {
-    'enc conv 1->64, 28->14': (conv, (b, 28, 28, 1), (5, 5, 1, 64)),
-    'enc conv 64->128, 14->7': (conv, (b, 14, 14, 64), (5, 5, 64, 128)),
-    'enc dense 6272->1024': (jnp.matmul, (b, 6272), (6272, 1024)),
-    'dec dense 1024->6272': (jnp.matmul, (b, 1024), (1024, 6272)),
-    'dec upconv 128->64, 7->14': (conv_forms.upsample_conv, (b, 7, 7, 128), (5, 5, 128, 64)),
-    'dec upconv 64->1, 14->28': (conv_forms.upsample_conv, (b, 14, 14, 64), (5, 5, 64, 1)),
-  }
-
-
-def layer_profile(
-  batch_size: int = 64, steps: int = 20, peak_size: int = 2048, seed: int = 0
-) -> dict:
-  """Per layer of conv_mnist: forward, forward + weight gradient (dW),
-  forward + input gradient (dX) and forward + both, in ms and GFLOP/s (XLA's
-  FLOP count of each compiled function), and the achieved GFLOP/s of a
-  `peak_size`^3 float32 matmul: what this machine's XLA reaches at best.
-  """
-  rng = jax.random.PRNGKey(seed)
-  a = jax.random.normal(rng, (peak_size, peak_size))
-  matmul = jax.jit(jnp.matmul)
-  peak_ms = _median_ms(matmul, (a, a), max(3, steps // 4))
-  result = {
-    'batch_size': batch_size,
-    'steps': steps,
-    'peak_matmul_gflops_per_sec': 2 * peak_size**3 / peak_ms / 1e6,
-    'layers': {},
-  }
-  for name, (fn, x_shape, w_shape) in _conv_mnist_layers(batch_size).items():
-    x = jax.random.normal(jax.random.fold_in(rng, 1), x_shape)
-    w = 0.05 * jax.random.normal(jax.random.fold_in(rng, 2), w_shape)
-    loss = lambda x_, w_, fn=fn: jnp.sum(jnp.sin(fn(x_, w_)))
-    passes = {
-      'fwd': jax.jit(fn),
-      'fwd+dW': jax.jit(jax.grad(loss, argnums=1)),
-      'fwd+dX': jax.jit(jax.grad(loss, argnums=0)),
-      'fwd+both': jax.jit(jax.grad(loss, argnums=(0, 1))),
-    }
-    row = {}
-    for kind, compiled in passes.items():
-      ms = _median_ms(compiled, (x, w), steps)
-      flops = _flops(compiled, (x, w))
-      row[kind] = {'ms': ms, 'gflops': flops / 1e9, 'gflops_per_sec': flops / ms / 1e6}
-    result['layers'][name] = row
-  result['environment'] = _environment()
-  return result
-
-
-def format_layer_profile(r: dict) -> str:
-  lines = [
-    f'conv_mnist layers, batch {r["batch_size"]}, median of {r["steps"]} runs: '
-    f'ms (GFLOP/s); peak: float32 matmul {r["peak_matmul_gflops_per_sec"]:.0f} GFLOP/s',
-    f'  {"layer":28s}' + ''.join(f'{k:>18s}' for k in ('fwd', 'fwd+dW', 'fwd+dX', 'fwd+both')),
-  ]
-  for name, row in r['layers'].items():
-    lines.append(
-      f'  {name:28s}'
-      + ''.join(
-        f'{row[k]["ms"]:9.2f} ({row[k]["gflops_per_sec"]:5.0f})'
-        for k in ('fwd', 'fwd+dW', 'fwd+dX', 'fwd+both')
-      )
-    )
-  return '\n'.join(lines)
-
-
-def write_json(result, path: str) -> None:
-  if os.path.dirname(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-    f.write('\n')
 
 
 if __name__ == '__main__':  # pragma: no cover

@@ -253,10 +253,6 @@ def restore_latest_good(
   )
 
 
-def config_to_json(config) -> str:
-  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
-
-
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = storage.join(workdir, CONFIG_FILE)
   try:
@@ -304,7 +300,7 @@ def write_config(workdir: str, config) -> None:
   """Writes the config atomically (process 0 only)."""
   if jax.process_index() != 0:
     return
-  storage.write_atomic(storage.join(workdir, CONFIG_FILE), config_to_json(config))
+  storage.write_json(storage.join(workdir, CONFIG_FILE), config.to_dict(), default=list)
 
 
 def load_trained(workdir: str, step: Optional[int] = None):

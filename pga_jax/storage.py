@@ -37,6 +37,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 import uuid
@@ -253,12 +254,16 @@ def upload(local_path: str, remote_path: str) -> None:
     fs.put_file(local_path, p)
 
 
-def check_writable(path: str, what: str = 'workdir') -> None:
-  """Creates `path` if needed, then writes and deletes a probe file in it.
+def check_writable(path: str, what: str = 'workdir', fix: Optional[str] = None) -> None:
+  """Creates the folder `path` if needed, then writes and deletes a probe file in it.
 
-  Raises StorageError (one line: what failed and what to do) if it cannot.
-  For gs:// this is one upload and one delete: a missing bucket, missing
-  permission or no network shows here, before any work.
+  The one writability check of the package: every output (workdir, --json,
+  --out, TensorBoard logs) is checked with it before any work. Raises
+  StorageError, one line naming `what` and `path`, why, and what to do: `fix`
+  (default: choose another --`what`) for a local path; for gs://, what to
+  check about the bucket, the credentials and the network. For gs:// the
+  probe is one upload and one delete, so a missing bucket, missing permission
+  or no network shows here.
   """
   probe = join(path, f'.write_test.{uuid.uuid4().hex}')
   try:
@@ -270,7 +275,7 @@ def check_writable(path: str, what: str = 'workdir') -> None:
     if not is_remote(path):
       raise StorageError(
         f'cannot write to {what} {path!r} ({err.strerror or describe(err)}); '
-        f'choose a --{what} you can write to'
+        f'{fix or f"choose a --{what} you can write to"}'
       ) from err
     cause = err.__cause__ if isinstance(err, StorageError) and err.__cause__ else err
     lines = str(cause).strip().splitlines() or ['']
@@ -285,6 +290,14 @@ def check_writable(path: str, what: str = 'workdir') -> None:
       'credentials may write to it (`gcloud auth application-default login` or a '
       f'service account) and the network, or set {EMULATOR_VARIABLE} for an emulator'
     ) from err
+
+
+def write_json(path: str, value, indent: int = 2, default: Callable = float) -> str:
+  """Writes `value` as JSON (sorted keys, a final newline) with `write_atomic`;
+  returns the path. `default` converts what json cannot (numpy scalars)."""
+  return write_atomic(
+    path, json.dumps(value, indent=indent, sort_keys=True, default=default) + '\n'
+  )
 
 
 def bucket(path: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import tempfile
 import threading
 import time
 from typing import Callable, Optional
@@ -46,35 +45,27 @@ class TrainResult:
 
 
 def ensure_writable(workdir: str) -> None:
-  """Checks, before the first step, every directory the run writes: workdir, checkpoints, figures.
+  """Checks, before the first step, every folder the run writes: workdir,
+  checkpoints, figures (`storage.check_writable`; WorkdirError if one fails).
 
-  A gs:// workdir has no directories to create: one probe object written and
-  deleted in it checks the bucket, the permission and the network (a failure
-  is one line, before any work), and nothing is created locally.
+  A gs:// workdir has no folders to create: one probe object in it checks the
+  bucket, the permission and the network, and nothing is created locally.
   """
-  if storage.is_remote(workdir):
+  folders = [workdir]
+  if not storage.is_remote(workdir):
+    folders += [
+      os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
+      os.path.join(workdir, 'figures'),
+    ]
+  for folder in folders:
     try:
-      storage.check_writable(workdir)
+      storage.check_writable(
+        folder,
+        what='workdir' if folder == workdir else 'the run directory',
+        fix='choose a --workdir you can write to, or make that directory writable',
+      )
     except storage.StorageError as err:
       raise checkpointing.WorkdirError(str(err)) from err
-    return
-  for folder in (
-    workdir,
-    os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
-    os.path.join(workdir, 'figures'),
-  ):
-    try:
-      os.makedirs(folder, exist_ok=True)
-      # A unique name: concurrent readers/writers of the workdir must not collide.
-      fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=folder)
-      os.close(fd)
-      os.remove(probe)
-    except OSError as err:
-      what = 'workdir' if folder == workdir else 'the run directory'
-      raise checkpointing.WorkdirError(
-        f'cannot write to {what} {folder!r} ({err.strerror}); choose a --workdir you can '
-        'write to, or make that directory writable'
-      ) from err
 
 
 def load_training_images(config) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Subprocess worker for tests/test_distributed.py and the scaling benchmark.
+"""Subprocess worker for tests/test_distributed.py and experiments/scaling_benchmark.py.
 
 The device count must be fixed before JAX initialises its backend, so every
 multi-device check runs in a fresh process with the device count in its

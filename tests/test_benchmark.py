@@ -1,7 +1,10 @@
-"""`pga benchmark`: fields present and consistent with independent computations.
+"""`pga benchmark` and the speed scripts of experiments/ (layer_profile.py,
+decoder_benchmark.py, scaling_benchmark.py, torch_peer.py): fields present and
+consistent with independent computations.
 
 Speed itself is never asserted here (the machine is shared); the numbers are
-checked for what they must satisfy whatever the load.
+checked for what they must satisfy whatever the load. The experiment scripts
+run as subprocesses, as a user runs them.
 """
 
 import json
@@ -99,18 +102,6 @@ def test_a_failing_peer_command_is_reported():
     benchmark.run_peer(f'{sys.executable} -c "print(1); print(dict())"', 'vpga', 8, 1)
 
 
-def test_decoder_benchmark_times_both_implementations_on_the_same_weights():
-  r = benchmark.decoder_benchmark('conv_mnist', batch_size=4, steps=2, warmup=1)
-  assert r['max_abs_diff_outputs_and_grads'] < 1e-4  # same function, same weights
-  for impl in ('conv_transpose', 'phase_decomposition'):
-    for kind in ('fwd', 'fwd_bwd'):
-      assert r[f'{impl}_{kind}_ms_median'] > 0
-  assert r['fwd_bwd_speedup'] == pytest.approx(
-    r['conv_transpose_fwd_bwd_ms_median'] / r['phase_decomposition_fwd_bwd_ms_median']
-  )
-  assert 'lax.conv_transpose' in benchmark.format_decoder_result(r)
-
-
 def test_cli_writes_the_json(tmp_path, monkeypatch):
   config_file = tmp_path / 'bench_config.py'
   config_file.write_text(
@@ -159,8 +150,20 @@ def test_cli_writes_the_json(tmp_path, monkeypatch):
   assert 'Traceback' not in proc.stderr
 
 
-def test_layer_profile_reports_every_pass_and_a_peak():
-  r = benchmark.layer_profile(batch_size=2, steps=2, peak_size=64)
+def run_experiment(script, *args, timeout=600):
+  """`python experiments/SCRIPT ARGS` from the repository root; must exit 0."""
+  return helpers.run_python(
+    os.path.join(REPO, 'experiments', script), *args, timeout=timeout, cwd=REPO
+  )
+
+
+def test_layer_profile_reports_every_pass_and_a_peak(tmp_path):
+  out = tmp_path / 'layers.json'
+  proc = run_experiment(
+    'layer_profile.py', '--batch_size=2', '--steps=2', '--peak_size=64', f'--json={out}'
+  )
+  assert 'peak' in proc.stdout
+  r = json.loads(out.read_text())
   assert r['peak_matmul_gflops_per_sec'] > 0
   assert len(r['layers']) == 6
   for row in r['layers'].values():
@@ -171,4 +174,45 @@ def test_layer_profile_reports_every_pass_and_a_peak():
   # The dense layer's forward: 2 * batch * 6272 * 1024 multiply-adds.
   dense = r['layers']['enc dense 6272->1024']['fwd']['gflops']
   assert abs(dense - 2 * 2 * 6272 * 1024 / 1e9) < 1e-3 * dense
-  assert 'peak' in benchmark.format_layer_profile(r)
+
+
+def test_decoder_benchmark_times_both_forms_on_the_same_weights(tmp_path):
+  out = tmp_path / 'decoder.json'
+  proc = run_experiment(
+    'decoder_benchmark.py', '--batch_size=4', '--steps=2', '--warmup=1', f'--json={out}'
+  )
+  assert 'lax.conv_transpose' in proc.stdout
+  r = json.loads(out.read_text())
+  assert r['conv_impl'] == 'phase'
+  assert r['max_abs_diff_outputs_and_grads'] < 1e-4  # same function, same weights
+  for impl in ('conv_transpose', 'upconv'):
+    for kind in ('fwd', 'fwd_bwd'):
+      assert r[f'{impl}_{kind}_ms_median'] > 0
+  assert r['fwd_bwd_speedup'] == pytest.approx(
+    r['conv_transpose_fwd_bwd_ms_median'] / r['upconv_fwd_bwd_ms_median']
+  )
+
+
+def test_the_torch_peer_reports_images_per_second_for_every_method():
+  # torch is a test dependency (requirements-test.txt), not one of pga_jax.
+  script = os.path.join(REPO, 'experiments', 'torch_peer.py')
+  peer = f'{sys.executable} {script} --methods {{method}} --batch {{batch}} --steps {{steps}}'
+  assert benchmark.run_peer(peer, 'lpga', 4, 1) > 0  # as `pga benchmark --peer_command` runs it
+  proc = run_experiment('torch_peer.py', '--batch', '4', '--steps', '1', timeout=300)
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert set(result) == {'ae', 'vae', 'lpga', 'vpga'}
+  assert all(v > 0 for v in result.values())
+
+
+def test_scaling_benchmark_reports_the_step_and_its_communication():
+  config = json.dumps({'method': 'ae', 'batch_size': 8})
+  proc = run_experiment(
+    'scaling_benchmark.py', '--devices', '1', '2', '--steps', '1', '--config', config
+  )
+  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+  assert [r['devices'] for r in rows] == [1, 2]
+  assert all(r['examples_per_sec'] > 0 for r in rows)
+  # Two devices: gradients are all-reduced; nothing is gathered or sent to the host.
+  assert rows[0]['all-reduce'] == 0 and rows[1]['all-reduce'] >= 1
+  assert rows[1]['gathers'] == 0 and rows[1]['host'] == 0
+  assert '| devices |' in proc.stdout

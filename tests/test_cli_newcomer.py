@@ -123,7 +123,7 @@ def test_every_subcommand_help_lists_its_own_flags_and_exits_0():
     'interpolate': ['--num', '--steps', '--split', '--out'],
     'evaluate': ['--workdir', '--num_samples', '--features', '--json'],
     'train_classifier': ['--dataset', '--workdir', '--classifier_dir'],
-    'benchmark': ['--config', '--steps', '--layers'],
+    'benchmark': ['--config', '--steps', '--peer_command'],
   }
   for command in COMMANDS:
     proc = pga(command, '--help', timeout=120)
@@ -211,7 +211,7 @@ def test_a_mistyped_split_and_an_unwritable_out_are_one_line(run, tmp_path):
       pga('sample', f'--workdir={workdir}', '--num=4', f'--out={blocked}/s.png'),
       2,
       f'--out={blocked}/s.png',
-      'cannot write there',
+      'cannot write to its folder',
     )
   a_file = tmp_path / 'a_file'
   a_file.write_text('x')
@@ -219,7 +219,7 @@ def test_a_mistyped_split_and_an_unwritable_out_are_one_line(run, tmp_path):
     pga('interpolate', f'--workdir={workdir}', '--num=2', f'--out={a_file}/i.png'),
     2,
     f'--out={a_file}/i.png',
-    'cannot write there',
+    'cannot write to its folder',
   )
   # More images than the split holds (24 test images): named, not a crash.
   the_error(

@@ -281,6 +281,26 @@ def test_paths_and_atomic_local_writes(tmp_path):
   assert open(path).read() == 'two' and os.listdir(tmp_path / 'sub') == ['x.json']
 
 
+def test_the_json_writer_and_the_writability_probe_on_local_paths(tmp_path):
+  path = str(tmp_path / 'new' / 'r.json')
+  assert storage.write_json(path, {'b': np.float32(1.5), 'a': [1]}, indent=1) == path
+  assert open(path).read() == '{\n "a": [\n  1\n ],\n "b": 1.5\n}\n'  # sorted, numpy as float
+  assert os.listdir(tmp_path / 'new') == ['r.json']  # no temporary file left
+  storage.check_writable(str(tmp_path / 'made'))
+  assert os.listdir(tmp_path / 'made') == []  # created; the probe is gone
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('x')
+  with pytest.raises(storage.StorageError) as err:
+    storage.check_writable(str(a_file / 'run'))
+  assert str(err.value) == (
+    f"cannot write to workdir '{a_file}/run' (Not a directory); choose a --workdir you can write to"
+  )
+  with pytest.raises(storage.StorageError, match='its folder .*; choose a path you can write'):
+    storage.check_writable(
+      str(a_file / 'run'), what='its folder', fix='choose a path you can write to'
+    )
+
+
 # --------------------------------------------------------------------------
 # Slow: a run's whole life in gs://.
 # --------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def test_logdet_tracking_exact_and_eq6_estimate_over_checkpoints(idx_dir, tmp_pa
   # A run directory without checkpoints: one line on stderr, exit status 2.
   empty = tmp_path / 'empty'
   empty.mkdir()
-  (empty / 'config.json').write_text(checkpointing.config_to_json(helpers.tiny_config(idx_dir)))
+  checkpointing.write_config(str(empty), helpers.tiny_config(idx_dir))
   bad = run_failing_script('logdet_tracking.py', f'--workdir={empty}', f'--out={tmp_path}/x.png')
   assert bad.returncode == 2
   errors = [line for line in bad.stderr.splitlines() if line.startswith('pga: error:')]

@@ -18,8 +18,10 @@ by line from the authors' code, not from our docs or our term functions:
 - VAE: LynnHo/VAE-Tensorflow, train.py
 - AE: LPGA's losses with every coefficient but L_r at 0, i.e.
   enc_loss = dec_loss = mean((g(f(x)) - x)^2).
-(github.com/zj10/PGA and github.com/LynnHo/VAE-Tensorflow; the commits are
-named in docs/reference_code.md.)
+The sources: github.com/zj10/PGA at commit
+aa908554925540f8c79c5228cde7fb306fe8868a and github.com/LynnHo/VAE-Tensorflow
+at commit c204a9438a0e7e046ad6cc7257942528accbbe60 (docs/reference_code.md
+says in words what they compute).
 They use only the networks' apply functions (`AutoEncoder.encode` and
 `.decode`), `jax` and `numpy`; nothing from `pga_jax.losses`, `.terms` or
 `.fused`. From `pga_jax.methods` they take only `term_rng`, to regenerate
@@ -147,7 +149,7 @@ def ae_losses(nets, img, rng, global_step, config):
 
 
 def vae_losses(nets, img, rng, global_step, config):
-  """LynnHo-VAE-Tensorflow/train.py: one loss, minimised over all variables."""
+  """LynnHo/VAE-Tensorflow, train.py: one loss, minimised over all variables."""
   del global_step
   z_mu, z_log_sigma_sq = nets.Enc(img)
   epsilon = jax.random.normal(methods.term_rng(rng, 'rec'), z_mu.shape)
@@ -160,7 +162,7 @@ def vae_losses(nets, img, rng, global_step, config):
 
 
 def lpga_losses(nets, img, rng, global_step, config):
-  """zj10-PGA/src/train_lpga.py, the graph section."""
+  """zj10/PGA, src/train_lpga.py, the graph section."""
   z_dim, init_steps = H, config.init_steps
   assert config.num_perturbations == 1  # the reference draws one perturbation batch
 
@@ -225,7 +227,7 @@ def _vpga_style_graph(nets):
 
 
 def vpga_losses(nets, img, rng, global_step, config):
-  """zj10-PGA/src/train_vpga.py, the graph section (no warm-up, no global_step)."""
+  """zj10/PGA, src/train_vpga.py, the graph section (no warm-up, no global_step)."""
   del global_step
   enc_dec, dec_enc = _vpga_style_graph(nets)
 
@@ -255,7 +257,7 @@ def vpga_losses(nets, img, rng, global_step, config):
 
 
 def lvpga_losses(nets, img, rng, global_step, config):
-  """zj10-PGA/src/train_lvpga.py, the graph section.
+  """zj10/PGA, src/train_lvpga.py, the graph section.
 
   Its `vrec` is a log-det estimate with Gaussian perturbations (no squared
   error); `nll` weights the encoder NLL only. The perturbation directions

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 
 from absl import flags
 
@@ -28,37 +26,18 @@ def check_count(flag: str, value: int, minimum: int = 1) -> None:
 
 
 def check_writable(flag: str, path: str) -> None:
-  """Fails at once, naming `flag`, if the file `path` (local or gs://) cannot be written."""
+  """Fails at once, naming `flag`, if the file `path` (local or gs://) cannot be
+  written: `path` is a folder, or `storage.check_writable` fails on its folder."""
   from pga_jax import storage  # pylint: disable=g-import-not-at-top
 
-  if storage.is_remote(path):  # a probe object in its folder: bucket, permission, network
-    try:
-      if storage.isdir(path):
-        raise IsADirectoryError(21, 'Is a directory')
-      storage.check_writable(storage.dirname(path), what='its folder')
-    except storage.StorageError as err:
-      user_error(ValueError(f'--{flag}={path}: {err}'))
-    except OSError as err:
-      user_error(
-        ValueError(
-          f'--{flag}={path}: cannot write there ({err.strerror}); choose a path you can write to'
-        )
-      )
-    return
-  folder = os.path.dirname(os.path.abspath(path))
   try:
-    if os.path.isdir(path):
-      raise IsADirectoryError(21, 'Is a directory')
-    os.makedirs(folder, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix='.pga_write_test.', dir=folder)
-    os.close(fd)
-    os.remove(probe)
-  except OSError as err:
-    user_error(
-      ValueError(
-        f'--{flag}={path}: cannot write there ({err.strerror}); choose a path you can write to'
-      )
+    if storage.isdir(path):
+      user_error(ValueError(f'--{flag}={path}: that is a folder; give a file name'))
+    storage.check_writable(
+      storage.dirname(path), what='its folder', fix='choose a path you can write to'
     )
+  except OSError as err:  # StorageError: one line, with what to do
+    user_error(ValueError(f'--{flag}={path}: {err}'))
 
 
 def check_out(out: str) -> None:

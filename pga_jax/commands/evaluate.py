@@ -14,9 +14,6 @@ compares images of the test split with the train split's reference.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 from absl import flags
 
 from pga_jax.commands import common
@@ -149,7 +146,7 @@ def main(argv):
 
   try:
     if path:
-      evaluate.write_json(results, path)
+      storage.write_json(path, results)
     if f.workdir and f.tensorboard and not f.real_split:
       writer = event_logs.create_writer(f.workdir)
       writer.write_scalars(step, evaluate.scalar_summaries(results))
@@ -173,23 +170,14 @@ def _check_outputs(f, path):
   if path:
     common.check_writable('json', path)
   if f.workdir and f.tensorboard and not f.real_split:
-    if storage.is_remote(f.workdir):  # a probe object: bucket, permission, network
-      try:
-        storage.check_writable(f.workdir)
-      except storage.StorageError as err:
-        common.user_error(ValueError(f'TensorBoard logs: {err}'))
-      return
     try:
-      fd, probe = tempfile.mkstemp(prefix='.pga_write_test.', dir=f.workdir)
-      os.close(fd)
-      os.remove(probe)
-    except OSError as err:
-      common.user_error(
-        ValueError(
-          f'cannot write TensorBoard logs to --workdir={f.workdir} ({err.strerror}); pass '
-          '--notensorboard (and --json=PATH elsewhere) or make the workdir writable'
-        )
+      storage.check_writable(
+        f.workdir,
+        what='--workdir',
+        fix='pass --notensorboard (and --json=PATH elsewhere) or make the workdir writable',
       )
+    except storage.StorageError as err:
+      common.user_error(ValueError(f'TensorBoard logs: {err}'))
 
 
 def _shape(config):

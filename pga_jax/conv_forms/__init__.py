@@ -105,9 +105,7 @@ def record(workdir: str) -> None:
   if all(recorded.get(key) == form for key, form in chosen.items()):
     return
   merged = dict(recorded, **chosen)
-  storage.write_atomic(
-    storage.join(workdir, RUN_FILE), json.dumps(merged, indent=1, sort_keys=True)
-  )
+  storage.write_json(storage.join(workdir, RUN_FILE), merged, indent=1)
 
 
 def read_recorded(workdir: str) -> dict:

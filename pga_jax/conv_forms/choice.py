@@ -80,7 +80,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 import warnings
 from typing import Callable, Dict, Optional, Sequence
@@ -89,6 +88,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pga_jax import storage
 from pga_jax.conv_forms import forms
 
 CACHE_ENV = 'PGA_JAX_CACHE_DIR'
@@ -184,19 +184,11 @@ def forget(path: Optional[str] = None, device_kind: Optional[str] = None, memo=N
 
 def write_cache(path: str, entries: dict) -> bool:
   """Atomically replaces the cache file; False (with a warning) if it cannot."""
-  folder = os.path.dirname(path) or '.'
-  tmp = None
   try:
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.conv_impl.', suffix='.tmp', dir=folder)
-    with os.fdopen(fd, 'w') as f:
-      json.dump(entries, f, indent=1, sort_keys=True)
-      f.write('\n')
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    storage.write_json(path, entries, indent=1)
     return True
   except OSError as err:
-    if tmp is not None and os.path.exists(tmp):
-      os.unlink(tmp)
     warnings.warn(
       f'pga_jax: cannot write the convolution choice cache {path} ({err}); '
       f'set {CACHE_ENV} to a writable folder to keep the measurements'

@@ -48,6 +48,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from pga_jax import storage
 from pga_jax.data.pipeline import scale_images
 
 FORMAT_VERSION = 1
@@ -269,8 +270,7 @@ def save(classifier: TrainedClassifier, directory: str) -> str:
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, PARAMS_DIR), classifier.params)
     checkpointer.wait_until_finished()
-    with open(os.path.join(tmp, INFO_FILE), 'w') as f:
-      json.dump(classifier.info, f, indent=2, sort_keys=True)
+    storage.write_json(os.path.join(tmp, INFO_FILE), classifier.info)
     try:
       os.rename(tmp, directory)
     except OSError:

@@ -416,11 +416,5 @@ def training_evaluate_fn(config, cache_dir: Optional[str] = None) -> Callable:
 
 
 def to_json(results: dict) -> str:
+  """The results as `pga evaluate` prints them (`storage.write_json` writes the same text)."""
   return json.dumps(results, indent=2, sort_keys=True, default=float)
-
-
-def write_json(results: dict, path: str) -> str:
-  """Writes the results atomically (a local path or a gs:// URL); returns the path."""
-  from pga_jax import storage  # pylint: disable=g-import-not-at-top
-
-  return storage.write_atomic(path, to_json(results) + '\n')

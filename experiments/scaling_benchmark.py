@@ -1,11 +1,13 @@
 """Throughput per device and the compiled step's communication, for 1..8 CPU devices.
 
-  .venv/bin/python tests/scaling_benchmark.py [--devices 1 2 4 8] [--steps 10]
+  .venv/bin/python experiments/scaling_benchmark.py [--devices 1 2 4 8] [--steps 10]
       [--config '{"method": "lpga", "batch_size": 64}']
 
-Each device count runs in a fresh process (XLA_FLAGS=--xla_force_host_platform_device_count=N)
-through tests/distributed_worker.py: the trainer's jitted step, timed over
---steps steps after 3 warm-up steps, and its optimised HLO. Simulated devices
+Each device count runs in a fresh process
+(XLA_FLAGS=--xla_force_host_platform_device_count=N) through
+tests/distributed_worker.py, the worker of tests/test_distributed.py: the
+trainer's jitted step, timed over --steps steps after 3 warm-up steps, and
+its optimised HLO. Simulated devices
 share the machine's cores, so expect no speed-up on a small CPU; the point is
 that the per-device work is 1/N of the batch and communication is only the
 all-reduces of gradients and batch statistics (no gathers, no host transfers,
