@@ -69,7 +69,7 @@ def _norm(tree) -> float:
   return float(optax.global_norm(tree))
 
 
-def _assert_trees_close(a_tree, b_tree, rtol: float, atol: float, what: str) -> None:
+def assert_trees_close(a_tree, b_tree, rtol: float, atol: float, what: str = 'differ') -> None:
   """Raises AssertionError naming the first leaf of two gradient pytrees that
   differ; float32 sums in another order, so the tolerance also scales with
   each leaf's largest entry."""
@@ -137,7 +137,7 @@ def check_routing(
   full = jax.grad(
     lambda p: methods.method_loss(method, model, p, images, rng, step, config, fast=False)[0]
   )(params)
-  _assert_trees_close(full, summed, rtol, atol, "is not the sum of its terms' weighted gradients")
+  assert_trees_close(full, summed, rtol, atol, "is not the sum of its terms' weighted gradients")
   return norms
 
 
@@ -248,7 +248,5 @@ def check_fast_path(
         f'{name}: {float(fast_metrics[name])} with shared passes, '
         f'{float(plain_metrics[name])} plain'
       )
-  _assert_trees_close(
-    fast_grads, plain_grads, rtol, atol, 'differs between shared passes and plain'
-  )
+  assert_trees_close(fast_grads, plain_grads, rtol, atol, 'differs between shared passes and plain')
   return {name: float(v) for name, v in plain_metrics.items()}
