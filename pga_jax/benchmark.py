@@ -198,10 +198,13 @@ def build_step(config, at_step: Optional[int] = None, seed: int = 0) -> BuiltSte
 
 
 def ae_config(config):
-  """The AE step of the same architecture, batch, latent size, optimizer and dtype."""
+  """The AE step of the same architecture, batch, latent size, optimizer and dtype
+  (no coefficient left on: a nonzero one would add its term to the AE)."""
   ae = copy.deepcopy(config)
   ae.method = 'ae'
   ae.extra_terms = ()
+  for name in config_lib.COEFFICIENTS:
+    ae[name] = 0.0
   return ae
 
 

@@ -121,7 +121,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
   """Builds `train_step(state, images, coefficients=None) -> (state, metrics)`.
 
   `coefficients` ({name: scalar}, `methods.coefficients`) weights the loss
-  terms as traced values; None bakes the config's values in as constants.
+  terms as traced values; None bakes the config's values in as constants
+  (and a `loss_fn(params, images, rng, step)` without coefficients works).
 
   A step whose loss or gradients are not finite is not applied (parameters
   and optimizer state stay as they were); `metrics['finite']` is 0 for it,
@@ -148,7 +149,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
 
   def train_step(state: TrainState, images: jax.Array, coefficients=None):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    (loss, metrics), grads = grad_fn(state.params, images, step_rng, state.step, coefficients)
+    extra = () if coefficients is None else (coefficients,)
+    (loss, metrics), grads = grad_fn(state.params, images, step_rng, state.step, *extra)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_params, new_opt_state = jax.lax.cond(

@@ -338,8 +338,11 @@ def make_config(method_name: str, use_bn: bool):
   config.use_bn = use_bn
   config.init_steps = INIT_STEPS
   config.num_perturbations = 1
+  # Only the method's own coefficients: another one would add its term.
+  used = {t.coeff for t in methods.METHODS[method_name].terms}
   for name, value in dict(COEFFICIENTS, **METHOD_COEFFICIENTS.get(method_name, {})).items():
-    config[name] = value
+    if name in used:
+      config[name] = value
   return config
 
 
