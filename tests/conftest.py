@@ -1,14 +1,36 @@
 """Shared test settings: small, deterministic, CPU."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+# One persistent XLA compilation cache for the test session, set before JAX
+# is imported: the xdist workers and every child process they start (`pga`
+# commands, several-process runs) inherit it, so a program compiled once (the
+# same tiny train step appears in dozens of tests) is read back, not compiled
+# again. A cache hit is the same executable, so bitwise checks are unaffected.
+# Made by the process that imports this first (the xdist controller) and
+# removed when it ends; a JAX_COMPILATION_CACHE_DIR already set is used as is.
+_OWN_XLA_CACHE = None
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _OWN_XLA_CACHE = tempfile.mkdtemp(prefix='pga_jax_tests_xla_cache.')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_XLA_CACHE
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
 
 
 import fnmatch  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_XLA_CACHE is not None:
+    shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
+
 
 SLOW_TESTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'slow_tests.txt')
 

@@ -42,7 +42,8 @@ def assert_trees_close(a, b, rtol=1e-4, atol=1e-6):
 @pytest.mark.parametrize('method_name', sorted(methods.METHODS))
 def test_each_term_reaches_only_the_parameters_it_may_update(method_name):
   config, *_ = make(method_name)
-  testing.check_routing(methods.METHODS[method_name], config, batch=B)
+  norms = testing.check_routing(methods.METHODS[method_name], config, batch=B)
+  assert set(norms) == {t.name for t in methods.METHODS[method_name].terms}
 
 
 def test_lpga_gradients_equal_reference_encoder_and_decoder_losses():

@@ -1,6 +1,7 @@
 """pga_jax.testing: the checks researchers run on a term or a method, and that they can fail.
 
-`check_fast_path` is run on every method by tests/test_fast_paths.py.
+`check_fast_path` is run on every method by tests/test_fast_paths.py,
+`check_routing` by tests/test_methods.py.
 """
 
 import jax
@@ -10,11 +11,8 @@ import pytest
 from pga_jax import methods, terms, testing
 
 
-@pytest.mark.parametrize('method_name', sorted(methods.METHODS))
-def test_check_routing_passes_for_every_method(method_name):
-  config = testing.small_config(method_name, zh_rec=0.0 if method_name == 'ae' else 0.01)
-  norms = testing.check_routing(methods.METHODS[method_name], config)
-  assert set(norms) == {t.name for t in methods.METHODS[method_name].terms}
+# check_routing passing on every method: tests/test_methods.py
+# (test_each_term_reaches_only_the_parameters_it_may_update).
 
 
 def test_check_routing_names_a_term_that_reaches_the_wrong_side():
