@@ -12,6 +12,10 @@ exactly zero (experiments/switch_on.py logs it step by step; docs/switch_on.md).
 The same warmed-up state is continued both ways, so the switch alone differs.
 At batch 16 the same warm-up survives the switch (L_r rises 4-fold and
 recovers); at the reference's batch 64 it does not.
+
+The warm-up is trained as the AE: before the switch LPGA's other terms have
+weight exactly 0, so its steps are the AE's (checked over the first steps,
+to float rounding) at about a third of the cost.
 """
 
 import jax
@@ -20,7 +24,7 @@ import pytest
 
 from experiments import digits
 from experiments.configs import quickstart
-from pga_jax import data, methods, train_step as ts
+from pga_jax import config as config_lib, data, methods, train_step as ts
 
 WARMUP = 500
 AFTER = 30
@@ -46,9 +50,17 @@ def test_the_reference_switch_diverges_and_a_ramp_trains_through():
   source = data.BatchSource(images[..., None], BATCH, config.seed, 0, 1)
   _, model, _ = methods.make_loss_fn(config, channels=1)
   optimizer = ts.make_optimizer(config)
-  state = ts.init_train_state(model, optimizer, jax.random.PRNGKey(config.seed))
-  # Steps 0..init_steps train L_r alone whatever the ramp.
-  state, warm = continue_run(config, state, source, 0, WARMUP + 1)
+  start = ts.init_train_state(model, optimizer, jax.random.PRNGKey(config.seed))
+  # Steps 0..init_steps train L_r alone whatever the ramp: as the AE does.
+  ae = config.copy_and_resolve_references()
+  ae.method = 'ae'
+  for name in config_lib.COEFFICIENTS:
+    ae[name] = 0.0
+  lpga_first, _ = continue_run(config, start, source, 0, 5)
+  ae_first, _ = continue_run(ae, start, source, 0, 5)
+  for a, b in zip(jax.tree_util.tree_leaves(lpga_first), jax.tree_util.tree_leaves(ae_first)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  state, warm = continue_run(ae, start, source, 0, WARMUP + 1)
   rec_before = np.mean([m['rec'] for m in warm[-20:]])
 
   outcomes = {}
