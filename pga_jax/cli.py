@@ -99,9 +99,11 @@ def help_text(command: str, module, names) -> str:
     lines += [
       '  --config.FIELD=VALUE',
       wrap(
-        'Override one field of the config (fields and defaults: pga_jax/config.py, README '
-        '"Configs"). --config.method=M brings method M\'s reference settings for the fields '
-        'not given.'
+        'Override one field of the config (fields and defaults: pga_jax/config_fields.py, '
+        'README "Configs"). --config.method=M brings method M\'s own defaults for the fields '
+        'not given (M: a method of pga_jax/methods.py, or your own as module:NAME). '
+        '--config.extra_terms=module:NAME[@encoder|@decoder|@both]=COEFFICIENT adds your '
+        'loss term (docs/extending.md).'
       ),
     ]
   lines += [
