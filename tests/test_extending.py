@@ -242,3 +242,22 @@ def test_pga_train_runs_the_worked_examples_for_20_steps(args, tmp_path):
   term = 'mmd=' if 'wae_mmd' in args[0] else 'rec_l1='
   assert '[20] ' in log and term in log
   assert os.path.isdir(workdir / 'checkpoints' / '20')
+
+
+@pytest.mark.parametrize(
+  'flag, expected',
+  [
+    ('--config.extra_terms=experiments.extending.l1_term:L1', 'give its coefficient'),
+    ('--config.extra_terms=not_a_module_anywhere:f@both=0.1', 'no module named'),
+    ('--config.method=not_a_module_anywhere:METHOD', 'config.method'),
+  ],
+  ids=['no_coefficient', 'unknown_module', 'unknown_method'],
+)
+def test_pga_train_refuses_a_bad_term_or_method_in_one_line(flag, expected, tmp_path):
+  from tests.test_cli_newcomer import pga, the_error  # pylint: disable=g-import-not-at-top
+
+  proc = pga(
+    'train', '--config=experiments/configs/quickstart.py', f'--workdir={tmp_path}/run', flag
+  )
+  the_error(proc, 2, expected)
+  assert not os.path.exists(tmp_path / 'run' / 'config.json')
