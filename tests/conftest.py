@@ -20,6 +20,13 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_XLA_CACHE
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
 
+# The convolution forms are not measured in tests (each layer takes its first
+# candidate form; every form is exact, and tests/test_kernel_choice.py,
+# tests/test_run_forms.py and the benchmark's CLI test turn measuring back on
+# to test it). Measuring compiles every candidate of every new layer shape,
+# and with two xdist workers loading the CPU no measurement ever settles.
+os.environ.setdefault('PGA_JAX_CONV_FORMS', 'first')
+
 
 import fnmatch  # noqa: E402
 

@@ -116,6 +116,7 @@ def test_cli_writes_the_json(tmp_path, monkeypatch):
   from pga_jax.conv_forms import choice  # pylint: disable=g-import-not-at-top
 
   monkeypatch.setenv(choice.CACHE_ENV, str(tmp_path / 'kernels'))
+  monkeypatch.delenv(choice.FIXED_ENV, raising=False)  # the benchmark measures
   kind = choice.device_identity()[1]
   stale = {'form': 'phase', 'settled': True, 'measurements': 1}
   choice.write_cache(

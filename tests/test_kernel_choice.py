@@ -35,7 +35,9 @@ def strided_conv(x, w):
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
   """Every test measures into its own cache file, with an empty memo, on a
-  machine that looks quiet (every measurement settled) unless it says otherwise."""
+  machine that looks quiet (every measurement settled) unless it says otherwise;
+  measuring is on (the suite's conftest turns it off elsewhere)."""
+  monkeypatch.delenv(choice.FIXED_ENV, raising=False)
   monkeypatch.setenv(choice.CACHE_ENV, str(tmp_path / 'cache'))
   monkeypatch.setattr(choice, '_MEMO', {})
   monkeypatch.setattr(choice, 'other_load_per_cpu', lambda: 0.0)
@@ -399,3 +401,24 @@ def test_other_load_per_cpu_discounts_this_process(monkeypatch):
   assert choice.other_load_per_cpu() == 2.0
   monkeypatch.setattr(os, 'getloadavg', lambda: (0.4, 0.0, 0.0))
   assert choice.other_load_per_cpu() == 0.0
+
+
+def test_first_forms_on_request_measure_nothing_and_are_remembered(private_cache, monkeypatch):
+  monkeypatch.setenv(choice.FIXED_ENV, 'first')
+  timed = []
+  form = choice.choose('k|cpu|x', ('phase', 'xla'), lambda name: timed.append(name))
+  assert form == 'phase' and timed == []
+  assert not os.path.exists(private_cache)
+  assert choice.choices_made() == {'k|cpu|x': 'phase'}
+  # A settled cache entry is not read either: the first candidate, whatever was measured.
+  choice.write_cache(private_cache, {'k2|cpu|x': entry('xla')})
+  assert choice.choose('k2|cpu|x', ('phase', 'xla'), lambda name: timed.append(name)) == 'phase'
+  monkeypatch.setenv(choice.FIXED_ENV, 'measure')
+  assert choice.choose('k3|cpu|x', ('phase', 'xla'), lambda name: lambda: None) in ('phase', 'xla')
+  assert 'k3|cpu|x' in json.load(open(private_cache))
+
+
+def test_an_unknown_conv_forms_setting_names_the_choices(monkeypatch):
+  monkeypatch.setenv(choice.FIXED_ENV, 'fastest')
+  with pytest.raises(ValueError, match="PGA_JAX_CONV_FORMS='fastest': use 'first'"):
+    choice.choose('k|cpu|x', ('phase', 'xla'), lambda name: lambda: None)

@@ -33,6 +33,7 @@ class FavouringTimer:
 
 def new_session(monkeypatch, cache_dir, index):
   """A fresh process on a machine whose cache is `cache_dir` and whose timings favour `index`."""
+  monkeypatch.delenv(choice.FIXED_ENV, raising=False)
   monkeypatch.setenv(choice.CACHE_ENV, str(cache_dir))
   monkeypatch.setattr(choice, '_MEMO', {})
   monkeypatch.setattr(choice, 'time_candidates', FavouringTimer(index))

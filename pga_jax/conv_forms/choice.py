@@ -92,6 +92,7 @@ from pga_jax import storage
 from pga_jax.conv_forms import forms
 
 CACHE_ENV = 'PGA_JAX_CACHE_DIR'
+FIXED_ENV = 'PGA_JAX_CONV_FORMS'  # 'first': no measurement (see the module docstring)
 CACHE_FILE = 'conv_impl_v2.json'
 SLOW_FACTOR = 20.0
 REPEATS = 5
@@ -309,6 +310,20 @@ def pin(choices: Dict[str, str], path: Optional[str] = None, memo: Optional[dict
     memo[(path, key)] = form
 
 
+def unmeasured(environ=None) -> bool:
+  """Whether $PGA_JAX_CONV_FORMS asks for first candidates without measuring.
+
+  Any value other than '', 'first' or 'measure' is an error naming the choices.
+  """
+  value = (os.environ if environ is None else environ).get(FIXED_ENV, '')
+  if value not in ('', 'first', 'measure'):
+    raise ValueError(
+      f"${FIXED_ENV}={value!r}: use 'first' (each layer's first candidate form, "
+      "nothing measured) or 'measure' (the default: measured and cached)"
+    )
+  return value == 'first'
+
+
 def choose(
   key: str,
   candidates: Sequence[str],
@@ -334,7 +349,9 @@ def choose(
   path = cache_path() if path is None else path
   memo = _MEMO if memo is None else memo
   choice = memo.get((path, key))
-  if choice is None:
+  if choice is None and unmeasured():
+    choice = candidates[0]
+  elif choice is None:
     entry = read_cache(path).get(key)
     usable = entry is not None and entry['form'] in candidates
     final = usable and (entry['settled'] or entry['measurements'] >= MAX_MEASUREMENTS)
