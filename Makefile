@@ -30,11 +30,11 @@ quickstart: install
 # The unit tier: everything but the tests marked slow (training subprocesses,
 # several processes, the experiment runners and study scripts, the emulator).
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # Every test, after the formatting and lint check.
 test-all: install lint
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # ruff (pyproject.toml): `make format` rewrites, `make lint` only checks.
 lint: install

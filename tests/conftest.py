@@ -29,6 +29,7 @@ os.environ.setdefault('PGA_JAX_CONV_FORMS', 'first')
 
 
 import fnmatch  # noqa: E402
+import json  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -49,10 +50,66 @@ def slow_test_patterns(path: str = SLOW_TESTS_FILE) -> list:
   return [line.replace('[', '[[]') for line in lines if line and not line.startswith('#')]
 
 
+MODULE_SECONDS_FILE = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'module_seconds.json'
+)
+
+
+def module_seconds(path: str = MODULE_SECONDS_FILE) -> dict:
+  """{test module file name: seconds its tests took in a recorded full run}."""
+  try:
+    with open(path) as f:
+      return {str(k): float(v) for k, v in json.load(f).items()}
+  except (OSError, ValueError):
+    return {}
+
+
 def pytest_collection_modifyitems(config, items):
-  """Marks `slow` the tests tests/slow_tests.txt lists (`make test` skips them)."""
+  """Marks `slow` the tests tests/slow_tests.txt lists (`make test` skips them),
+  and puts the modules that took longest in the recorded run first.
+
+  The Makefile hands whole modules to the xdist workers (`--dist loadfile`,
+  so a module's fixtures are built once), in collection order: longest first
+  keeps one long module from starting last and running alone at the end.
+  Unrecorded modules keep their place after the recorded ones; the order of
+  tests within a module is unchanged.
+  """
   del config
   patterns = slow_test_patterns()
   for item in items:
     if any(fnmatch.fnmatchcase(item.nodeid, p) for p in patterns):
       item.add_marker(pytest.mark.slow)
+  seconds = module_seconds()
+  position = {item.nodeid: i for i, item in enumerate(items)}
+  items.sort(
+    key=lambda item: (-seconds.get(os.path.basename(str(item.path)), 0.0), position[item.nodeid])
+  )
+
+
+def pytest_addoption(parser):
+  parser.addoption(
+    '--record-module-seconds',
+    metavar='PATH',
+    default=None,
+    help='write {module: seconds} of this run to PATH (JSON; tests/module_seconds.json '
+    'orders the modules of later runs)',
+  )
+
+
+_RECORDED_SECONDS: dict = {}
+
+
+def pytest_runtest_logreport(report):
+  """Sums each module's setup, call and teardown seconds (in the xdist controller
+  too, which receives its workers' reports)."""
+  module = os.path.basename(report.nodeid.split('::')[0])
+  _RECORDED_SECONDS[module] = _RECORDED_SECONDS.get(module, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+  path = session.config.getoption('--record-module-seconds')
+  if path and not hasattr(session.config, 'workerinput'):  # the controller, or no xdist
+    ordered = dict(sorted(_RECORDED_SECONDS.items(), key=lambda kv: -kv[1]))
+    with open(path, 'w') as f:
+      json.dump({k: round(v, 1) for k, v in ordered.items()}, f, indent=1)
+      f.write('\n')
