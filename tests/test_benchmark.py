@@ -19,7 +19,7 @@ import pytest
 
 from pga_jax import benchmark, config as config_lib, methods, train_step as ts
 from pga_jax.models import param_count
-from tests import helpers
+from tests import cli_inprocess, helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 8
@@ -144,9 +144,7 @@ def test_cli_writes_the_json(tmp_path, monkeypatch):
   assert result['method'] == 'ae' and result['batch_size'] == BATCH
   assert result['ae_step_ratio'] == 1.0 and result['flops_per_step'] > 0
   # A config that cannot work is one line on stderr, exit 2.
-  proc = helpers.run_cli(
-    'benchmark', f'--config={config_file}', '--config.batch_size=0', timeout=600
-  )
+  proc = cli_inprocess.pga('benchmark', f'--config={config_file}', '--config.batch_size=0')
   assert proc.returncode == 2 and 'batch_size' in proc.stderr
   assert 'Traceback' not in proc.stderr
 

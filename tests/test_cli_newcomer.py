@@ -1,9 +1,18 @@
-"""The `pga` command as a newcomer meets it, run as a real process.
+"""The `pga` command as a newcomer meets it.
 
 Every case checks the exit status (0 success or stopped by a signal, 1 a
 failure during the work, 2 a usage or input error), that the problem is named
 in one `pga: error:` line, and that no Python traceback reaches the console.
 The cases that load a trained run share one tiny run (module fixture).
+
+`pga(...)` runs `pga` as a real process where the process is part of what is
+checked: the trained runs (what reaches the console of a whole run), one
+usage error (a process ending through `os._exit` before TensorFlow is
+imported), the unknown command, evaluate and train failing on a read-only
+folder, a full disk (a file size limit), no network. `in_process(...)`
+(tests/cli_inprocess.py) runs it in the pytest process for the other usage
+and input errors, where the exit status, the error line and the files
+written are what is checked.
 """
 
 import contextlib
@@ -18,6 +27,7 @@ import pytest
 from PIL import Image
 
 from tests import helpers
+from tests.cli_inprocess import pga as in_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = (
@@ -126,7 +136,7 @@ def test_every_subcommand_help_lists_its_own_flags_and_exits_0():
     'benchmark': ['--config', '--steps', '--peer_command'],
   }
   for command in COMMANDS:
-    proc = pga(command, '--help', timeout=120)
+    proc = in_process(command, '--help')
     assert proc.returncode == 0, (command, proc.output[-2000:])
     assert 'Try --helpfull' not in proc.output and 'Traceback' not in proc.output
     listed = [line.strip() for line in proc.stdout.splitlines()]
@@ -148,8 +158,12 @@ def test_an_unknown_command_is_named_with_a_suggestion():
 # 3 and 8. Usage errors: one line, exit 2, before any work.
 
 
-def test_flag_and_config_file_errors_are_one_line_with_exit_2(run, tmp_path):
-  config, workdir, _ = run
+def test_flag_and_config_file_errors_are_one_line_with_exit_2(tmp_path):
+  """The flags are refused while they are parsed: the config file need not
+  name data that exists, nor --workdir a trained run."""
+  config = write_config(tmp_path, str(tmp_path / 'data'))
+  workdir = str(tmp_path / 'run')
+  # A real process: the usage error ends it with status 2 (os._exit) before TensorFlow.
   the_error(
     pga('train', f'--config={tmp_path}/missing.py', f'--workdir={tmp_path}/w'),
     2,
@@ -157,22 +171,24 @@ def test_flag_and_config_file_errors_are_one_line_with_exit_2(run, tmp_path):
     'no such file',
   )
   error = the_error(
-    pga('train', f'--config={config}', f'--workdir={tmp_path}/w', '--config.latnet_dim=3'),
+    in_process('train', f'--config={config}', f'--workdir={tmp_path}/w', '--config.latnet_dim=3'),
     2,
     '--config.latnet_dim',
     'did you mean --config.latent_dim?',
   )
   assert error.startswith('pga: error: --config.latnet_dim')  # the problem first
   the_error(
-    pga('train', f'--config={config}', f'--workdir={tmp_path}/w', '--config.latent_dim=0'),
+    in_process('train', f'--config={config}', f'--workdir={tmp_path}/w', '--config.latent_dim=0'),
     2,
     'config.latent_dim: must be an integer >= 1, got 0',
   )
   the_error(
-    pga('sample', f'--workdir={workdir}', '--num=abc', f'--out={tmp_path}/s.png'), 2, '--num=abc'
+    in_process('sample', f'--workdir={workdir}', '--num=abc', f'--out={tmp_path}/s.png'),
+    2,
+    '--num=abc',
   )
   the_error(
-    pga('sample', f'--workdir={workdir}', f'--out={tmp_path}/s.png', 'extra'),
+    in_process('sample', f'--workdir={workdir}', f'--out={tmp_path}/s.png', 'extra'),
     2,
     "unexpected argument 'extra'",
   )
@@ -188,7 +204,7 @@ def test_counts_of_zero_or_less_are_refused_before_anything_is_written(run, tmp_
     ('interpolate', '--steps=1'),
   ):
     out = tmp_path / f'{command}.png'
-    proc = pga(command, f'--workdir={workdir}', flag, f'--out={out}')
+    proc = in_process(command, f'--workdir={workdir}', flag, f'--out={out}')
     the_error(proc, 2, flag.split('=')[0], 'must be >=')
     assert not out.exists(), command
 
@@ -197,7 +213,7 @@ def test_counts_of_zero_or_less_are_refused_before_anything_is_written(run, tmp_
 def test_a_mistyped_split_and_an_unwritable_out_are_one_line(run, tmp_path):
   _, workdir, _ = run
   the_error(
-    pga(
+    in_process(
       'reconstruct', f'--workdir={workdir}', '--num=3', '--split=tset', f'--out={tmp_path}/r.png'
     ),
     2,
@@ -208,7 +224,7 @@ def test_a_mistyped_split_and_an_unwritable_out_are_one_line(run, tmp_path):
   blocked.mkdir()
   with read_only(str(blocked)):
     the_error(
-      pga('sample', f'--workdir={workdir}', '--num=4', f'--out={blocked}/s.png'),
+      in_process('sample', f'--workdir={workdir}', '--num=4', f'--out={blocked}/s.png'),
       2,
       f'--out={blocked}/s.png',
       'cannot write to its folder',
@@ -216,14 +232,14 @@ def test_a_mistyped_split_and_an_unwritable_out_are_one_line(run, tmp_path):
   a_file = tmp_path / 'a_file'
   a_file.write_text('x')
   the_error(
-    pga('interpolate', f'--workdir={workdir}', '--num=2', f'--out={a_file}/i.png'),
+    in_process('interpolate', f'--workdir={workdir}', '--num=2', f'--out={a_file}/i.png'),
     2,
     f'--out={a_file}/i.png',
     'cannot write to its folder',
   )
   # More images than the split holds (24 test images): named, not a crash.
   the_error(
-    pga('interpolate', f'--workdir={workdir}', '--num=20', f'--out={tmp_path}/i.png'),
+    in_process('interpolate', f'--workdir={workdir}', '--num=20', f'--out={tmp_path}/i.png'),
     2,
     'needs 40 images',
     'has 24',
@@ -264,7 +280,9 @@ def test_overriding_the_method_brings_its_reference_settings(tmp_path):
   config = write_config(tmp_path, str(folder), dataset='folder')
   # The file sets init_steps=1 for LPGA: with VPGA it is the user's call, and named.
   the_error(
-    pga('train', f'--config={config}', f'--workdir={tmp_path}/refused', '--config.method=vpga'),
+    in_process(
+      'train', f'--config={config}', f'--workdir={tmp_path}/refused', '--config.method=vpga'
+    ),
     2,
     'init_steps=1',
     'lpga: 3000, vpga: 0',
@@ -273,7 +291,7 @@ def test_overriding_the_method_brings_its_reference_settings(tmp_path):
   assert not os.path.exists(tmp_path / 'refused' / 'config.json')
   # The README's example (quickstart.py is LPGA's config) says so too.
   the_error(
-    pga(
+    in_process(
       'train',
       '--config=experiments/configs/quickstart.py',
       f'--workdir={tmp_path}/qs',

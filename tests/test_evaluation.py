@@ -16,7 +16,7 @@ from pga_jax import data, train
 from pga_jax.data import fashion_mnist_offline, pipeline
 from pga_jax.evaluation import classifier as classifier_lib
 from pga_jax.evaluation import evaluate, metrics, reference_stats
-from tests import helpers
+from tests import cli_inprocess, helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -411,7 +411,7 @@ def test_pga_evaluate_reproduces_the_training_numbers_and_writes_json(tiny_run, 
 def test_pga_evaluate_inception_without_weights_is_a_one_line_error(tiny_run, tmp_path):
   workdir, cache, _ = tiny_run
   missing = str(tmp_path / 'nope' / 'fid_inception.npz')
-  out = run_cli(
+  out = cli_inprocess.pga(
     'evaluate',
     f'--workdir={workdir}',
     '--num_samples=10',
@@ -425,7 +425,7 @@ def test_pga_evaluate_inception_without_weights_is_a_one_line_error(tiny_run, tm
 
 
 def test_pga_train_with_inception_evaluation_but_no_weights_fails_before_training(tmp_path):
-  out = run_cli(
+  out = cli_inprocess.pga(
     'train',
     '--config=experiments/configs/quickstart.py',
     f'--workdir={tmp_path}/w',

@@ -254,7 +254,8 @@ def test_pga_train_runs_the_worked_examples_for_20_steps(args, tmp_path):
   ids=['no_coefficient', 'unknown_module', 'unknown_method'],
 )
 def test_pga_train_refuses_a_bad_term_or_method_in_one_line(flag, expected, tmp_path):
-  from tests.test_cli_newcomer import pga, the_error  # pylint: disable=g-import-not-at-top
+  from tests.cli_inprocess import pga  # pylint: disable=g-import-not-at-top
+  from tests.test_cli_newcomer import the_error  # pylint: disable=g-import-not-at-top
 
   proc = pga(
     'train', '--config=experiments/configs/quickstart.py', f'--workdir={tmp_path}/run', flag

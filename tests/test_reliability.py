@@ -3,10 +3,12 @@
 The faults are injected into real `pga train` processes: SIGTERM/SIGINT at
 random points of a run, SIGKILL while a checkpoint is being written, a
 truncated latest checkpoint, a loss term whose Eq. 6 log goes to -inf, a disk
-that fills up during a checkpoint write, and bad data / config / workdirs /
-Inception weights. The interrupted run's end state is compared bitwise with an
-uninterrupted run of the same config; the failed runs must leave what was
-saved byte for byte as it was.
+that fills up during a checkpoint write. Bad data / config / workdirs /
+Inception weights are `pga train` run in the pytest process
+(tests/cli_inprocess.py): they fail before the first step, with a one-line
+error and exit status 2. The interrupted run's end state is compared bitwise
+with an uninterrupted run of the same config; the failed runs must leave what
+was saved byte for byte as it was.
 
 Random points: set PGA_FAULT_SEED to replay a failing draw (the seed is in
 every assertion message).
@@ -34,7 +36,7 @@ import pytest
 from PIL import Image
 
 from pga_jax import checkpointing, config as config_lib, data, methods, train, train_step as ts
-from tests import helpers
+from tests import cli_inprocess, helpers
 
 NUM_STEPS = 14
 RUN_TIMEOUT = 240  # seconds for any one `pga train` process
@@ -608,8 +610,9 @@ def test_a_damaged_run_config_is_a_clear_error(tmp_path):
 
 
 def test_bad_input_gives_one_line_errors_and_touches_nothing(reference, tmp_path):
-  """Each case is a `pga train` process (run side by side); most point at the
-  finished reference run, whose files must not change."""
+  """Each bad input is `pga train` in this process; most point at the finished
+  reference run, whose files must not change. The full disk is a `pga train`
+  process (its file size limit), run meanwhile."""
   empty = tmp_path / 'empty'
   empty.mkdir()
   with_junk = str(tmp_path / 'junk')
@@ -674,7 +677,6 @@ def test_bad_input_gives_one_line_errors_and_touches_nothing(reference, tmp_path
       ['FID Inception weights not found', f'{tmp_path}/missing.npz', 'convert_inception'],
     ),
   }
-  runs = {name: PgaProcess(args, reference.cache, tmp_path) for name, (args, _) in cases.items()}
 
   # The disk fills up: no file may grow beyond 30 MB, so the next checkpoint
   # write (two ~50 MB files) fails half-way.
@@ -682,34 +684,34 @@ def test_bad_input_gives_one_line_errors_and_touches_nothing(reference, tmp_path
   full_before = tree_manifest(os.path.join(full, checkpointing.CHECKPOINT_DIR))
 
   small_disk = ['bash', '-c', 'trap "" XFSZ; ulimit -f 30720; exec "$@"', 'small-disk']
-  runs['disk full'] = PgaProcess(
+  disk_full = PgaProcess(
     base + [f'--workdir={full}', f'--config.num_steps={NUM_STEPS + 4}'],
     reference.cache,
     tmp_path,
     wrapper=small_disk,
   )
-  cases['disk full'] = (
-    None,
-    [
-      'writing a checkpoint to',
-      'File too large',
-      'the checkpoints already there are intact',
-      'Free disk space',
-    ],
-  )
   try:
-    for name, run in runs.items():
-      run.finish()
+    for name, (args, expected) in cases.items():
+      run = cli_inprocess.pga(*args, cwd=str(tmp_path))
+      # Input errors exit 2.
+      assert run.returncode == 2, f'{name}\n{run.tail()}'
+      line = the_error_line(run)
+      for text in expected:
+        assert text in line, f'{name}: {text!r} not in {line!r}'
+    disk_full.finish()
   finally:
-    for run in runs.values():
-      run.kill()
-  for name, run in runs.items():
-    # Input errors exit 2; the disk filling up during the work exits 1.
-    assert run.proc.returncode == (1 if name == 'disk full' else 2), f'{name}\n{run.tail()}'
-    # orbax's traceback of the failed write goes to the log file, not the console.
-    line = the_error_line(run)
-    for expected in cases[name][1]:
-      assert expected in line, f'{name}: {expected!r} not in {line!r}'
+    disk_full.kill()
+  # The disk filling up during the work exits 1; orbax's traceback of the
+  # failed write goes to the log file, not the console.
+  assert disk_full.proc.returncode == 1, disk_full.tail()
+  line = the_error_line(disk_full)
+  for text in (
+    'writing a checkpoint to',
+    'File too large',
+    'the checkpoints already there are intact',
+    'Free disk space',
+  ):
+    assert text in line, f'disk full: {text!r} not in {line!r}'
   assert tree_manifest(saved) == before
   # The failed write left only its temporary directory; the checkpoints are intact.
   full_after = tree_manifest(os.path.join(full, checkpointing.CHECKPOINT_DIR))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pga_jax import checkpointing, config as config_lib, conv_forms, train
-from tests import helpers
+from tests import cli_inprocess, helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,8 +111,8 @@ def test_cli_train_then_sample_reconstruct_interpolate(idx_dir, tmp_path):
   assert np.load(tmp_path / 'i.npz')['images'].shape == (2, 9, 28, 28, 1)
 
 
-def test_cli_reports_bad_config_and_missing_run_without_traceback(idx_dir, tmp_path):
-  out = run_cli(
+def test_cli_reports_bad_config_and_missing_run_without_traceback(tmp_path):
+  out = cli_inprocess.pga(
     'train',
     '--config=experiments/configs/quickstart.py',
     f'--workdir={tmp_path}/w',
@@ -120,7 +120,7 @@ def test_cli_reports_bad_config_and_missing_run_without_traceback(idx_dir, tmp_p
   )
   assert out.returncode == 2
   assert 'config.arch' in out.stderr and 'Traceback' not in out.stderr
-  out = run_cli('sample', f'--workdir={tmp_path}/nothing', f'--out={tmp_path}/x.png')
+  out = cli_inprocess.pga('sample', f'--workdir={tmp_path}/nothing', f'--out={tmp_path}/x.png')
   assert out.returncode == 2 and 'not a pga_jax run directory' in out.stderr
 
 
