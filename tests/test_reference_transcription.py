@@ -35,7 +35,12 @@ Gaussian `log_prob`, the division by z_dim, the warm-up
 
 The comparison can fail: `test_a_removed_or_rerouted_term_is_detected`
 removes each term of each method, or flips which network it updates, and
-requires the comparison to fail.
+requires the comparison to fail. A mutated method's gradient is assembled
+from each term's gradient w.r.t. each network (`term_parts`, one compile per
+method, not one per mutation); that the assembly is the gradient of our loss
+is measured for every method, as declared and with every term rerouted at
+once (`test_gradients_assembled_from_term_parts_are_method_loss_gradients`,
+and before each mutation is measured).
 
 Run `python -m tests.test_reference_transcription` for a table of the
 largest relative gradient differences per method, batch norm and path.
@@ -80,6 +85,7 @@ METHOD_NAMES = ('ae', 'vae', 'lpga', 'vpga', 'lvpga')
 # Every other leaf is measured against its own norm (the smallest of those
 # here is ~1e-2 of the network's norm).
 ZERO_LEAF = 1e-5
+NETWORKS = ('encoder', 'decoder')
 
 
 # ------------------------------------------------------------------------------
@@ -323,6 +329,15 @@ REFERENCE_LOSSES = {
   'vpga': vpga_losses,
   'lvpga': lvpga_losses,
 }
+# The config fields each transcription reads as coefficients (`config.<name>`
+# in the functions above).
+REFERENCE_COEFFICIENTS = {
+  'ae': (),
+  'vae': ('beta',),
+  'lpga': ('zn_rec', 'zh_rec', 'nll'),
+  'vpga': ('zn_rec', 'zh_rec', 'vrec', 'vkld'),
+  'lvpga': ('zn_rec', 'zh_rec', 'vrec', 'vkld', 'nll'),
+}
 
 
 # ------------------------------------------------------------------------------
@@ -338,10 +353,11 @@ def make_config(method_name: str, use_bn: bool):
   config.use_bn = use_bn
   config.init_steps = INIT_STEPS
   config.num_perturbations = 1
-  # Only the method's own coefficients: another one would add its term.
-  used = {t.coeff for t in methods.METHODS[method_name].terms}
+  # Only the coefficients the transcription reads (another one would add its
+  # term to ours), whatever `methods.METHODS` declares: a term missing from
+  # our declaration keeps its coefficient in the reference's losses.
   for name, value in dict(COEFFICIENTS, **METHOD_COEFFICIENTS.get(method_name, {})).items():
-    if name in used:
+    if name in REFERENCE_COEFFICIENTS[method_name]:
       config[name] = value
   return config
 
@@ -430,7 +446,7 @@ def relative_difference(ours, reference):
 
 def compare(ours, reference):
   """{'encoder': (rel, leaf), 'decoder': (rel, leaf)}."""
-  return {net: relative_difference(ours[net], reference[net]) for net in ('encoder', 'decoder')}
+  return {net: relative_difference(ours[net], reference[net]) for net in NETWORKS}
 
 
 def measure(method_name: str, use_bn: bool, fast: bool, step: int):
@@ -504,18 +520,137 @@ def mutate(method, term_name: str, mutation: str):
   )
 
 
-def measure_mutation(method_name: str, term_name: str, mutation: str):
-  config, model, method, params, images, rng, reference_grads = case(method_name, False)
-  mutated = mutate(method, term_name, mutation)
-  assert mutated != method
+def rerouted_everywhere(method):
+  """`method` with every term's routing flipped at once (a 'both' term to the
+  encoder): the mutation `assembly_check` also computes through `method_loss`."""
+  for term in method.terms:
+    method = mutate(method, term.name, 'to_decoder' if term.updates == 'encoder' else 'to_encoder')
+  return method
+
+
+def _numpy(tree):
+  return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+@functools.lru_cache(maxsize=None)
+def reference_gradient(method_name: str):
+  """The transcription's gradients (batch norm off, step STEP_AFTER_WARMUP)."""
+  _, _, _, params, images, rng, reference_grads = case(method_name, False)
+  return _numpy(reference_grads(params, images, rng, jnp.asarray(STEP_AFTER_WARMUP, jnp.int32)))
+
+
+@functools.lru_cache(maxsize=None)
+def term_parts(method_name: str):
+  """{term name: {'encoder': part, 'decoder': part}}: each term's weighted loss
+  contribution differentiated w.r.t. both networks, before any routing.
+
+  A term's parts are the gradient of `methods.method_loss` of the method with
+  that term alone, routed 'both': the same term function, key (`term_rng`),
+  coefficient and warm-up weight (`term_coefficient` at STEP_AFTER_WARMUP) as
+  in the whole method. Batch norm off, plain path; one jitted function
+  computes every term's parts.
+  """
+  config, model, method, params, images, rng, _ = case(method_name, False)
+
+  @jax.jit
+  def parts(params, images, rng, step):
+    out = {}
+    for term in method.terms:
+      alone = dataclasses.replace(method, terms=(dataclasses.replace(term, updates='both'),))
+      loss = lambda p, alone=alone: methods.method_loss(
+        alone, model, p, images, rng, step, config, fast=False
+      )[0]
+      out[term.name] = jax.grad(loss)(params)
+    return out
+
+  return _numpy(parts(params, images, rng, jnp.asarray(STEP_AFTER_WARMUP, jnp.int32)))
+
+
+def assemble(method_name: str, method):
+  """The gradient of `method`'s loss (a mutation of the method `method_name`
+  names) from `term_parts`: each computed term adds its encoder part if it
+  updates the encoder and its decoder part if it updates the decoder.
+
+  `route`'s stop_gradient on a network's parameters removes exactly that
+  network's part of the term's gradient, and `method_loss` is a sum of
+  weighted terms (the plain path computes each term on its own), so this is
+  the gradient `jax.grad` of `method_loss` gives; `assembly_check` measures
+  that it is.
+  """
+  config, _, _, params, _, _, _ = case(method_name, False)
+  parts = term_parts(method_name)
+  grads = {net: jax.tree_util.tree_map(np.zeros_like, _numpy(params[net])) for net in NETWORKS}
+  for term in methods.active_terms(method, config):
+    for net in NETWORKS:
+      if term.updates in (net, 'both'):
+        grads[net] = jax.tree_util.tree_map(np.add, grads[net], parts[term.name][net])
+  return grads
+
+
+def _agreement(ours, theirs):
+  """`compare`, where a network whose gradient is exactly 0 on their side
+  (everything reaching it rerouted away) must be exactly 0 on ours."""
+  out = {}
+  for net in NETWORKS:
+    if not any(np.any(leaf) for leaf in jax.tree_util.tree_leaves(theirs[net])):
+      zero = not any(np.any(leaf) for leaf in jax.tree_util.tree_leaves(ours[net]))
+      out[net] = (0.0 if zero else math.inf, '')
+    else:
+      out[net] = relative_difference(ours[net], theirs[net])
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def assembly_check(method_name: str):
+  """{'unmutated': diffs, 'rerouted': diffs}: gradients assembled from the
+  terms' parts against those of our loss itself (`compare`'s form).
+
+  unmutated: the method as declared against `our_grads_fn` (the routed loss
+  `test_gradients_equal_the_reference_encoder_and_decoder_losses` checks, bn
+  off, plain path). rerouted: `rerouted_everywhere(method)` against
+  `jax.grad` of `methods.method_loss` of that mutated method. Between them
+  every term's encoder and decoder parts enter a checked sum.
+  """
+  config, model, method, params, images, rng, _ = case(method_name, False)
   step = jnp.asarray(STEP_AFTER_WARMUP, jnp.int32)
-  reference = reference_grads(params, images, rng, step)
-  ours = jax.jit(
+  ours = _numpy(our_grads_fn(method_name, False, False)(params, images, rng, step))
+  rerouted = rerouted_everywhere(method)
+  direct = jax.jit(
     jax.grad(
-      lambda p: methods.method_loss(mutated, model, p, images, rng, step, config, fast=False)[0]
+      lambda p: methods.method_loss(rerouted, model, p, images, rng, step, config, fast=False)[0]
     )
   )(params)
-  return compare(ours, reference)
+  return {
+    'unmutated': _agreement(assemble(method_name, method), ours),
+    'rerouted': _agreement(assemble(method_name, rerouted), _numpy(direct)),
+  }
+
+
+def assert_assembly_is_method_loss(method_name: str):
+  for what, diffs in assembly_check(method_name).items():
+    for net in NETWORKS:
+      rel, leaf = diffs[net]
+      assert rel <= TOLERANCE, (
+        f"{method_name}: the {what} gradient assembled from the terms' parts differs from "
+        f"methods.method_loss's w.r.t. the {net} by {rel:.3g} relative (largest at leaf "
+        f'{leaf}); allowed {TOLERANCE}'
+      )
+
+
+def measure_mutation(method_name: str, term_name: str, mutation: str):
+  """`compare` of the mutated method's gradient (bn off, plain path, step
+  STEP_AFTER_WARMUP), assembled from `term_parts`, with the reference's."""
+  _, _, method, _, _, _, _ = case(method_name, False)
+  mutated = mutate(method, term_name, mutation)
+  assert mutated != method
+  assert_assembly_is_method_loss(method_name)
+  return compare(assemble(method_name, mutated), reference_gradient(method_name))
+
+
+@pytest.mark.parametrize('method_name', METHOD_NAMES)
+def test_gradients_assembled_from_term_parts_are_method_loss_gradients(method_name):
+  """What the mutations below are measured with is the gradient of our loss."""
+  assert_assembly_is_method_loss(method_name)
 
 
 @pytest.mark.parametrize('method_name,term_name,mutation', _mutations())
@@ -579,6 +714,21 @@ def main(argv):
         f'{method_name:<7} {term_name:<8} {mutation:<11} {diffs["encoder"][0]:>10.2e} '
         f'{diffs["decoder"][0]:>10.2e}  {"yes" if detected else "NO"}'
       )
+    print()
+    print(
+      "mutations' gradients are assembled from each term's parts; assembled vs. "
+      'methods.method_loss (the method as declared; every term rerouted at once)'
+    )
+    header = f'{"method":<7} {"gradient":<10} {"encoder":>10} {"decoder":>10}  result'
+    print(header)
+    print('-' * len(header))
+    for method_name in METHOD_NAMES:
+      for what, diffs in assembly_check(method_name).items():
+        ok = max(diffs['encoder'][0], diffs['decoder'][0]) <= TOLERANCE
+        print(
+          f'{method_name:<7} {what:<10} {diffs["encoder"][0]:>10.2e} '
+          f'{diffs["decoder"][0]:>10.2e}  {"ok" if ok else "FAIL"}'
+        )
 
 
 if __name__ == '__main__':
