@@ -204,10 +204,13 @@ def _process_state_restored(cwd: str):
 
 
 def _defined_in_repository(flag_values, name: str) -> bool:
-  """Whether the module that defined flag `name` is a file of this repository."""
+  """Whether the module that defined flag `name` is a file of this repository's
+  code (pga_jax, experiments, tests), not of a library (a virtual environment
+  inside the repository, as `make` creates, holds absl's own flags)."""
   module = sys.modules.get(flag_values.find_module_defining_flag(name) or '')
   path = getattr(module, '__file__', None)
-  return bool(path) and os.path.abspath(path).startswith(REPO + os.sep)
+  folders = tuple(os.path.join(REPO, f) + os.sep for f in ('pga_jax', 'experiments', 'tests'))
+  return bool(path) and os.path.abspath(path).startswith(folders)
 
 
 @contextlib.contextmanager
