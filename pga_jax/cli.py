@@ -217,6 +217,12 @@ def parse_flags(argv):
     usage_error(config_load_message(argv[1:], err))
   if len(rest) > 1:
     usage_error(f'unexpected argument {rest[1]!r} (flags are --name=value; see `{rest[0]} --help`)')
+  from pga_jax.conv_forms import choice  # pylint: disable=g-import-not-at-top
+
+  try:  # read while tracing, where a bad value would end the run with a traceback
+    choice.unmeasured()
+  except ValueError as err:
+    usage_error(str(err))
   if 'config' in f and f['config'].present:
     _set_code_dir(f)
     _apply_method_defaults(f)

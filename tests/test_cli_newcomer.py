@@ -532,3 +532,24 @@ def test_method_override_rules_on_the_reference_configs():
   )
   assert (config.optimizer.name, config.optimizer.learning_rate) == ('sgd', 1e-3)
   assert (config.latent_dim, config.nll, config.beta) == (128, 0.0, 0.1)
+
+
+def test_an_unknown_conv_forms_setting_is_one_line_before_anything_runs(tmp_path):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'pga_jax.cli',
+      'sample',
+      f'--workdir={tmp_path}/none',
+      f'--out={tmp_path}/s.png',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, PGA_JAX_CONV_FORMS='fastest'),
+  )
+  proc.output = proc.stdout + proc.stderr
+  the_error(proc, 2, "PGA_JAX_CONV_FORMS='fastest'", "use 'first'")
+  assert not os.path.exists(tmp_path / 'none')
