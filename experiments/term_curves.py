@@ -18,7 +18,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from absl import app, flags
 
@@ -44,13 +44,15 @@ Curves = Dict[str, Dict[str, List[List[float]]]]  # run -> tag -> [[step, value]
 def read_scalars(workdir: str) -> Dict[str, List[List[float]]]:
   """{tag: [[step, value], ...] sorted by step} of every scalar in the run's event files.
 
-  Files are read oldest first, so a step logged again after a resume keeps
-  its later value.
+  A step logged more than once (again after a resume, in a later event file)
+  keeps the value with the latest wall time. The files' names do not order
+  them: two written in the same second differ only in a per-process counter,
+  which sorts as text (10 before 9).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  values: Dict[str, Dict[int, float]] = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+  latest: Dict[str, Dict[int, Tuple[float, float]]] = {}  # tag -> step -> (wall time, value)
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
     for record in tf.data.TFRecordDataset(path):
       event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
@@ -64,7 +66,11 @@ def read_scalars(workdir: str) -> Dict[str, List[List[float]]]:
           number = float(array)
         else:
           continue
-        values.setdefault(value.tag, {})[int(event.step)] = float(number)
+        points = latest.setdefault(value.tag, {})
+        step = int(event.step)
+        if step not in points or event.wall_time >= points[step][0]:
+          points[step] = (event.wall_time, float(number))
+  values = {tag: {step: v for step, (_, v) in points.items()} for tag, points in latest.items()}
   return {tag: [[s, v] for s, v in sorted(points.items())] for tag, points in values.items()}
 
 

@@ -394,6 +394,28 @@ def test_class_balance_classifies_the_evaluations_samples_of_each_run(idx_dir, t
   assert not (tmp_path / 'x.json').exists()
 
 
+def test_term_curves_keeps_the_value_with_the_later_wall_time_whatever_the_file_names(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  run = tmp_path / 'runs' / 'vpga_s0'
+  run.mkdir(parents=True)
+  # Two files written in the same second differ by a per-process counter:
+  # as text, counter 10 (the later file) sorts before counter 9.
+  for counter, wall_time, rec in ((9, 1000.25, 0.75), (10, 1000.5, 0.5)):
+    with tf.io.TFRecordWriter(str(run / f'events.out.tfevents.1000.host.1.{counter}.v2')) as writer:
+      event = tf.compat.v1.Event(wall_time=wall_time, step=300)
+      event.summary.value.add(tag='rec', simple_value=rec)
+      writer.write(event.SerializeToString())
+  run_script(
+    'term_curves.py',
+    f'--workroot={tmp_path / "runs"}',
+    f'--out={tmp_path}/terms.png',
+    cache=tmp_path / 'cache',
+  )
+  curves = json.loads((tmp_path / 'terms.json').read_text())
+  assert curves['vpga_s0']['rec'] == [[300, 0.5]]
+
+
 def test_term_curves_reports_each_runs_training_hours_summed_over_its_sessions(tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 

@@ -185,7 +185,11 @@ def test_traced_coefficients_equal_the_configs_constants_and_do_not_recompile():
   method = methods.build_method(config)
   params, loss = _loss_and_grad(config, None)
   traced = methods.coefficients(method, config)
-  assert float(jax.jit(loss)(params, None)) == float(jax.jit(loss)(params, traced))
+  # Equal up to rounding: XLA may fold the constants into other operations in
+  # another order than the traced values (seen: 1 ulp apart in float32).
+  np.testing.assert_allclose(
+    float(jax.jit(loss)(params, None)), float(jax.jit(loss)(params, traced)), rtol=1e-6, atol=0
+  )
   traces = []
 
   def counted(p, c):
