@@ -7,6 +7,16 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_WORKERS ?= 2
+# The XLA compilation cache the tests keep between runs (`make test`,
+# `make test-all`, so CI on the same machine too): a program compiled in one
+# run is read back in the next. One folder per CPU (model and instruction
+# set: XLA:CPU compiles for the host's), under ~/.cache; JAX keys the entries
+# by its own version and the program. `make TEST_XLA_CACHE= test` runs with a
+# fresh cache for the session only (tests/conftest.py); deleting the folder is
+# always safe.
+CPU_KEY := $(shell grep -m4 -E '^(model name|cpu family|model|flags)[[:space:]]*:' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
+TEST_XLA_CACHE ?= $(HOME)/.cache/pga_jax/test_xla_cache/$(CPU_KEY)
+TEST_ENV := $(if $(TEST_XLA_CACHE),JAX_COMPILATION_CACHE_DIR=$(TEST_XLA_CACHE))
 
 .PHONY: install data quickstart test test-all lint format accelerator-wheels accelerator-dry-run
 
@@ -30,11 +40,11 @@ quickstart: install
 # The unit tier: everything but the tests marked slow (training subprocesses,
 # several processes, the experiment runners and study scripts, the emulator).
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # Every test, after the formatting and lint check.
 test-all: install lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # ruff (pyproject.toml): `make format` rewrites, `make lint` only checks.
 lint: install

@@ -31,7 +31,8 @@
 #
 # --dry-run: the same on CPU with tiny sizes (three tests, batch 2, one timed
 # benchmark step, 10 train steps; convolution forms measured for conv_mnist
-# only; resnet_32 benchmarked with its AE step), for CI.
+# only; bfloat16 benchmarked for conv_mnist only; resnet_32 benchmarked with
+# its AE step), for CI.
 set -u -o pipefail
 
 usage() { echo "usage: $0 OUT_DIR [--wheels DIR] [--dry-run]" >&2; exit 2; }
@@ -130,6 +131,11 @@ if grep -q '"status": "ok"' "$OUT/env.json"; then
   run train "${LIMITS[3]}" train "$OUT" $DRY
   for arch in conv_mnist conv_32 conv_64 resnet_32; do
     for dtype in float32 bfloat16; do
+      # The dry run checks that each stage runs: bfloat16 for conv_mnist, the
+      # other architectures in float32 (each costs a compile of its step).
+      if [ -n "$DRY" ] && [ "$dtype" = bfloat16 ] && [ "$arch" != conv_mnist ]; then
+        continue
+      fi
       run "benchmark_${arch}_${dtype}" "${LIMITS[2]}" benchmark "$OUT" "$arch" "$dtype" $DRY
     done
   done

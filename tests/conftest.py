@@ -12,13 +12,15 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 # commands, several-process runs) inherit it, so a program compiled once (the
 # same tiny train step appears in dozens of tests) is read back, not compiled
 # again. A cache hit is the same executable, so bitwise checks are unaffected.
-# Made by the process that imports this first (the xdist controller) and
-# removed when it ends; a JAX_COMPILATION_CACHE_DIR already set is used as is.
+# A JAX_COMPILATION_CACHE_DIR already set is used as is and kept (the
+# Makefile sets one per CPU that lasts between runs); otherwise the process
+# that imports this first (the xdist controller) makes one for the session
+# and removes it when the session ends.
 _OWN_XLA_CACHE = None
-if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
   _OWN_XLA_CACHE = tempfile.mkdtemp(prefix='pga_jax_tests_xla_cache.')
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_XLA_CACHE
-  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
 
 # The convolution forms are not measured in tests (each layer takes its first
 # candidate form; every form is exact, and tests/test_kernel_choice.py,
