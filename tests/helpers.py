@@ -1,5 +1,6 @@
 """Small fixtures shared by the training tests: tiny configs and synthetic data."""
 
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +41,44 @@ def run_python(*args, timeout=300, cwd=None, **env):
   )
   assert result.returncode == 0, result.stderr[-4000:]
   return result
+
+
+# Builds the configs of several fashion_study.py command lines in one process:
+# each command's flags are parsed afresh (absl's unparse_flags resets every
+# flag to its default) and passed to the script's own study_configs, which is
+# what its --print_configs prints (tests/test_study_scripts.py checks the two
+# agree).
+_STUDY_CONFIGS_CHILD = """
+import json, sys
+from absl import flags
+sys.path.insert(0, sys.argv[1])
+from experiments import fashion_study
+out = []
+for argv in json.loads(sys.stdin.read()):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(argv)
+  out.append({n: c.to_dict() for n, c in fashion_study.study_configs(flags.FLAGS).items()})
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def fashion_study_configs(argvs, repo: str) -> list:
+  """[{run name: config dict}] that experiments/fashion_study.py would train for
+  each argv (argv[0] the script, then its flags), built in one child process."""
+  result = subprocess.run(
+    [sys.executable, '-c', _STUDY_CONFIGS_CHILD, repo],
+    input=json.dumps([list(argv) for argv in argvs]),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=repo,
+    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-4000:]
+  built = json.loads(result.stdout.strip().splitlines()[-1])
+  assert len(built) == len(argvs), built
+  return built
 
 
 def make_idx_dir(tmp_path_factory, num_train: int = 96, num_test: int = 48) -> str:

@@ -498,16 +498,19 @@ def test_fid_anatomy_runs_end_to_end_and_its_fid_is_the_evaluations(idx_dir, tmp
   assert results['vae_s0 @4']['fid'] == pytest.approx(expected['fid'], rel=1e-6)
 
 
-def print_configs(*flags):
-  """{run name: config dict} that fashion_study.py would train with these flags."""
-  out = helpers.run_python(
-    os.path.join(REPO, 'experiments', 'fashion_study.py'), '--print_configs', *flags, cwd=REPO
-  )
-  return json.loads(out.stdout)
+def print_configs(*flag_sets):
+  """[{run name: config dict}] that fashion_study.py would train with each set
+  of flags (one child process for all)."""
+  script = os.path.join(REPO, 'experiments', 'fashion_study.py')
+  return helpers.fashion_study_configs([[script, *flags] for flags in flag_sets], REPO)
 
 
 def test_short_warm_ups_ramp_by_default_and_the_reference_warm_up_switches_at_once():
-  short = print_configs('--steps=1500', '--methods=lpga,lvpga,vpga,vae')
+  short, reference, chosen = print_configs(
+    ['--steps=1500', '--methods=lpga,lvpga,vpga,vae'],
+    ['--steps=50000', '--init_steps=3000', '--methods=lpga'],
+    ['--steps=1500', '--warmup_ramp_steps=0', '--methods=lpga', '--vae=adam'],
+  )
   for name in ('lpga_s0', 'lvpga_s0'):
     assert (short[name]['init_steps'], short[name]['warmup_ramp_steps']) == (500, 500)
   assert short['vpga_s0']['warmup_ramp_steps'] == 0 and short['vae_s0']['init_steps'] == 0
@@ -515,17 +518,18 @@ def test_short_warm_ups_ramp_by_default_and_the_reference_warm_up_switches_at_on
   assert short['vae_s0']['optimizer'] == dict(
     short['lpga_s0']['optimizer'], name='sgd', learning_rate=0.1, momentum=0.9
   )
-  reference = print_configs('--steps=50000', '--init_steps=3000', '--methods=lpga')
   assert (reference['lpga_s0']['init_steps'], reference['lpga_s0']['warmup_ramp_steps']) == (
     3000,
     0,
   )
-  chosen = print_configs('--steps=1500', '--warmup_ramp_steps=0', '--methods=lpga', '--vae=adam')
   assert chosen['lpga_s0']['warmup_ramp_steps'] == 0
 
 
 def test_the_vae_sweeps_learning_rate_and_beta_one_at_a_time():
-  sgd = print_configs('--sweep', '--methods=vae', '--steps=2000')
+  sgd, adam = print_configs(
+    ['--sweep', '--methods=vae', '--steps=2000'],
+    ['--sweep', '--methods=vae', '--vae=adam', '--steps=500'],
+  )
   settings = {
     name: (c['optimizer']['name'], c['optimizer']['learning_rate'], c['beta'])
     for name, c in sgd.items()
@@ -537,7 +541,6 @@ def test_the_vae_sweeps_learning_rate_and_beta_one_at_a_time():
     'sweep_vae_beta0.05': ('sgd', 0.1, 0.05),
     'sweep_vae_beta0.2': ('sgd', 0.1, 0.2),
   }
-  adam = print_configs('--sweep', '--methods=vae', '--vae=adam', '--steps=500')
   assert {
     name: (c['optimizer']['name'], c['optimizer']['b1'], c['beta']) for name, c in adam.items()
   } == {f'sweep_vae_beta{b}': ('adam', 0.5, b) for b in (0.02, 0.05, 0.1)}

@@ -15,6 +15,8 @@ import sys
 import ml_collections
 import pytest
 
+from tests import helpers
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'experiments', 'study10k.sh')
 SCRIPT_50K = os.path.join(REPO, 'experiments', 'study50k.sh')
@@ -50,25 +52,33 @@ def flag_values(argv):
   return values
 
 
-def configs_of(call):
-  """The recorded flags, and the configs fashion_study.py builds from them.
+def configs_of(calls):
+  """[(recorded flags, {run name: config fashion_study.py builds from them})]
+  for each recorded call, built in one child process (no training)."""
+  built = helpers.fashion_study_configs([call['argv'] for call in calls], REPO)
+  return [
+    (flag_values(call['argv']), {name: ml_collections.ConfigDict(c) for name, c in configs.items()})
+    for call, configs in zip(calls, built, strict=True)
+  ]
 
-  The recorded command is run for real with --print_configs (it prints
-  {run name: config} and trains nothing).
-  """
-  result = subprocess.run(
-    [sys.executable, *call['argv'], '--print_configs'],
+
+def test_the_configs_child_builds_what_print_configs_prints(tmp_path):
+  """The one-process builder against the script's own --print_configs."""
+  _, calls = run_driver(tmp_path, 'main', 'alt')
+  ((_, main), (_, alt)) = configs_of(calls)
+  printed = subprocess.run(
+    [sys.executable, *calls[1]['argv'], '--print_configs'],
     capture_output=True,
     text=True,
     timeout=300,
     cwd=REPO,
     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
   )
-  assert result.returncode == 0, result.stderr
-  configs = json.loads(result.stdout.strip().splitlines()[-1])
-  return flag_values(call['argv']), {
-    name: ml_collections.ConfigDict(c) for name, c in configs.items()
+  assert printed.returncode == 0, printed.stderr
+  assert json.loads(printed.stdout.strip().splitlines()[-1]) == {
+    name: c.to_dict() for name, c in alt.items()
   }
+  assert main != alt  # a flag of the first command did not leak into the second
 
 
 def test_each_part_trains_the_documented_settings(tmp_path):
@@ -80,7 +90,8 @@ def test_each_part_trains_the_documented_settings(tmp_path):
     assert call['argv'][0].endswith('experiments/fashion_study.py')
     assert call['cache'] == os.path.join(work, 'cache')
 
-  main_flags, main = configs_of(calls[0])
+  built = configs_of(calls)
+  main_flags, main = built[0]
   assert sorted(main) == ['lpga_s0', 'lvpga_s0', 'vae_s0', 'vpga_s0']
   assert main_flags['workroot'] == os.path.join(work, 'study10k')
   assert main_flags['out'] == str(tmp_path / 'out')
@@ -95,14 +106,14 @@ def test_each_part_trains_the_documented_settings(tmp_path):
     assert (main[name].init_steps, main[name].warmup_ramp_steps) == (3333, 500)
   assert (main['lpga_s0'].checkpoint_every, main['lpga_s0'].keep_checkpoints) == (500, 21)
 
-  seeds_flags, seeds = configs_of(calls[1])
+  seeds_flags, seeds = built[1]
   assert sorted(seeds) == ['vae_s0', 'vae_s1', 'vpga_s0', 'vpga_s1']
   assert seeds_flags['workroot'] == main_flags['workroot']
   assert seeds_flags['out'] == str(tmp_path / 'out' / 'seeds')
   for name, config in seeds.items():
     assert config.to_dict() == dict(main[name.replace('_s1', '_s0')].to_dict(), seed=config.seed)
 
-  alt_flags, alt = configs_of(calls[2])
+  alt_flags, alt = built[2]
   assert alt_flags['workroot'] == os.path.join(work, 'study10k_alt')
   assert alt['vae_s0'].beta == 0.05 and alt['vae_s0'].optimizer.name == 'adam'
   assert alt['lpga_s0'].nll == 0.03
@@ -111,7 +122,7 @@ def test_each_part_trains_the_documented_settings(tmp_path):
   for name in ('lpga_s0', 'lvpga_s0'):
     assert alt[name].warmup_ramp_steps == 500
 
-  altseeds_flags, altseeds = configs_of(calls[3])
+  altseeds_flags, altseeds = built[3]
   assert sorted(altseeds) == ['lvpga_s0', 'lvpga_s1']
   assert altseeds_flags['workroot'] == alt_flags['workroot']
   assert altseeds_flags['out'] == str(tmp_path / 'out' / 'alt' / 'seeds')
@@ -137,7 +148,8 @@ def test_the_50k_study_trains_the_settings_the_readme_states(tmp_path):
   assert len(calls) == 6
   work = str(tmp_path / 'work')
   assert all(call['cache'] == os.path.join(work, 'cache') for call in calls)
-  sweep_flags, sweep = configs_of(calls[0])
+  built = configs_of(calls)
+  sweep_flags, sweep = built[0]
   assert sweep_flags['workroot'] == os.path.join(work, 'sweep50k_vae')
   assert {(c.optimizer.learning_rate, c.beta) for c in sweep.values()} == {
     (0.05, 0.1),
@@ -150,14 +162,13 @@ def test_the_50k_study_trains_the_settings_the_readme_states(tmp_path):
     (2000, 500, 'sgd')
   }
   runs = {}
-  for call, method in zip(calls[1:5], ('vae', 'vpga', 'lpga', 'lvpga')):
-    part_flags, configs = configs_of(call)
+  for (part_flags, configs), method in zip(built[1:5], ('vae', 'vpga', 'lpga', 'lvpga')):
     assert part_flags['workroot'] == os.path.join(work, 'study50k')
     assert part_flags['out'] == str(tmp_path / 'out' / method)
     ((name, config),) = configs.items()
     assert name == f'{method}_s0'
     runs[method] = config
-  adam_flags, adam = configs_of(calls[5])
+  adam_flags, adam = built[5]
   assert adam_flags['workroot'] == os.path.join(work, 'study50k_adam')
   runs['vae_adam'] = adam['vae_s0']
   for config in runs.values():
