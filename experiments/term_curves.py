@@ -70,8 +70,7 @@ def read_scalars(workdir: str) -> Dict[str, List[List[float]]]:
         step = int(event.step)
         if step not in points or event.wall_time >= points[step][0]:
           points[step] = (event.wall_time, float(number))
-  values = {tag: {step: v for step, (_, v) in points.items()} for tag, points in latest.items()}
-  return {tag: [[s, v] for s, v in sorted(points.items())] for tag, points in values.items()}
+  return {tag: [[s, v] for s, (_, v) in sorted(points.items())] for tag, points in latest.items()}
 
 
 def logged_hours(workdir: str) -> float:

@@ -66,15 +66,7 @@ def test_the_configs_child_builds_what_print_configs_prints(tmp_path):
   """The one-process builder against the script's own --print_configs."""
   _, calls = run_driver(tmp_path, 'main', 'alt')
   ((_, main), (_, alt)) = configs_of(calls)
-  printed = subprocess.run(
-    [sys.executable, *calls[1]['argv'], '--print_configs'],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=REPO,
-    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
-  )
-  assert printed.returncode == 0, printed.stderr
+  printed = helpers.run_python(*calls[1]['argv'], '--print_configs', cwd=REPO)
   assert json.loads(printed.stdout.strip().splitlines()[-1]) == {
     name: c.to_dict() for name, c in alt.items()
   }
