@@ -17,8 +17,11 @@ TEST_WORKERS ?= 2
 CPU_KEY := $(shell grep -m4 -E '^(model name|cpu family|model|flags)[[:space:]]*:' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
 TEST_XLA_CACHE ?= $(HOME)/.cache/pga_jax/test_xla_cache/$(CPU_KEY)
 TEST_ENV := $(if $(TEST_XLA_CACHE),JAX_COMPILATION_CACHE_DIR=$(TEST_XLA_CACHE))
+# The cache keeps every program the tests compile, and a changed program is a
+# new entry: past TEST_XLA_CACHE_MAX_MB the folder is emptied before a run.
+TEST_XLA_CACHE_MAX_MB ?= 2048
 
-.PHONY: install data quickstart test test-all lint format accelerator-wheels accelerator-dry-run
+.PHONY: install data quickstart test test-all trim-test-cache lint format accelerator-wheels accelerator-dry-run
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +42,19 @@ quickstart: install
 
 # The unit tier: everything but the tests marked slow (training subprocesses,
 # several processes, the experiment runners and study scripts, the emulator).
-test: install
+test: install trim-test-cache
 	$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # Every test, after the formatting and lint check.
-test-all: install lint
+test-all: install lint trim-test-cache
 	$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+trim-test-cache:
+	@if [ -n "$(TEST_XLA_CACHE)" ] && [ -d "$(TEST_XLA_CACHE)" ] && \
+	  [ "$$(du -sm "$(TEST_XLA_CACHE)" | cut -f1)" -gt "$(TEST_XLA_CACHE_MAX_MB)" ]; then \
+	  echo "emptying the tests' XLA cache $(TEST_XLA_CACHE) (over $(TEST_XLA_CACHE_MAX_MB) MB)"; \
+	  rm -rf "$(TEST_XLA_CACHE)"; \
+	fi
 
 # ruff (pyproject.toml): `make format` rewrites, `make lint` only checks.
 lint: install

@@ -121,7 +121,7 @@ def check_routing(
       routed = methods.route(p, term.updates)
       return term.fn(model, routed, images, methods.term_rng(rng, term.name), config)
 
-    grads = jax.grad(value)(params)
+    grads = jax.jit(jax.grad(value))(params)
     norms[term.name] = {side: _norm(grads[side]) for side in ('encoder', 'decoder')}
     reaches = {side for side, n in norms[term.name].items() if n > 0}
     allowed = {'encoder': {'encoder'}, 'decoder': {'decoder'}, 'both': {'encoder', 'decoder'}}
@@ -134,8 +134,10 @@ def check_routing(
     if term.name in active:
       weight = methods.term_coefficient(term, config, step)
       summed = jax.tree_util.tree_map(lambda s, g, w=weight: s + w * g, summed, grads)
-  full = jax.grad(
-    lambda p: methods.method_loss(method, model, p, images, rng, step, config, fast=False)[0]
+  full = jax.jit(
+    jax.grad(
+      lambda p: methods.method_loss(method, model, p, images, rng, step, config, fast=False)[0]
+    )
   )(params)
   assert_trees_close(full, summed, rtol, atol, "is not the sum of its terms' weighted gradients")
   return norms
@@ -165,7 +167,7 @@ def check_gradients(
   with jax.enable_x64():
     params64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
     leaves, treedef = jax.tree_util.tree_flatten(params64)
-    grad = jax.grad(fn)(params64)
+    grad = jax.jit(jax.grad(fn))(params64)
     value = jax.jit(fn)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_directions)
     results = []

@@ -20,7 +20,12 @@ _OWN_XLA_CACHE = None
 if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
   _OWN_XLA_CACHE = tempfile.mkdtemp(prefix='pga_jax_tests_xla_cache.')
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_XLA_CACHE
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
+# Every program is kept, however quick its compile: the tests' eager
+# operations and small jitted checks are thousands of programs under 0.1 s
+# each, and reading one back costs less than compiling it (`make test` with a
+# warm cache, AMD EPYC family 23: 4:22 keeping programs of 0.1 s and more;
+# 3:20 keeping all, with pga_jax.testing's checks jitted).
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 # The convolution forms are not measured in tests (each layer takes its first
 # candidate form; every form is exact, and tests/test_kernel_choice.py,
@@ -28,6 +33,24 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
 # to test it). Measuring compiles every candidate of every new layer shape,
 # and with two xdist workers loading the CPU no measurement ever settles.
 os.environ.setdefault('PGA_JAX_CONV_FORMS', 'first')
+
+# Each xdist worker on its own share of the CPUs (gw0 the first, gw1 the
+# second, ...), taken before JAX starts its thread pool: XLA:CPU sizes the
+# pool by the CPUs a process may use, so two workers each running a pool as
+# wide as the machine wait on each other's threads at every parallel op.
+# Measured on 2 cores (AMD EPYC family 23): `make test` 4:47 unpinned, 4:22
+# pinned. The processes a worker starts inherit its share.
+# PGA_JAX_TEST_PIN_WORKERS=0 leaves every worker on every CPU.
+if (
+  os.environ.get('PGA_JAX_TEST_PIN_WORKERS', '1') != '0'
+  and os.environ.get('PYTEST_XDIST_WORKER', '').startswith('gw')
+  and hasattr(os, 'sched_setaffinity')
+):
+  _cpus = sorted(os.sched_getaffinity(0))
+  _workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+  _worker = int(os.environ['PYTEST_XDIST_WORKER'][2:])
+  if 1 < _workers <= len(_cpus):
+    os.sched_setaffinity(0, _cpus[_worker % _workers :: _workers])
 
 
 import fnmatch  # noqa: E402

@@ -1,4 +1,5 @@
-"""The Makefile's test targets: which XLA compilation cache they hand pytest.
+"""The Makefile's test targets: which XLA compilation cache they hand pytest,
+and how it is kept from growing without end.
 
 `make test` and `make test-all` keep the tests' compilation cache between
 runs in one folder per CPU (XLA:CPU compiles for the host's instruction set,
@@ -48,3 +49,30 @@ def test_an_empty_test_xla_cache_leaves_the_cache_to_the_session():
   assert pytest_command('TEST_XLA_CACHE=/tmp/elsewhere', 'test').startswith(
     'JAX_COMPILATION_CACHE_DIR=/tmp/elsewhere '
   )
+
+
+def trim(folder, max_mb):
+  subprocess.run(
+    [
+      'make',
+      '-C',
+      REPO,
+      'trim-test-cache',
+      f'TEST_XLA_CACHE={folder}',
+      f'TEST_XLA_CACHE_MAX_MB={max_mb}',
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+
+
+def test_a_cache_past_its_size_limit_is_emptied_and_a_smaller_one_kept(tmp_path):
+  folder = tmp_path / 'cache'
+  folder.mkdir()
+  (folder / 'entry-cache').write_bytes(os.urandom(3 * 1024 * 1024))  # 3 MB
+  trim(folder, 4)
+  assert (folder / 'entry-cache').stat().st_size == 3 * 1024 * 1024
+  trim(folder, 2)
+  assert not folder.exists()
+  trim(folder, 2)  # a missing folder is not an error
