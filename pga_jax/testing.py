@@ -108,7 +108,9 @@ def check_routing(
   """Checks which parameters each term of `method` reaches, and that the
   method's loss gradient is the sum of its active terms' weighted gradients.
 
-  Returns {term name: {'encoder': gradient norm, 'decoder': gradient norm}}.
+  Each gradient is computed under `jax.jit`, as the train step computes it,
+  so a term must be traceable. Returns {term name: {'encoder': gradient
+  norm, 'decoder': gradient norm}}.
   """
   method, model, params, images = _setup(config, batch, channels, seed, method)
   rng, step = jax.random.PRNGKey(seed + 2), jnp.asarray(step)
@@ -156,8 +158,8 @@ def check_gradients(
   `num_directions` random unit directions, in float64.
 
   fn: a scalar function of the parameter pytree (close over the data). It is
-    evaluated with 64-bit floats enabled and params cast to float64, so it
-    must not force float32 itself.
+    evaluated (and differentiated, under `jax.jit`) with 64-bit floats
+    enabled and params cast to float64, so it must not force float32 itself.
   steps: finite-difference steps tried per direction, from large to small;
     the check passes for a direction when some step agrees within `rtol`
     (relative to the larger of the two derivatives, or 1e-8).
