@@ -51,7 +51,7 @@ if (
   _worker = int(os.environ['PYTEST_XDIST_WORKER'][2:])
   if 1 < _workers <= len(_cpus):
     try:
-      os.sched_setaffinity(0, _cpus[_worker % _workers :: _workers])
+      os.sched_setaffinity(0, _cpus[_worker::_workers])
     except OSError:  # a sandbox that forbids it: the worker keeps every CPU
       pass
 
