@@ -49,8 +49,13 @@ def refuse_tensorflow() -> None:
   """From now on, importing TensorFlow, tfds, TensorBoard or clu raises.
 
   Called by the stages (`main`), not on import: a test process that imports
-  this module for its tables must keep its TensorFlow.
+  this module for its tables must keep its TensorFlow. etils (JAX's
+  compilation cache and orbax open paths through it) asks whether
+  TensorFlow is installed before it opens any path; `EPATH_USE_TF=false`
+  tells it not to ask, so the refusal does not turn every read of the
+  compilation cache into an error (and a compile).
   """
+  os.environ['EPATH_USE_TF'] = 'false'
   if not any(isinstance(f, _RefuseTensorFlow) for f in sys.meta_path):
     sys.meta_path.insert(0, _RefuseTensorFlow())
 

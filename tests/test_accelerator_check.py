@@ -152,4 +152,8 @@ def test_dry_run_in_a_fresh_venv_without_tensorflow(tmp_path):
   assert 0 < bench['fraction_of_measured_matmul_peak']
   cache = json.loads((out_dir / 'kernel_cache' / choice.CACHE_FILE).read_text())
   assert any(k.startswith('upsample|cpu|') for k in cache)
+  # The refusal of TensorFlow leaves JAX's compilation cache readable (the
+  # session's cache, inherited): no stage reports a failed read.
+  for log in out_dir.glob('*.log'):
+    assert 'Error reading persistent compilation cache' not in log.read_text(), log.name
   print(f'dry run in a fresh venv: {time.perf_counter() - t0:.0f} s')

@@ -180,8 +180,8 @@ def emulated(url):
   return ('env', f'STORAGE_EMULATOR_HOST={url}')
 
 
-def run_emulated(args, url, cache, cwd, timeout=240):
-  process = PgaProcess(args, cache, cwd, wrapper=emulated(url))
+def run_emulated(args, url, cwd, timeout=240):
+  process = PgaProcess(args, cwd, wrapper=emulated(url))
   try:
     process.finish(timeout)
   finally:
@@ -311,7 +311,7 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
   """train 20 steps into gs:// with the data in gs://, SIGTERM half-way, resume;
   the parameters equal an uninterrupted local run's bit for bit; sample,
   evaluate; a damaged latest checkpoint and an unfinished one in the bucket."""
-  url, cache = emulator, tmp_path / 'jax_cache'
+  url = emulator
   create_bucket(url, BUCKET)
   data = tmp_path / 'data'
   helpers.write_idx_images(str(data), helpers.synthetic_digits(64, seed=3), 'train')
@@ -328,9 +328,9 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
 
   # The uninterrupted local run, side by side with the first gs:// run.
   reference = PgaProcess(
-    ['train', f'--config={local_config}', f'--workdir={tmp_path / "local_run"}'], cache, tmp_path
+    ['train', f'--config={local_config}', f'--workdir={tmp_path / "local_run"}'], tmp_path
   )
-  run = PgaProcess(args, cache, cwd, wrapper=emulated(url))
+  run = PgaProcess(args, cwd, wrapper=emulated(url))
   try:
     run.wait_until(lambda: run.last_step >= NUM_STEPS // 2)
     run.send(signal.SIGTERM)
@@ -351,7 +351,7 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
   assert objects.get('runs/lpga/figures/samples_00000010.png', 0) > 0
   assert os.listdir(cwd) == [], 'nothing may be written locally (e.g. a folder "gs:")'
 
-  run = run_emulated(args, url, cache, cwd)
+  run = run_emulated(args, url, cwd)
   assert run.proc.returncode == 0, run.tail()
   assert f'Resumed from step {stopped_at}' in run.stderr, run.tail()
   assert f'training finished at step {NUM_STEPS}' in run.stdout, run.tail()
@@ -381,9 +381,7 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
   sample_out = f'gs://{BUCKET}/out/samples.npz'
   for where, out in (('gs', sample_out), ('local', str(tmp_path / 'local_samples.npz'))):
     run_dir = workdir if where == 'gs' else str(tmp_path / 'local_run')
-    run = run_emulated(
-      ['sample', f'--workdir={run_dir}', '--num=16', f'--out={out}'], url, cache, cwd
-    )
+    run = run_emulated(['sample', f'--workdir={run_dir}', '--num=16', f'--out={out}'], url, cwd)
     assert run.proc.returncode == 0, run.tail()
   put_bytes = get_object(url, BUCKET, 'out/samples.npz')
   (tmp_path / 'remote_samples.npz').write_bytes(put_bytes)
@@ -393,7 +391,6 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
     run = run_emulated(
       [command, f'--workdir={workdir}', '--num=4', f'--out=gs://{BUCKET}/out/{command}.png'],
       url,
-      cache,
       cwd,
     )
     assert run.proc.returncode == 0, run.tail()
@@ -408,7 +405,6 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
       f'--cache_dir={tmp_path / "eval_cache"}',
     ],
     url,
-    cache,
     cwd,
     timeout=400,
   )
@@ -427,7 +423,7 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
   victim = max(latest, key=latest.get)
   content = get_object(url, BUCKET, victim)
   put_object(url, BUCKET, victim, content[: len(content) // 2])
-  run = run_emulated(args, url, cache, cwd)
+  run = run_emulated(args, url, cwd)
   assert run.proc.returncode == 0, run.tail()
   assert re.search(
     rf'Checkpoint\(s\) {NUM_STEPS} could not be read .* resuming from step '
@@ -529,10 +525,7 @@ def test_a_bad_gs_workdir_is_one_line_before_training(emulator, tmp_path):
   try:
     runs = {
       name: PgaProcess(
-        ['train', f'--config={config}', f'--workdir={workdir}'],
-        tmp_path / 'jax_cache',
-        cwd,
-        wrapper=emulated(endpoint),
+        ['train', f'--config={config}', f'--workdir={workdir}'], cwd, wrapper=emulated(endpoint)
       )
       for name, (endpoint, workdir, _) in cases.items()
     }

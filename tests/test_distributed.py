@@ -58,20 +58,21 @@ def idx_dir(scratch):
   return folder
 
 
-def child_env(scratch, devices: int = 1, **extra) -> dict:
-  """A clean JAX environment: CPU only, `devices` simulated devices, shared compile cache."""
+def child_env(devices: int = 1, **extra) -> dict:
+  """A clean JAX environment: CPU only, `devices` simulated devices, and the test
+  session's compile cache (tests/conftest.py; the entries are keyed by the
+  device count and process layout, and a hit is the same executable)."""
+  kept = ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')
   env = {
     k: v
     for k, v in os.environ.items()
-    if k != 'XLA_FLAGS' and not k.startswith(('JAX_', 'TPU_', 'CLOUD_TPU'))
+    if k in kept or (k != 'XLA_FLAGS' and not k.startswith(('JAX_', 'TPU_', 'CLOUD_TPU')))
   }
   env.update(
     TF_CPP_MIN_LOG_LEVEL='3',
     CUDA_VISIBLE_DEVICES='',
     JAX_PLATFORMS='cpu',
     PYTHONPATH=REPO + os.pathsep + env.get('PYTHONPATH', ''),
-    JAX_COMPILATION_CACHE_DIR=str(scratch / 'xla_cache'),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
   )
   if devices > 1:
     env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
@@ -194,7 +195,7 @@ def reference(scratch, idx_dir):
         train_job(d / 'w1', K + MORE, d / 'p1_more.npz'),
       )
     ],
-    [child_env(scratch, 1)],
+    [child_env(1)],
     str(d / 'logs'),
   )
   runs = results(stdout)
@@ -257,7 +258,7 @@ def test_eight_devices_train_like_one_and_checkpoints_move_between_them(
         *restore_and_continue(reference['checkpoint'], d / 'r1to8.npz', d / 'p1to8_more.npz'),
       )
     ],
-    [child_env(scratch, 8)],
+    [child_env(8)],
     str(d / 'logs8'),
   )
   runs8 = results(stdout)
@@ -266,7 +267,7 @@ def test_eight_devices_train_like_one_and_checkpoints_move_between_them(
   # 1 device: restore the 8-device checkpoint and continue it.
   (stdout,) = run_processes(
     [worker(idx_dir, *restore_and_continue(w8_for_1, d / 'r8to1.npz', d / 'p8to1_more.npz'))],
-    [child_env(scratch, 1)],
+    [child_env(1)],
     str(d / 'logs1'),
   )
   runs1 = results(stdout)
@@ -330,7 +331,7 @@ def test_two_processes_with_two_devices_each_train_like_one_device(scratch, idx_
     f'def get_config():\n  return distributed_worker.test_config({idx_dir!r}, '
     f'num_steps={K})\n'
   )
-  env = child_env(scratch, 1, JAX_NUM_CPU_DEVICES='2', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
+  env = child_env(1, JAX_NUM_CPU_DEVICES='2', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
 
   def commands(*flags):
     address = f'127.0.0.1:{free_port()}'

@@ -80,14 +80,10 @@ class PgaProcess:
 
   STEP_LINE = re.compile(r'\] \[(\d+)\] finite=')
 
-  def __init__(self, args, cache_dir, cwd, wrapper=()):
-    env = dict(
-      os.environ,
-      TF_CPP_MIN_LOG_LEVEL='3',
-      PYTHONUNBUFFERED='1',
-      JAX_PLATFORMS='cpu',
-      JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-    )
+  def __init__(self, args, cwd, wrapper=()):
+    # The test session's XLA cache (tests/conftest.py) is inherited: a cache
+    # hit is the same executable, so bitwise comparisons are unaffected.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu')
     self.args = args
     self.proc = subprocess.Popen(
       list(wrapper) + pga_command() + list(args),
@@ -161,8 +157,8 @@ class PgaProcess:
     return f'--- stdout\n{self.stdout[-n:]}\n--- stderr\n{self.stderr[-n:]}'
 
 
-def run_pga(args, cache_dir, cwd, timeout=RUN_TIMEOUT):
-  process = PgaProcess(args, cache_dir, cwd)
+def run_pga(args, cwd, timeout=RUN_TIMEOUT):
+  process = PgaProcess(args, cwd)
   try:
     process.finish(timeout)
   finally:
@@ -250,7 +246,6 @@ class Reference:
     self.images = os.path.join(self.root, 'images')
     self.config = os.path.join(self.root, 'config.py')
     self.workdir = os.path.join(self.root, 'reference')
-    self.cache = os.path.join(self.root, 'jax_cache')
 
 
 @pytest.fixture(scope='session')
@@ -265,13 +260,11 @@ def reference(tmp_path_factory):
     if not os.path.exists(done):
       sources = source_digest()
       shutil.rmtree(ref.root, ignore_errors=True)
-      os.makedirs(ref.cache)
+      os.makedirs(ref.root)
       write_pngs(ref.images, helpers.synthetic_digits(48))
       with open(ref.config, 'w') as f:
         f.write(config_text(ref.images))
-      run = run_pga(
-        ['train', f'--config={ref.config}', f'--workdir={ref.workdir}'], ref.cache, ref.root
-      )
+      run = run_pga(['train', f'--config={ref.config}', f'--workdir={ref.workdir}'], ref.root)
       assert run.proc.returncode == 0, run.tail()
       assert f'training finished at step {NUM_STEPS}' in run.stdout, run.tail()
       with open(ref.source_file, 'w') as f:
@@ -335,7 +328,7 @@ def test_preempted_killed_and_corrupted_run_resumes_to_the_uninterrupted_paramet
 
   # A. SIGTERM once the run is stepping.
   target = rng.randint(1, 4)
-  run = PgaProcess(args, reference.cache, tmp_path)
+  run = PgaProcess(args, tmp_path)
   try:
     stopped_at = stop_by_signal(run, signal.SIGTERM, target, seed_note)
   finally:
@@ -346,7 +339,7 @@ def test_preempted_killed_and_corrupted_run_resumes_to_the_uninterrupted_paramet
   # B. SIGKILL in the middle of a checkpoint write (orbax's temporary directory
   # exists). Retried if the write happened to complete before the kill landed.
   for _ in range(3):
-    run = PgaProcess(args, reference.cache, tmp_path)
+    run = PgaProcess(args, tmp_path)
     try:
       run.wait_until(lambda: run.last_step > stopped_at and tmp_checkpoint_dirs(workdir))
       time.sleep(rng.uniform(0.0, 0.01))
@@ -362,7 +355,7 @@ def test_preempted_killed_and_corrupted_run_resumes_to_the_uninterrupted_paramet
   assert finalized and finalized[-1] <= killed_at, seed_note
 
   # C. Resume (from the last complete checkpoint), then SIGINT at a random later step.
-  run = PgaProcess(args, reference.cache, tmp_path)
+  run = PgaProcess(args, tmp_path)
   try:
     resumed = run.wait_until(lambda: re.search(r'Resumed from step (\d+)', run.stderr))
     resumed_at = int(resumed.group(1))
@@ -380,7 +373,7 @@ def test_preempted_killed_and_corrupted_run_resumes_to_the_uninterrupted_paramet
   damaged, previous = steps[-1], steps[-2]
   victim = largest_file(os.path.join(workdir, checkpointing.CHECKPOINT_DIR, str(damaged)))
   os.truncate(victim, os.path.getsize(victim) // 2)
-  run = run_pga(args, reference.cache, tmp_path)
+  run = run_pga(args, tmp_path)
   assert run.proc.returncode == 0, f'{seed_note}\n{run.tail()}'
   assert f'training finished at step {NUM_STEPS}' in run.stdout, run.tail()
   assert re.search(
@@ -417,7 +410,6 @@ def test_collapsed_h_stops_the_run_naming_the_term_and_keeps_the_last_good_check
       '--config.fault=1.0',
       f'--config.num_steps={NUM_STEPS + 10}',
     ],
-    reference.cache,
     tmp_path,
   )
   assert run.proc.returncode == 1, run.tail()  # a failure during the work
@@ -686,7 +678,6 @@ def test_bad_input_gives_one_line_errors_and_touches_nothing(reference, tmp_path
   small_disk = ['bash', '-c', 'trap "" XFSZ; ulimit -f 30720; exec "$@"', 'small-disk']
   disk_full = PgaProcess(
     base + [f'--workdir={full}', f'--config.num_steps={NUM_STEPS + 4}'],
-    reference.cache,
     tmp_path,
     wrapper=small_disk,
   )
