@@ -2,9 +2,11 @@
 
 A `pga` child process costs seconds (Python, TensorFlow and JAX start, a
 checkpoint loads) where the test only reads one error line. `pga(*args)` runs
-`pga_jax.cli.run()` here instead, as a fresh process would see it:
+`pga_jax.cli.run()` here instead, and `script(path, *args)` an absl script
+of experiments/, as a fresh process would see it:
 
-- `sys.argv` is `['pga', *args]`, the working directory the repository's (or `cwd`);
+- `sys.argv` is `['pga', *args]` (`[path, *args]`), the working directory the
+  repository's (or `cwd`);
 - `cli._exit` (the process's `os._exit`) raises `SystemExit` with its status,
   and `sys.exit` is caught: the status is the exit status a process would have;
   an exception that escapes is shown by `sys.excepthook`, as Python does at the
@@ -84,6 +86,28 @@ def pga(*args: str, cwd: str = REPO) -> Result:
   """Runs `pga ARGS` in this process to its exit; see the module docstring."""
   from pga_jax import cli  # pylint: disable=g-import-not-at-top
 
+  return _run_to_exit(('pga', *args), cwd, {}, cli.run)
+
+
+def script(path: str, *args: str, cwd: str = REPO, **env: str) -> Result:
+  """Runs `python PATH ARGS` (an absl script of experiments/) in this process
+  to its exit, as `pga` does, with `env` added to the environment meanwhile.
+
+  The script's module runs afresh as `__main__` (`runpy`), so its flags are
+  defined anew and removed afterwards with everything else the call changed.
+  For scripts whose behaviour does not depend on being a process of its own:
+  signals sent from outside and the process's exit itself still need one.
+  """
+  import runpy  # pylint: disable=g-import-not-at-top
+
+  return _run_to_exit((path, *args), cwd, env, lambda: runpy.run_path(path, run_name='__main__'))
+
+
+def _run_to_exit(argv, cwd: str, env: dict, main) -> Result:
+  """Calls `main()` with `sys.argv = argv` under the state a new process has;
+  see the module docstring. `argv[0]` is the program."""
+  from pga_jax import cli  # pylint: disable=g-import-not-at-top
+
   stdout, stderr = io.StringIO(), io.StringIO()
   start = time.time()
   with contextlib.ExitStack() as stack:
@@ -93,10 +117,11 @@ def pga(*args: str, cwd: str = REPO) -> Result:
     stack.enter_context(contextlib.redirect_stdout(stdout))
     stack.enter_context(contextlib.redirect_stderr(stderr))
     stack.enter_context(_absl_console_to(stderr))
-    sys.argv = ['pga', *args]
+    os.environ.update(env)
+    sys.argv = list(argv)
     cli._exit = _raise_exit  # pylint: disable=protected-access
     try:
-      cli.run()
+      main()
       returncode = 0
     except SystemExit as done:
       returncode = _exit_status(done.code)
@@ -105,7 +130,9 @@ def pga(*args: str, cwd: str = REPO) -> Result:
       returncode = 1
     for handler in logging.getLogger().handlers:
       handler.flush()
-  return Result(args, returncode, stdout.getvalue(), stderr.getvalue(), time.time() - start)
+  return Result(
+    tuple(argv[1:]), returncode, stdout.getvalue(), stderr.getvalue(), time.time() - start
+  )
 
 
 @contextlib.contextmanager

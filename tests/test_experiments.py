@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pga_jax import data
-from tests import helpers
+from tests import cli_inprocess, helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,26 +19,20 @@ def idx_dir(tmp_path_factory):
   return helpers.make_idx_dir(tmp_path_factory, num_test=48)
 
 
-def run_script(script, *args, cache, timeout=600):
-  return helpers.run_python(
-    os.path.join(REPO, 'experiments', script),
-    *args,
-    timeout=timeout,
-    cwd=REPO,
-    PGA_CACHE_DIR=str(cache),
+def run_script(script, *args, cache):
+  """`python experiments/SCRIPT ARGS` with $PGA_CACHE_DIR=cache, run in this
+  process (`cli_inprocess.script`); asserts that it exits 0."""
+  result = cli_inprocess.script(
+    os.path.join(REPO, 'experiments', script), *args, PGA_CACHE_DIR=str(cache)
   )
+  assert result.returncode == 0, result.tail()
+  return result
 
 
 def run_failing_script(script, *args):
-  """`python experiments/SCRIPT ARGS` expected to fail: the CompletedProcess, unchecked."""
-  return subprocess.run(
-    [sys.executable, os.path.join(REPO, 'experiments', script), *args],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
-    cwd=REPO,
-  )
+  """`python experiments/SCRIPT ARGS` expected to fail, run in this process: the
+  result (exit status, stdout, stderr), unchecked."""
+  return cli_inprocess.script(os.path.join(REPO, 'experiments', script), *args)
 
 
 def test_table1_runs_end_to_end_with_domain_features(idx_dir, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 from experiments.extending import l1_term, wae_mmd
 from pga_jax import config as config_lib, methods, testing, user_code
-from tests import helpers
+from tests import cli_inprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -229,7 +229,7 @@ def test_the_warmup_weight_is_exactly_zero_then_exactly_the_traced_coefficient(r
 )
 def test_pga_train_runs_the_worked_examples_for_20_steps(args, tmp_path):
   workdir = tmp_path / 'run'
-  result = helpers.run_cli(
+  result = cli_inprocess.pga(
     'train',
     *args,
     f'--workdir={workdir}',
@@ -239,7 +239,6 @@ def test_pga_train_runs_the_worked_examples_for_20_steps(args, tmp_path):
     '--config.sample_every=1000',
     '--config.eval_every=0',
     '--config.checkpoint_every=20',
-    timeout=900,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   log = (workdir / 'pga.log').read_text()

@@ -100,13 +100,18 @@ def test_cli_train_then_sample_reconstruct_interpolate(idx_dir, tmp_path):
   assert {key.split('|')[0] for key in forms} == {'upsample', 'downsample'}
   assert set(forms.values()) <= {'xla', 'phase', 'adjoint', 'adjoint_xla', 'fused'}
 
-  out = run_cli('sample', f'--workdir={workdir}', '--num=7', f'--out={tmp_path}/s.npz')
-  assert out.returncode == 0, out.stderr[-3000:]
+  # The run's commands in this process (`pga train` above was a process of its own).
+  out = cli_inprocess.pga('sample', f'--workdir={workdir}', '--num=7', f'--out={tmp_path}/s.npz')
+  assert out.returncode == 0, out.tail()
   samples = np.load(tmp_path / 's.npz')['images']
   assert samples.shape == (7, 28, 28, 1) and samples.dtype == np.uint8
-  out = run_cli('reconstruct', f'--workdir={workdir}', '--num=4', f'--out={tmp_path}/r.png')
-  assert out.returncode == 0 and os.path.exists(tmp_path / 'r.png'), out.stderr[-3000:]
-  out = run_cli('interpolate', f'--workdir={workdir}', '--num=2', f'--out={tmp_path}/i.npz')
+  out = cli_inprocess.pga(
+    'reconstruct', f'--workdir={workdir}', '--num=4', f'--out={tmp_path}/r.png'
+  )
+  assert out.returncode == 0 and os.path.exists(tmp_path / 'r.png'), out.tail()
+  out = cli_inprocess.pga(
+    'interpolate', f'--workdir={workdir}', '--num=2', f'--out={tmp_path}/i.npz'
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert np.load(tmp_path / 'i.npz')['images'].shape == (2, 9, 28, 28, 1)
 
