@@ -51,16 +51,35 @@ def config_text(data_dir: str, num_steps: int = NUM_STEPS) -> str:
   )
 
 
-# Run in a subprocess: the parameters of a run (local or gs://) as a local .npz.
+# Run in a subprocess: the parameters of runs (local or gs://) as local .npz
+# files, for pairs of arguments RUN_DIR OUT.npz.
 PARAMS_SCRIPT = """
 import sys
 from pga_jax import storage
 storage.configure_environment()
 import jax, numpy as np
 from pga_jax import checkpointing
-_, _, params, step = checkpointing.load_trained(sys.argv[1])
-leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
-np.savez(sys.argv[2], step=step, **{f'leaf{i:04d}': x for i, x in enumerate(leaves)})
+for workdir, out in zip(sys.argv[1::2], sys.argv[2::2]):
+  _, _, params, step = checkpointing.load_trained(workdir)
+  leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
+  np.savez(out, step=step, **{f'leaf{i:04d}': x for i, x in enumerate(leaves)})
+"""
+
+# Run in a subprocess: several `pga` commands one after the other, each as a
+# fresh process would see it (tests/cli_inprocess.py), in one process that
+# starts Python, TensorFlow and JAX once. argv: OUT.json, then one JSON list
+# of arguments per command; OUT.json gets each command's exit status and output.
+COMMANDS_SCRIPT = """
+import json, sys
+from pga_jax import storage
+storage.configure_environment()
+from tests import cli_inprocess
+results = []
+for args in sys.argv[2:]:
+  r = cli_inprocess.pga(*json.loads(args), cwd='.')
+  results.append({'returncode': r.returncode, 'stdout': r.stdout, 'stderr': r.stderr})
+with open(sys.argv[1], 'w') as f:
+  json.dump(results, f)
 """
 
 
@@ -189,18 +208,47 @@ def run_emulated(args, url, cwd, timeout=240):
   return process
 
 
-def run_script(script, *args, url, cwd=None, timeout=240):
-  """`python -c SCRIPT ARGS` on CPU with the emulator's one switch; asserts it exits 0."""
+def run_script(script, *args, url, cwd=None, timeout=240, **env):
+  """`python -c SCRIPT ARGS` on CPU with the emulator's one switch (and `env`);
+  asserts it exits 0."""
   return helpers.run_python(
-    '-c', script, *args, timeout=timeout, cwd=cwd, STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS='cpu'
+    '-c',
+    script,
+    *args,
+    timeout=timeout,
+    cwd=cwd,
+    STORAGE_EMULATOR_HOST=url,
+    JAX_PLATFORMS='cpu',
+    **env,
   )
 
 
-def params_of(workdir, out, url, cwd):
-  run_script(PARAMS_SCRIPT, workdir, str(out), url=url, cwd=str(cwd))
-  with np.load(out) as loaded:
-    leaves = [loaded[k] for k in sorted(loaded.files) if k.startswith('leaf')]
-    return int(loaded['step']), leaves
+def params_of(pairs, url, cwd):
+  """[(step, leaves)] of each (run directory, .npz path), read in one child process."""
+  run_script(PARAMS_SCRIPT, *[str(x) for pair in pairs for x in pair], url=url, cwd=str(cwd))
+  found = []
+  for _, out in pairs:
+    with np.load(out) as loaded:
+      leaves = [loaded[k] for k in sorted(loaded.files) if k.startswith('leaf')]
+      found.append((int(loaded['step']), leaves))
+  return found
+
+
+def pga_commands(commands, url, cwd, out):
+  """Runs each list of `pga` arguments in turn in one emulated child process
+  (working directory `cwd`); returns their results (dicts of returncode,
+  stdout, stderr)."""
+  run_script(
+    COMMANDS_SCRIPT,
+    str(out),
+    *[json.dumps(args) for args in commands],
+    url=url,
+    cwd=str(cwd),
+    timeout=600,
+    PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
+  with open(out) as f:
+    return json.load(f)
 
 
 # --------------------------------------------------------------------------
@@ -355,8 +403,11 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
   assert run.proc.returncode == 0, run.tail()
   assert f'Resumed from step {stopped_at}' in run.stderr, run.tail()
   assert f'training finished at step {NUM_STEPS}' in run.stdout, run.tail()
-  step, remote = params_of(workdir, tmp_path / 'remote.npz', url, tmp_path)
-  ref_step, local = params_of(str(tmp_path / 'local_run'), tmp_path / 'local.npz', url, tmp_path)
+  (step, remote), (ref_step, local) = params_of(
+    [(workdir, tmp_path / 'remote.npz'), (tmp_path / 'local_run', tmp_path / 'local.npz')],
+    url,
+    tmp_path,
+  )
   assert step == ref_step == NUM_STEPS
   assert_bitwise_equal(remote, local, 'gs:// run stopped and resumed vs local run')
   objects = list_objects(url, BUCKET, 'runs/lpga/')
@@ -378,37 +429,40 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
 
   # An unfinished write (no commit_success.txt) is not taken for a checkpoint.
   put_object(url, BUCKET, f'runs/lpga/checkpoints/{NUM_STEPS + 5}/state/_METADATA', b'{}')
+  # sample (from gs:// and from the local run), reconstruct, interpolate and
+  # evaluate, one after the other in one emulated process.
   sample_out = f'gs://{BUCKET}/out/samples.npz'
-  for where, out in (('gs', sample_out), ('local', str(tmp_path / 'local_samples.npz'))):
-    run_dir = workdir if where == 'gs' else str(tmp_path / 'local_run')
-    run = run_emulated(['sample', f'--workdir={run_dir}', '--num=16', f'--out={out}'], url, cwd)
-    assert run.proc.returncode == 0, run.tail()
-  put_bytes = get_object(url, BUCKET, 'out/samples.npz')
-  (tmp_path / 'remote_samples.npz').write_bytes(put_bytes)
-  with np.load(tmp_path / 'remote_samples.npz') as a, np.load(tmp_path / 'local_samples.npz') as b:
-    assert a['images'].shape == (16, 28, 28, 1) and np.array_equal(a['images'], b['images'])
+  commands = [
+    ['sample', f'--workdir={workdir}', '--num=16', f'--out={sample_out}'],
+    [
+      'sample',
+      f'--workdir={tmp_path / "local_run"}',
+      '--num=16',
+      f'--out={tmp_path / "local_samples.npz"}',
+    ],
+  ]
   for command in ('reconstruct', 'interpolate'):
-    run = run_emulated(
-      [command, f'--workdir={workdir}', '--num=4', f'--out=gs://{BUCKET}/out/{command}.png'],
-      url,
-      cwd,
+    commands.append(
+      [command, f'--workdir={workdir}', '--num=4', f'--out=gs://{BUCKET}/out/{command}.png']
     )
-    assert run.proc.returncode == 0, run.tail()
-    assert get_object(url, BUCKET, f'out/{command}.png')[:8] == b'\x89PNG\r\n\x1a\n'
-
-  run = run_emulated(
+  commands.append(
     [
       'evaluate',
       f'--workdir={workdir}',
       '--num_samples=32',
       '--features=domain',
       f'--cache_dir={tmp_path / "eval_cache"}',
-    ],
-    url,
-    cwd,
-    timeout=400,
+    ]
   )
-  assert run.proc.returncode == 0, run.tail()
+  results = pga_commands(commands, url, cwd, tmp_path / 'commands.json')
+  for command, result in zip(commands, results):
+    assert result['returncode'] == 0, (command, result['stderr'][-3000:])
+  put_bytes = get_object(url, BUCKET, 'out/samples.npz')
+  (tmp_path / 'remote_samples.npz').write_bytes(put_bytes)
+  with np.load(tmp_path / 'remote_samples.npz') as a, np.load(tmp_path / 'local_samples.npz') as b:
+    assert a['images'].shape == (16, 28, 28, 1) and np.array_equal(a['images'], b['images'])
+  for command in ('reconstruct', 'interpolate'):
+    assert get_object(url, BUCKET, f'out/{command}.png')[:8] == b'\x89PNG\r\n\x1a\n'
   name = f'runs/lpga/eval/domain_step{NUM_STEPS}_n32.json'
   results = json.loads(get_object(url, BUCKET, name))
   assert results['step'] == NUM_STEPS and results['num_samples'] == 32
@@ -433,7 +487,7 @@ def test_train_stop_resume_sample_evaluate_in_gs_equal_a_local_run(emulator, tmp
   moved = list_objects(url, BUCKET, 'runs/lpga/corrupt_checkpoints/')
   assert {n.split('/')[3].split('-')[0] for n in moved} == {str(NUM_STEPS)}, sorted(moved)
   assert any(n.endswith(victim.split(f'/{NUM_STEPS}/', 1)[1]) for n in moved)
-  step, retrained = params_of(workdir, tmp_path / 'retrained.npz', url, tmp_path)
+  ((step, retrained),) = params_of([(workdir, tmp_path / 'retrained.npz')], url, tmp_path)
   assert step == NUM_STEPS
   assert_bitwise_equal(retrained, local, 'gs:// run after the fallback vs local run')
   assert os.listdir(cwd) == []
