@@ -1,6 +1,8 @@
 """Methods: gradient routing, agreement with the reference's two-loss form,
 warm-up, adding a term, and jit/non-jit agreement."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -200,6 +202,21 @@ def test_extra_term_with_unknown_coefficient_is_rejected():
     config_lib.validate(config)
 
 
+@functools.lru_cache(maxsize=None)
+def op_by_op(method_name):
+  """(loss, metrics, state after one step) of `make(method_name)`, evaluated op
+  by op (`jax.disable_jit`): the independent side of JitAgreementTest,
+  computed once for both of its variants."""
+  config, loss_fn, model, _, params, images = make(method_name)
+  optimizer = ts.make_optimizer(config)
+  state = ts.init_train_state(model, optimizer, jax.random.PRNGKey(7))
+  step_fn = ts.make_train_step(loss_fn, optimizer)
+  with jax.disable_jit():
+    loss, metrics = loss_fn(params, images, jax.random.PRNGKey(8), jnp.asarray(3))
+    new_state, _ = step_fn(state, images)
+  return loss, metrics, new_state
+
+
 class JitAgreementTest(chex.TestCase):
   """Losses and a whole train step give the same numbers with and without jit."""
 
@@ -211,9 +228,7 @@ class JitAgreementTest(chex.TestCase):
       state = ts.init_train_state(model, optimizer, jax.random.PRNGKey(7))
       step_fn = ts.make_train_step(loss_fn, optimizer)
       args = (params, images, jax.random.PRNGKey(8), jnp.asarray(3))
-      with jax.disable_jit():  # the independent, op-by-op evaluation
-        eager_loss, eager_metrics = loss_fn(*args)
-        eager_state, _ = step_fn(state, images)
+      eager_loss, eager_metrics, eager_state = op_by_op(method_name)
       loss, metrics = self.variant(loss_fn)(*args)
       new_state, step_metrics = self.variant(step_fn)(state, images)
       np.testing.assert_allclose(loss, eager_loss, rtol=1e-5)
