@@ -97,26 +97,16 @@ def random_fid_state_dict(seed=0):
 
 @pytest.fixture(scope='module')
 def weights(tmp_path_factory):
-  """Random torch weights on disk, converted with the converter's CLI."""
+  """Random torch weights on disk, converted by the converter's command-line
+  entry point (`main(argv)`, what `python -m` calls), in this process."""
+  from pga_jax.evaluation import convert_inception  # pylint: disable=g-import-not-at-top
+
   tmp = tmp_path_factory.mktemp('fid_weights')
   pth = str(tmp / 'random_fid_inception.pth')
   npz = str(tmp / 'random_fid_inception.npz')
   state = random_fid_state_dict()
   torch.save(state, pth)
-  proc = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'pga_jax.evaluation.convert_inception',
-      f'--torch_weights={pth}',
-      f'--out={npz}',
-    ],
-    cwd=REPO_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert proc.returncode == 0, proc.stderr
+  assert convert_inception.main([f'--torch_weights={pth}', f'--out={npz}']) == 0
   assert os.path.isfile(npz)
   return types.SimpleNamespace(pth=pth, npz=npz, state=state)
 
