@@ -27,7 +27,9 @@
 # time even if a stage hangs; a stage that ran out of time says so in its
 # JSON. The convolution forms measured on the device are kept in
 # OUT_DIR/kernel_cache/conv_impl_v2.json (or $PGA_JAX_CACHE_DIR if set) and
-# listed in each benchmark's JSON (conv_forms).
+# listed in each benchmark's JSON (conv_forms). A JAX_COMPILATION_CACHE_DIR set
+# in the environment is read and written by every stage as usual (the stages
+# set EPATH_USE_TF=false, so refusing TensorFlow does not break the cache).
 #
 # --dry-run: the same on CPU with tiny sizes (three tests, batch 2, one timed
 # benchmark step, 10 train steps; convolution forms measured for conv_mnist
