@@ -245,7 +245,7 @@ def pga_commands(commands, url, cwd, out):
     url=url,
     cwd=str(cwd),
     timeout=600,
-    PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    PYTHONPATH=helpers.REPO,  # for `tests.cli_inprocess`
   )
   with open(out) as f:
     return json.load(f)

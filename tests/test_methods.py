@@ -202,17 +202,24 @@ def test_extra_term_with_unknown_coefficient_is_rejected():
     config_lib.validate(config)
 
 
-@functools.lru_cache(maxsize=None)
-def op_by_op(method_name):
-  """(loss, metrics, state after one step) of `make(method_name)`, evaluated op
-  by op (`jax.disable_jit`): the independent side of JitAgreementTest,
-  computed once for both of its variants."""
+def one_step_setup(method_name):
+  """(loss_fn, its args, train step, initial state, images) of `make(method_name)`."""
   config, loss_fn, model, _, params, images = make(method_name)
   optimizer = ts.make_optimizer(config)
   state = ts.init_train_state(model, optimizer, jax.random.PRNGKey(7))
   step_fn = ts.make_train_step(loss_fn, optimizer)
+  args = (params, images, jax.random.PRNGKey(8), jnp.asarray(3))
+  return loss_fn, args, step_fn, state, images
+
+
+@functools.lru_cache(maxsize=None)
+def op_by_op(method_name):
+  """(loss, metrics, state after one step) of `one_step_setup(method_name)`,
+  evaluated op by op (`jax.disable_jit`): the independent side of
+  JitAgreementTest, computed once for both of its variants."""
+  loss_fn, args, step_fn, state, images = one_step_setup(method_name)
   with jax.disable_jit():
-    loss, metrics = loss_fn(params, images, jax.random.PRNGKey(8), jnp.asarray(3))
+    loss, metrics = loss_fn(*args)
     new_state, _ = step_fn(state, images)
   return loss, metrics, new_state
 
@@ -223,11 +230,7 @@ class JitAgreementTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_lpga_and_vpga(self):
     for method_name in ('lpga', 'vpga'):
-      config, loss_fn, model, method, params, images = make(method_name)
-      optimizer = ts.make_optimizer(config)
-      state = ts.init_train_state(model, optimizer, jax.random.PRNGKey(7))
-      step_fn = ts.make_train_step(loss_fn, optimizer)
-      args = (params, images, jax.random.PRNGKey(8), jnp.asarray(3))
+      loss_fn, args, step_fn, state, images = one_step_setup(method_name)
       eager_loss, eager_metrics, eager_state = op_by_op(method_name)
       loss, metrics = self.variant(loss_fn)(*args)
       new_state, step_metrics = self.variant(step_fn)(state, images)
