@@ -253,12 +253,6 @@ def guarded(main, command: str, verbose: bool):
   def run_main(argv):
     log_file = console.log_path(_workdir(command), command)
     console.route_logs(log_file, verbose)
-    if command != 'benchmark':  # the benchmark runs without TensorFlow (accelerator check)
-      with console.native_stderr_to(None if verbose else log_file):
-        try:
-          import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (its start-up lines)
-        except ImportError:
-          pass  # a command that needs it says so
     try:
       main(argv)
     except KeyboardInterrupt:

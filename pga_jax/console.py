@@ -1,11 +1,11 @@
 """What the `pga` command shows on the console, and where the rest goes.
 
 The console gets the project's own lines: pga_jax's log records (progress,
-warnings, errors), clu's per-term metric and progress lines, and the `pga:`
-lines the commands print. Everything the libraries log (orbax's options and
-file operations, tfds, TensorFlow's native start-up lines, tracebacks of
-background threads) goes to a log file instead, in the run's workdir when
-there is one. `--verbosity=N` (or `-v N`) puts all of it back on the console.
+per-term losses, warnings, errors) and the `pga:` lines the commands print.
+Everything the libraries log (orbax's options and file operations, tfds,
+TensorFlow's native start-up lines, tracebacks of background threads) goes to
+a log file instead, in the run's workdir when there is one. `--verbosity=N`
+(or `-v N`) puts all of it back on the console.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from typing import Optional, Sequence
 LOG_FILE = 'pga.log'
 # Records of this logger (and its children) are detail: the log file only.
 DETAIL_LOGGER = 'pga_detail'
-# clu modules whose INFO lines are the run's progress and per-term losses.
-_CLU_CONSOLE_MODULES = ('/clu/metric_writers/logging_writer.py', '/clu/platform/local.py')
-_CLU_DETAIL = ('[Hyperparameters]', 'Got images')
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)).replace(os.sep, '/') + '/'
 
 
@@ -38,15 +35,13 @@ def detail_logger(name: str = '') -> std_logging.Logger:
 
 
 def is_project_record(record: std_logging.LogRecord) -> bool:
-  """pga_jax's records, and clu's per-term metric and progress lines."""
+  """pga_jax's records (but not its detail logger's) and the experiments'."""
   if record.name.startswith(DETAIL_LOGGER):
     return False
   path = record.pathname.replace(os.sep, '/')
   # By the package's own folder: a checkout named pga_jax holds .venv (gcsfs, orbax, ...) too.
   if path.startswith(_PACKAGE_DIR):
     return True
-  if path.endswith(_CLU_CONSOLE_MODULES) and record.levelno < std_logging.WARNING:
-    return not any(mark in str(record.msg) for mark in _CLU_DETAIL)
   if '/site-packages/' in path or '/dist-packages/' in path:
     return False
   return '/pga_jax/' in path or '/experiments/' in path
@@ -124,6 +119,19 @@ def route_logs(path: str, verbose: bool) -> None:
     threading.excepthook = _log_thread_exception
     sys.excepthook = _log_exception
     sys.unraisablehook = _log_unraisable
+
+
+def routed_log_file() -> Optional[str]:
+  """The log file `route_logs` sends the libraries' lines to, while the console
+  shows the project's only; None otherwise (--verbosity, or no `pga` command)."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
+  if not any(isinstance(f, ProjectOnly) for f in logging.get_absl_handler().filters):
+    return None
+  for handler in std_logging.getLogger().handlers:
+    if isinstance(handler, _LazyFileHandler):
+      return handler.baseFilename
+  return None
 
 
 @contextlib.contextmanager

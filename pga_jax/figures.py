@@ -25,8 +25,8 @@ def grid(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
   return canvas
 
 
-def save_png(array: np.ndarray, path: str, scale: int = 1) -> str:
-  """Writes the PNG atomically to a local path or a gs:// URL; returns the path."""
+def png_bytes(array: np.ndarray, scale: int = 1) -> bytes:
+  """An (H, W, C) uint8 image as PNG, each pixel `scale` x `scale`."""
   if array.shape[-1] == 1:
     array = array[..., 0]
   image = Image.fromarray(array)
@@ -34,7 +34,12 @@ def save_png(array: np.ndarray, path: str, scale: int = 1) -> str:
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
   encoded = io.BytesIO()
   image.save(encoded, format='PNG')
-  return storage.write_atomic(path, encoded.getvalue())
+  return encoded.getvalue()
+
+
+def save_png(array: np.ndarray, path: str, scale: int = 1) -> str:
+  """Writes the PNG atomically to a local path or a gs:// URL; returns the path."""
+  return storage.write_atomic(path, png_bytes(array, scale))
 
 
 def sample_grid(samples: np.ndarray, rows: int = 10) -> np.ndarray:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metrics as clu_metrics, periodic_actions
+from clu import metrics as clu_metrics
 
 from pga_jax import checkpointing, config as config_lib, conv_forms, data, event_logs, figures
 from pga_jax import sampling, sharding, storage, train_step as ts
@@ -211,7 +211,7 @@ def train_and_evaluate(
       {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
     )
   start = int(state.step)
-  progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)
+  progress = event_logs.ProgressReport(config.num_steps, writer)
   bar = None
   if is_main and sys.stderr.isatty():
     import tqdm  # pylint: disable=g-import-not-at-top

@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from pga_jax import storage
+from pga_jax import console, storage
 from pga_jax.data import idx as idx_lib
 
 # The dataset table lives in `catalog` (tfds_sources reads it too); re-exported here.
@@ -154,8 +154,10 @@ def load_split(
       _check_requested_shape(
         dataset, *TFDS_SHAPES[dataset], image_size, channels
       )  # before loading anything
-      # Imported here: TensorFlow is only needed for the tfds datasets.
-      from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+      # Imported here: TensorFlow is only needed for the tfds datasets. Its
+      # native start-up lines go to the `pga` command's log file.
+      with console.native_stderr_to(console.routed_log_file()):
+        from pga_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
 
       images, labels = tfds_sources.load_tfds_split(dataset, split, data_dir, allow_download)
       result = Split(images, labels)
