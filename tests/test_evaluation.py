@@ -165,11 +165,16 @@ TINY_SPEC = classifier_lib.ClassifierSpec(epochs=1, max_train_examples=12000)
 
 
 @pytest.fixture(scope='module')
-def fashion(tmp_path_factory):
-  """Fashion-MNIST (read from its IDX files, no TensorFlow), a small classifier, reference."""
+def fashion_splits():
+  """Fashion-MNIST's train and test splits, read from its IDX files (no TensorFlow)."""
   directory = fashion_mnist_offline.local_files_dir()
-  train_split = data.load_split('idx', 'train', directory)
-  test_split = data.load_split('idx', 'test', directory)
+  return data.load_split('idx', 'train', directory), data.load_split('idx', 'test', directory)
+
+
+@pytest.fixture(scope='module')
+def fashion(tmp_path_factory, fashion_splits):
+  """The splits, an evaluator with a small classifier and its reference statistics."""
+  train_split, test_split = fashion_splits
   cache = str(tmp_path_factory.mktemp('cache'))
   network = evaluate.domain_network(
     'fashion_mnist_idx', train_split, test_split, cache_dir=cache, spec=TINY_SPEC
@@ -230,9 +235,9 @@ def test_precision_recall_kid_real_vs_real_and_vs_noise(fashion):
   assert real['num_pr_points'] == 2000 and fake['num_samples'] == 2000
 
 
-def test_precision_recall_of_real_images_and_noise_in_pixel_space(fashion):
+def test_precision_recall_of_real_images_and_noise_in_pixel_space(fashion_splits):
   """The metric on real data where noise is truly far from every real point: pixels."""
-  _, train_split, test_split = fashion
+  train_split, test_split = fashion_splits
   pixels = lambda x: pipeline.scale_images(x).reshape(len(x), -1)
   train_pixels = pixels(train_split.images[:2000])
   precision, recall = metrics.precision_recall(train_pixels, pixels(test_split.images[:2000]))
