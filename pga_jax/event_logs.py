@@ -73,7 +73,7 @@ class Writer:
     del step, scalars
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-    """images: name -> (1, H, W, C) uint8 (one image per name)."""
+    """images: name -> (N, H, W, C) uint8, N images under one tag."""
     del step, images
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
@@ -95,11 +95,13 @@ class EventFileWriter(Writer):
     self._file = open(self.path, 'wb')  # pylint: disable=consider-using-with
     self._lock = threading.Lock()
     self._add(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
-    self.flush()
 
   def _add(self, event: event_pb2.Event) -> None:
+    """Appends the event and flushes: a run writes events every `log_every`
+    steps, so TensorBoard (and a preempted run's file) has each one at once."""
     with self._lock:
       self._file.write(_record(event.SerializeToString()))
+      self._file.flush()
 
   def _add_values(self, step: int, values: Sequence[summary_pb2.Summary.Value]) -> None:
     summary = summary_pb2.Summary(value=list(values))

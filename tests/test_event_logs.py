@@ -109,9 +109,10 @@ def test_a_damaged_record_is_refused_by_tensorflows_reader(tmp_path):
 
   writer = event_logs.EventFileWriter(str(tmp_path))
   writer.write_scalars(1, {'loss': 0.5})
-  writer.close()
   path = only_file(tmp_path)
+  # Each event is in the file as soon as it is written (TensorBoard, a preempted run).
   assert [(s, t) for s, t, _, _ in read_events(path)] == [(1, 'loss')]
+  writer.close()
   with open(path, 'rb') as f:
     data = bytearray(f.read())
   data[-6] ^= 0x01  # inside the last record's serialized event
