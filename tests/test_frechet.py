@@ -1,20 +1,18 @@
 """Frechet distance against pytorch-fid and closed forms.
 
 Needs the test-only dependencies in requirements-test.txt (torch CPU,
-torchvision, pytorch-fid); imported unconditionally so that a missing install
-makes this file ERROR instead of being skipped.
+torchvision, pytorch-fid); `tests.torch_reference` checks they are installed
+when this file is collected, so a missing install makes it ERROR instead of
+being skipped, and imports them at first use.
 """
 
 import numpy as np
 import pytest
 
 
-from tests import torch_reference  # noqa: E402,F401  (torch, torchvision)
+from tests.torch_reference import Deferred  # noqa: E402  (errors when torch is missing)
 
-
-import torch  # noqa: E402,F401  (must error, not skip, when missing)
-
-from pytorch_fid.fid_score import calculate_frechet_distance  # noqa: E402
+fid_score = Deferred('pytorch_fid.fid_score')
 
 from pga_jax.evaluation.frechet import (  # noqa: E402
   feature_statistics,
@@ -49,7 +47,7 @@ def random_spd(d, seed, scale=1.0):
 def test_matches_pytorch_fid(n, d, shift):
   m1, s1 = feature_statistics(relu_features(n, d, seed=1))
   m2, s2 = feature_statistics(relu_features(n, d, seed=2, shift=shift))
-  ref = calculate_frechet_distance(m1, s1, m2, s2)
+  ref = fid_score.calculate_frechet_distance(m1, s1, m2, s2)
   ours = frechet_distance(m1, s1, m2, s2)
   assert isinstance(ours, float)
   assert ours == pytest.approx(float(ref), rel=1e-6)
@@ -61,7 +59,7 @@ def test_float32_statistics_are_computed_in_float64():
   stats32 = [a.astype(np.float32) for a in (m1, s1, m2, s2)]
   # pytorch-fid would work in float32 here; we upcast, so compare with its
   # result on the same (float32-rounded) values given as float64.
-  ref = calculate_frechet_distance(*(a.astype(np.float64) for a in stats32))
+  ref = fid_score.calculate_frechet_distance(*(a.astype(np.float64) for a in stats32))
   assert frechet_distance(*stats32) == pytest.approx(float(ref), rel=1e-10)
 
 

@@ -1,8 +1,9 @@
 """FID Inception (flax) against pytorch-fid's own network, with shared random weights.
 
 Needs the test-only dependencies in requirements-test.txt (torch CPU,
-torchvision, pytorch-fid). They are imported unconditionally below, so a
-missing install makes this file ERROR instead of being skipped.
+torchvision, pytorch-fid). `tests.torch_reference` checks they are installed
+when this file is collected, so a missing install makes it ERROR instead of
+being skipped, and imports them at first use.
 
 pytorch-fid's network is built by its own ``pytorch_fid.inception.InceptionV3``
 (its resize + normalisation, its FIDInception* blocks); only its weight loader
@@ -19,13 +20,11 @@ import numpy as np
 import pytest
 
 
-from tests import torch_reference  # noqa: E402,F401  (torch, torchvision)
+from tests.torch_reference import Deferred  # noqa: E402  (errors when torch is missing)
 
-
-import torch  # noqa: E402  (must error, not skip, when missing)
-import torch.nn.functional as F  # noqa: E402
-
-import pytorch_fid.inception as pfid_inception  # noqa: E402
+torch = Deferred('torch')
+F = Deferred('torch.nn.functional')
+pfid_inception = Deferred('pytorch_fid.inception')
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -68,7 +67,9 @@ def random_fid_state_dict(seed=0):
   Conv weights are He-normal and BN statistics moderate, so activations keep
   a roughly constant scale through the whole depth.
   """
-  template = pfid_inception._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+  template = pfid_inception._module()._inception_v3(
+    num_classes=1008, aux_logits=False, weights=None
+  )
   g = torch.Generator().manual_seed(seed)
   state = {}
   for key, value in template.state_dict().items():
@@ -121,7 +122,7 @@ def torch_net(weights):
     return torch.load(weights.pth, map_location='cpu', weights_only=True)
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(pfid_inception, 'load_state_dict_from_url', fake_loader)
+    mp.setattr(pfid_inception._module(), 'load_state_dict_from_url', fake_loader)
     net = pfid_inception.InceptionV3(output_blocks=[0, 1, 2, 3])
   assert calls == [pfid_inception.FID_WEIGHTS_URL]
   net.eval()
