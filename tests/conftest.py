@@ -57,6 +57,7 @@ if (
 
 
 import fnmatch  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 
 import pytest  # noqa: E402
@@ -71,11 +72,12 @@ def pytest_unconfigure(config):
 SLOW_TESTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'slow_tests.txt')
 
 
-def slow_test_patterns(path: str = SLOW_TESTS_FILE) -> list:
+@functools.lru_cache(maxsize=None)
+def slow_test_patterns(path: str = SLOW_TESTS_FILE) -> tuple:
   """The fnmatch patterns of tests/slow_tests.txt, '[' taken literally."""
   with open(path) as f:
     lines = [line.strip() for line in f]
-  return [line.replace('[', '[[]') for line in lines if line and not line.startswith('#')]
+  return tuple(line.replace('[', '[[]') for line in lines if line and not line.startswith('#'))
 
 
 MODULE_SECONDS_FILE = os.path.join(
@@ -84,17 +86,33 @@ MODULE_SECONDS_FILE = os.path.join(
 
 
 def module_seconds(path: str = MODULE_SECONDS_FILE) -> dict:
-  """{test module file name: seconds its tests took in a recorded full run}."""
+  """{test module file name: {'all': seconds of all its tests, 'unit': seconds of
+  its unit-tier tests}} in a recorded full run."""
   try:
     with open(path) as f:
-      return {str(k): float(v) for k, v in json.load(f).items()}
+      recorded = json.load(f)
   except (OSError, ValueError):
     return {}
+  return {
+    str(k): (
+      {'all': float(v['all']), 'unit': float(v['unit'])}
+      if isinstance(v, dict)
+      else {'all': float(v), 'unit': float(v)}
+    )
+    for k, v in recorded.items()
+  }
 
 
+def pytest_itemcollected(item):
+  """Marks `slow` the tests tests/slow_tests.txt lists (`make test` skips them)."""
+  if any(fnmatch.fnmatchcase(item.nodeid, p) for p in slow_test_patterns()):
+    item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-  """Marks `slow` the tests tests/slow_tests.txt lists (`make test` skips them),
-  and puts the modules that took longest in the recorded run first.
+  """Puts the modules that took longest in the recorded run first, weighing each by
+  the tests selected: the unit tier's seconds when no slow test of it runs.
 
   The Makefile hands whole modules to the xdist workers (`--dist loadfile`,
   so a module's fixtures are built once), in collection order: longest first
@@ -103,15 +121,15 @@ def pytest_collection_modifyitems(config, items):
   tests within a module is unchanged.
   """
   del config
-  patterns = slow_test_patterns()
-  for item in items:
-    if any(fnmatch.fnmatchcase(item.nodeid, p) for p in patterns):
-      item.add_marker(pytest.mark.slow)
   seconds = module_seconds()
+  with_slow = {os.path.basename(str(item.path)) for item in items if 'slow' in item.keywords}
+
+  def weight(module):
+    recorded = seconds.get(module, {'all': 0.0, 'unit': 0.0})
+    return recorded['all'] if module in with_slow else recorded['unit']
+
   position = {item.nodeid: i for i, item in enumerate(items)}
-  items.sort(
-    key=lambda item: (-seconds.get(os.path.basename(str(item.path)), 0.0), position[item.nodeid])
-  )
+  items.sort(key=lambda item: (-weight(os.path.basename(str(item.path))), position[item.nodeid]))
 
 
 def pytest_addoption(parser):
@@ -119,7 +137,8 @@ def pytest_addoption(parser):
     '--record-module-seconds',
     metavar='PATH',
     default=None,
-    help='write {module: seconds} of this run to PATH (JSON; tests/module_seconds.json '
+    help='write {module: {all: seconds, unit: seconds}} of this run to PATH (JSON; '
+    'tests/module_seconds.json '
     'orders the modules of later runs)',
   )
 
@@ -128,16 +147,19 @@ _RECORDED_SECONDS: dict = {}
 
 
 def pytest_runtest_logreport(report):
-  """Sums each module's setup, call and teardown seconds (in the xdist controller
-  too, which receives its workers' reports)."""
+  """Sums each module's setup, call and teardown seconds, all tests and the unit
+  tier's apart (in the xdist controller too, which receives its workers' reports)."""
   module = os.path.basename(report.nodeid.split('::')[0])
-  _RECORDED_SECONDS[module] = _RECORDED_SECONDS.get(module, 0.0) + report.duration
+  recorded = _RECORDED_SECONDS.setdefault(module, {'all': 0.0, 'unit': 0.0})
+  recorded['all'] += report.duration
+  if 'slow' not in report.keywords:
+    recorded['unit'] += report.duration
 
 
 def pytest_sessionfinish(session):
   path = session.config.getoption('--record-module-seconds')
   if path and not hasattr(session.config, 'workerinput'):  # the controller, or no xdist
-    ordered = dict(sorted(_RECORDED_SECONDS.items(), key=lambda kv: -kv[1]))
+    ordered = sorted(_RECORDED_SECONDS.items(), key=lambda kv: -kv[1]['all'])
     with open(path, 'w') as f:
-      json.dump({k: round(v, 1) for k, v in ordered.items()}, f, indent=1)
+      json.dump({k: {t: round(v[t], 1) for t in ('all', 'unit')} for k, v in ordered}, f, indent=1)
       f.write('\n')
