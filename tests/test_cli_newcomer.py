@@ -18,6 +18,7 @@ written are what is checked.
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -380,6 +381,7 @@ def test_training_console_is_the_projects_lines_and_the_log_has_the_rest(run):
     assert noise not in proc.output, noise
   assert 'Traceback' not in proc.output
   assert ' finite=' in proc.stderr and 'loss=' in proc.stderr  # per-term losses
+  assert re.search(r'Step 3/3 \(100\.0%\), [0-9.]+ steps/s, ETA 0s', proc.stderr), proc.stderr
   assert 'pga: training finished at step 3.' in proc.stdout
   # Everything besides: the absl lines of the run's own modules.
   other = [
