@@ -195,51 +195,38 @@ class FanOut(Writer):
       w.close()
 
 
-class UploadingSummaryWriter(Writer):
-  """Events in a local temporary directory, mirrored to `remote_dir` (gs://)."""
+class UploadingSummaryWriter(EventFileWriter):
+  """An event file in a local temporary directory, uploaded whole to `remote_dir`
+  (gs://) on each flush, and after an event once `upload_every` seconds have
+  passed since the last upload."""
 
   def __init__(self, remote_dir: str, upload_every: float = 60.0):
-    self._remote_dir = remote_dir
     self._local_dir = tempfile.mkdtemp(prefix='pga_events_')
-    self._writer = EventFileWriter(self._local_dir)
+    self._remote_path: Optional[str] = None  # set once the file exists
     self._upload_every = upload_every
-    self._uploaded: dict = {}  # file name -> size uploaded
+    self._uploaded_size = -1
     self._last_upload = time.monotonic()
+    super().__init__(self._local_dir)
+    self._remote_path = storage.join(remote_dir, os.path.basename(self.path))
 
-  def _upload_changed(self) -> None:
-    for name in sorted(os.listdir(self._local_dir)):
-      local = os.path.join(self._local_dir, name)
-      size = os.path.getsize(local)
-      if self._uploaded.get(name) != size:
-        storage.upload(local, storage.join(self._remote_dir, name))
-        self._uploaded[name] = size
-    self._last_upload = time.monotonic()
-
-  def _maybe_upload(self) -> None:
-    if time.monotonic() - self._last_upload >= self._upload_every:
+  def _add(self, event: event_pb2.Event) -> None:
+    super()._add(event)
+    if self._remote_path and time.monotonic() - self._last_upload >= self._upload_every:
       self.flush()
 
-  def write_scalars(self, step, scalars):
-    self._writer.write_scalars(step, scalars)
-    self._maybe_upload()
-
-  def write_images(self, step, images):
-    self._writer.write_images(step, images)
-    self._maybe_upload()
-
-  def write_hparams(self, hparams):
-    self._writer.write_hparams(hparams)
-    self._maybe_upload()
-
   def flush(self):
-    self._writer.flush()
-    self._upload_changed()
+    super().flush()
+    size = os.path.getsize(self.path)
+    if size != self._uploaded_size:
+      storage.upload(self.path, self._remote_path)
+      self._uploaded_size = size
+    self._last_upload = time.monotonic()
 
   def close(self):
     try:
       self.flush()
     finally:
-      self._writer.close()
+      super().close()
       shutil.rmtree(self._local_dir, ignore_errors=True)
 
 

@@ -91,16 +91,9 @@ def module_seconds(path: str = MODULE_SECONDS_FILE) -> dict:
   try:
     with open(path) as f:
       recorded = json.load(f)
-  except (OSError, ValueError):
+    return {str(k): {'all': float(v['all']), 'unit': float(v['unit'])} for k, v in recorded.items()}
+  except (OSError, ValueError, TypeError, KeyError):  # none, or not this format: no order
     return {}
-  return {
-    str(k): (
-      {'all': float(v['all']), 'unit': float(v['unit'])}
-      if isinstance(v, dict)
-      else {'all': float(v), 'unit': float(v)}
-    )
-    for k, v in recorded.items()
-  }
 
 
 def pytest_itemcollected(item):

@@ -8,6 +8,7 @@ TFRecord reader, which checks every record's checksums.
 import io
 import logging
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -133,8 +134,6 @@ def test_each_writer_has_its_own_file_and_training_does_not_import_tensorflow(tm
     "w.write_images(1, {'g': np.zeros((1, 4, 4, 1), np.uint8)}); w.close()\n"
     "print('tensorflow' in sys.modules)\n"
   )
-  import subprocess  # pylint: disable=g-import-not-at-top
-
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == 'False', out.stdout + out.stderr
 
