@@ -156,3 +156,13 @@ def pytest_sessionfinish(session):
     with open(path, 'w') as f:
       json.dump({k: {t: round(v[t], 1) for t in ('all', 'unit')} for k, v in ordered}, f, indent=1)
       f.write('\n')
+
+
+@pytest.fixture(scope='session')
+def emulator():
+  """The URL of a GCS emulator (tests/gcs_emulator.py), started once per test
+  process by the first test that asks for it."""
+  from tests import gcs_emulator  # pylint: disable=g-import-not-at-top
+
+  with gcs_emulator.running() as url:
+    yield url

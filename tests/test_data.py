@@ -21,8 +21,10 @@ from PIL import Image
 
 from pga_jax.data import BatchSource, DatasetError, dataset_info, load_split
 from pga_jax.data import fashion_mnist_offline
+from tests.gcs_emulator import create_bucket, list_objects, put_object, run_script
 
 DEBIAN_FASHION_DIR = '/usr/share/datasets/fashion-mnist'
+BUCKET = 'pga-test'  # in the GCS emulator
 
 
 # ---------------------------------------------------------------- helpers
@@ -679,6 +681,46 @@ def test_damaged_prepared_files_are_an_error(fashion_build, tmp_path):
   with pytest.raises(DatasetError) as error:
     load_split('fashion_mnist', 'test', str(data_dir), allow_download=False)
   assert 'damaged' in str(error.value) and str(data_dir) in str(error.value)
+
+
+@pytest.mark.slow
+def test_tfds_data_prepared_in_gs_is_read_like_the_local_copy(fashion_build, emulator):
+  """The fashion_mnist prepared here, copied into a GCS emulator's bucket with
+  urllib, is read from gs:// (through a temporary local copy) like the local
+  one; a gs:// folder without it is a DatasetError naming it."""
+  url = emulator
+  create_bucket(url, BUCKET)
+  local = fashion_build.data_dir
+  script = """
+import sys
+from pga_jax import storage
+storage.configure_environment()
+import numpy as np
+from pga_jax import data
+local, remote = sys.argv[1], sys.argv[2]
+a = data.load_split('fashion_mnist', 'test', local, allow_download=False)
+b = data.load_split('fashion_mnist', 'test', remote, allow_download=False)
+assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+print('equal', b.images.shape)
+try:
+  data.load_split('fashion_mnist', 'test', remote + '_empty', allow_download=False)
+except data.DatasetError as err:
+  print('error:', err)
+"""
+  for root, _, files in os.walk(local):
+    for name in files:
+      relative = os.path.relpath(os.path.join(root, name), local).replace(os.sep, '/')
+      with open(os.path.join(root, name), 'rb') as f:
+        put_object(url, BUCKET, f'tfds/{relative}', f.read())
+  assert any(
+    n.startswith('tfds/fashion_mnist/') and n.endswith('dataset_info.json')
+    for n in list_objects(url, BUCKET, 'tfds/')
+  )
+  result = run_script(script, str(local), f'gs://{BUCKET}/tfds', url=url, timeout=600)
+  assert 'equal (10000, 28, 28, 1)' in result.stdout, result.stdout
+  assert (
+    f"error: dataset 'fashion_mnist' is not prepared in gs://{BUCKET}/tfds_empty" in result.stdout
+  ), result.stdout
 
 
 def test_fashion_mnist_file_verification_rejects_wrong_content(tmp_path):
