@@ -43,11 +43,11 @@ quickstart: install
 # The unit tier: everything but the tests marked slow (training subprocesses,
 # several processes, the experiment runners and study scripts, the emulator).
 test: install trim-test-cache
-	$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 # Every test, after the formatting and lint check.
 test-all: install lint trim-test-cache
-	$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 trim-test-cache:
 	@if [ -n "$(TEST_XLA_CACHE)" ] && [ -d "$(TEST_XLA_CACHE)" ] && \

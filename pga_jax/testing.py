@@ -170,27 +170,41 @@ def check_gradients(
     params64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
     leaves, treedef = jax.tree_util.tree_flatten(params64)
     grad = jax.jit(jax.grad(fn))(params64)
-    value = jax.jit(fn)
-    keys = jax.random.split(jax.random.PRNGKey(seed), num_directions)
-    results = []
-    for i, key in enumerate(keys):
+
+    # Two compiled programs do all the work, whatever the number of
+    # directions and steps (op by op, each small array operation would be a
+    # program of its own, and the check would spend its time compiling them).
+    @jax.jit
+    def direction_and_slope(key, grad):
+      """A random unit direction in parameter space, and grad . direction."""
       parts = [
         jax.random.normal(k, x.shape, jnp.float64)
         for k, x in zip(jax.random.split(key, len(leaves)), leaves)
       ]
-      scale = np.sqrt(sum(float(jnp.sum(p * p)) for p in parts))
+      scale = jnp.sqrt(sum(jnp.sum(p * p) for p in parts))
       direction = jax.tree_util.tree_unflatten(treedef, [p / scale for p in parts])
-      analytic = float(
-        sum(
-          jnp.sum(g * d)
-          for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction))
-        )
+      slope = sum(
+        jnp.sum(g * d)
+        for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction))
       )
+      return direction, slope
+
+    @jax.jit
+    def ends(params, direction, h):
+      """fn at params + h * direction and at params - h * direction."""
+      plus = jax.tree_util.tree_map(lambda p, d: p + h * d, params, direction)
+      minus = jax.tree_util.tree_map(lambda p, d: p - h * d, params, direction)
+      return fn(plus), fn(minus)
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_directions)
+    results = []
+    for i, key in enumerate(keys):
+      direction, slope = direction_and_slope(key, grad)
+      analytic = float(slope)
       tried = []
       for h in steps:
-        plus = jax.tree_util.tree_map(lambda p, d, h=h: p + h * d, params64, direction)
-        minus = jax.tree_util.tree_map(lambda p, d, h=h: p - h * d, params64, direction)
-        numeric = (float(value(plus)) - float(value(minus))) / (2 * h)
+        f_plus, f_minus = ends(params64, direction, jnp.asarray(h, jnp.float64))
+        numeric = (float(f_plus) - float(f_minus)) / (2 * h)
         error = abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-8)
         tried.append((error, numeric, h))
         if error <= rtol:

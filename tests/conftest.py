@@ -108,8 +108,10 @@ def pytest_collection_modifyitems(config, items):
   the tests selected: the unit tier's seconds when no slow test of it runs.
 
   The Makefile hands whole modules to the xdist workers (`--dist loadfile`,
-  so a module's fixtures are built once), in collection order: longest first
-  keeps one long module from starting last and running alone at the end.
+  so a module's fixtures are built once), in collection order
+  (`--no-loadscope-reorder`; xdist would otherwise sort them by their number
+  of tests): longest first keeps one long module from starting last and
+  running alone at the end.
   Unrecorded modules keep their place after the recorded ones; the order of
   tests within a module is unchanged.
   """

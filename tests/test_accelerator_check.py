@@ -114,7 +114,8 @@ def test_dry_run_in_a_fresh_venv_without_tensorflow(tmp_path):
   env = {
     k: v
     for k, v in os.environ.items()
-    if k not in ('PYTHONPATH', 'VIRTUAL_ENV', 'PGA_JAX_CACHE_DIR', choice.FIXED_ENV)
+    if k
+    not in ('PYTHONPATH', 'PYTEST_ADDOPTS', 'VIRTUAL_ENV', 'PGA_JAX_CACHE_DIR', choice.FIXED_ENV)
   }
   env['PYTHON'] = python
   run = subprocess.run(

@@ -44,6 +44,16 @@ def test_the_test_targets_keep_one_compilation_cache_per_cpu(target):
   assert pytest_command(target).startswith(f'JAX_COMPILATION_CACHE_DIR={folder} ')
 
 
+@pytest.mark.parametrize('target', ['test', 'test-all'])
+def test_the_test_targets_hand_whole_modules_to_the_workers_in_collection_order(target):
+  # Without --no-loadscope-reorder, xdist sorts the modules by their number of
+  # tests and the order tests/conftest.py gives them (longest first) is lost:
+  # a long one-test module can start last and run alone at the end.
+  command = pytest_command(target).split()
+  assert '--dist' in command and command[command.index('--dist') + 1] == 'loadfile'
+  assert '--no-loadscope-reorder' in command
+
+
 def test_an_empty_test_xla_cache_leaves_the_cache_to_the_session():
   assert 'JAX_COMPILATION_CACHE_DIR' not in pytest_command('TEST_XLA_CACHE=', 'test')
   assert pytest_command('TEST_XLA_CACHE=/tmp/elsewhere', 'test').startswith(

@@ -24,8 +24,12 @@ def test_check_routing_names_a_term_that_reaches_the_wrong_side():
 
 
 def test_check_routing_checks_a_term_whose_coefficient_is_0():
+  # LPGA's zh_rec (Eq. 3 on data codes) beside the AE's one term: cheaper to
+  # trace than the whole of LPGA, and the same check of the term.
+  zh_rec = next(t for t in methods.LPGA.terms if t.name == 'zh_rec')
   config = testing.small_config('lpga', zh_rec=0.0)  # zh_rec off: still checked
-  norms = testing.check_routing(methods.LPGA, config)
+  norms = testing.check_routing(methods.AE.with_terms(zh_rec), config)
+  assert set(norms) == {'rec', 'zh_rec'}
   assert norms['zh_rec']['encoder'] > 0 and norms['zh_rec']['decoder'] == 0
 
 
