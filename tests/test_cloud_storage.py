@@ -2,9 +2,8 @@
 
 The emulator is fake-gcs-server (tests/gcs_emulator.py), started once per
 test process on a free port of 127.0.0.1 with in-memory storage and always
-stopped. The `pga` processes
-under test only get `STORAGE_EMULATOR_HOST`; everything else follows from it
-(`pga_jax.storage.configure_environment`).
+stopped. The `pga` processes under test only get `STORAGE_EMULATOR_HOST`;
+everything else follows from it (`pga_jax.storage.configure_environment`).
 
 What the tests look at is independent of the code under test: objects in the
 bucket are listed, read and damaged through the emulator's JSON API with
