@@ -7,8 +7,9 @@ feeds it synthetic images of the config's shape and reports
 - compile_s: trace + lower + compile of the step;
 - the step time over `steps` steps after `warmup` steps: median, 10th/90th
   percentile and median absolute deviation, and images/s (batch / median);
-- pipelined_images_per_sec: the same steps dispatched back to back with one
-  synchronisation at the end, as the train loop runs them;
+- pipelined_images_per_sec: half as many steps dispatched back to back with
+  one synchronisation at the end, as the train loop runs them (with at least
+  2 timed steps; null with one, where there is nothing back to back);
 - flops_per_step from XLA's cost analysis of the compiled step, and the
   achieved FLOP/s (flops / median step time);
 - peak memory: XLA's buffer assignment for the step (arguments + outputs +
@@ -321,7 +322,7 @@ def benchmark_config(
   stats = summarize(times)
   median_s = stats['step_ms_median'] / 1e3
   input_ms = input_pipeline_ms(config, built.dp)
-  pipelined = built.run(max(steps // 2, 1), sync_each=False)[0]
+  pipelined = built.run(steps // 2, sync_each=False)[0] if steps >= 2 else None
   finite = float(jax.device_get(built.last_metrics['finite']))
   result = {
     'method': config.method,
@@ -334,7 +335,9 @@ def benchmark_config(
     'at_step': int(config.init_steps) + 1 if at_step is None else int(at_step),
     'warmup_steps': warmup,
     'images_per_sec': config.batch_size / median_s,
-    'pipelined_images_per_sec': config.batch_size * max(steps // 2, 1) / pipelined,
+    'pipelined_images_per_sec': (
+      None if pipelined is None else config.batch_size * (steps // 2) / pipelined
+    ),
     'compile_s': built.compile_s,
     # The loop prefetches batches in a thread: it starves the step only if
     # this is not well below step_ms_median.
@@ -377,7 +380,11 @@ def format_result(r: dict) -> str:
     f'{r["at_step"]}): {r["images_per_sec"]:.1f} images/s',
     f'  step {r["step_ms_median"]:.1f} ms median (p10 {r["step_ms_p10"]:.1f}, p90 '
     f'{r["step_ms_p90"]:.1f}, MAD {r["step_ms_mad"]:.1f}; {r["num_timed_steps"]} steps); '
-    f'pipelined {r["pipelined_images_per_sec"]:.1f} images/s',
+    + (
+      'pipelined n/a (one timed step)'
+      if r['pipelined_images_per_sec'] is None
+      else f'pipelined {r["pipelined_images_per_sec"]:.1f} images/s'
+    ),
     f'  input pipeline {r["input_pipeline_ms_per_batch"]:.2f} ms/batch (prefetched)',
     f'  compile {r["compile_s"]:.1f} s; {gf(r["flops_per_step"])} GFLOP/step, '
     f'{gf(r["flops_per_sec"])} GFLOP/s achieved',

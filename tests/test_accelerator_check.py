@@ -155,6 +155,9 @@ def test_dry_run_in_a_fresh_venv_without_tensorflow(tmp_path):
   bench = json.loads((out_dir / 'benchmark_conv_mnist_bfloat16.json').read_text())
   assert bench['compute_dtype'] == 'bfloat16' and bench['flops_per_sec'] > 0
   assert 0 < bench['fraction_of_measured_matmul_peak']
+  # One timed step: no pipelined rate (nothing runs back to back), said so.
+  assert bench['pipelined_images_per_sec'] is None
+  assert 'pipelined n/a' in (out_dir / 'benchmark_conv_mnist_bfloat16.log').read_text()
   cache = json.loads((out_dir / 'kernel_cache' / choice.CACHE_FILE).read_text())
   assert any(k.startswith('upsample|cpu|') for k in cache)
   # The refusal of TensorFlow leaves JAX's compilation cache readable (the

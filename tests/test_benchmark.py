@@ -95,6 +95,21 @@ def test_benchmark_of_the_lpga_step(monkeypatch):
   chex.clear_trace_counter()
 
 
+def test_the_text_says_when_the_pipelined_rate_was_not_measured():
+  # With one timed step nothing is dispatched back to back: the result holds
+  # null and the text says so instead of a number.
+  result = dict(
+    method='ae', arch='conv_mnist', batch_size=2, compute_dtype='float32', at_step=1,
+    images_per_sec=10.0, step_ms_median=200.0, step_ms_p10=200.0, step_ms_p90=200.0,
+    step_ms_mad=0.0, num_timed_steps=1, pipelined_images_per_sec=None,
+    input_pipeline_ms_per_batch=0.5, compile_s=1.0, flops_per_step=2e9, flops_per_sec=1e10,
+    last_step_finite=True,
+  )  # fmt: skip
+  assert 'pipelined n/a (one timed step)' in benchmark.format_result(result)
+  result['pipelined_images_per_sec'] = 12.5
+  assert 'pipelined 12.5 images/s' in benchmark.format_result(result)
+
+
 def test_a_failing_peer_command_is_reported():
   with pytest.raises(RuntimeError, match='failed'):
     benchmark.run_peer(f'{sys.executable} -c "raise SystemExit(3)"', 'ae', 8, 1)
