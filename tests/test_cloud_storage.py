@@ -30,7 +30,6 @@ from pga_jax import storage
 from tests import helpers
 from tests.gcs_emulator import (
   create_bucket,
-  free_port,
   get_object,
   list_objects,
   put_object,
@@ -454,7 +453,7 @@ def test_a_bad_gs_workdir_is_one_line_before_training(emulator, tmp_path):
   config.write_text(config_text(str(data), num_steps=4))
   forbidden = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Forbidden)
   threading.Thread(target=forbidden.serve_forever, daemon=True).start()
-  closed_port = free_port()  # nothing listens there: no network
+  closed_port = helpers.free_port()  # nothing listens there: no network
   cwd = tmp_path / 'cwd'
   cwd.mkdir()
   cases = {

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -315,12 +314,6 @@ def test_eight_devices_train_like_one_and_checkpoints_move_between_them(
   assert found['aliased_outputs'] == hlo['num_state_leaves'], found
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_with_two_devices_each_train_like_one_device(scratch, idx_dir, reference):
   d = scratch / 'two_processes'
   d.mkdir()
@@ -334,7 +327,7 @@ def test_two_processes_with_two_devices_each_train_like_one_device(scratch, idx_
   env = child_env(1, JAX_NUM_CPU_DEVICES='2', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
 
   def commands(*flags):
-    address = f'127.0.0.1:{free_port()}'
+    address = f'127.0.0.1:{helpers.free_port()}'
     return [
       [
         sys.executable,
