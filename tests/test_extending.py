@@ -17,6 +17,7 @@ import pytest
 
 from experiments.extending import l1_term, wae_mmd
 from pga_jax import config as config_lib, methods, testing, user_code
+from pga_jax.data import fashion_mnist_offline
 from tests import cli_inprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -234,9 +235,14 @@ def test_the_warmup_weight_is_exactly_zero_then_exactly_the_traced_coefficient(r
 )
 def test_pga_train_runs_the_worked_examples_for_20_steps(args, tmp_path):
   workdir = tmp_path / 'run'
+  # Fashion-MNIST from its IDX files: the same images as the tfds dataset the
+  # configs name, without TensorFlow's import and tf.data's decoding (~19 s
+  # of the test on one CPU); the tfds path has tests of its own (test_data).
   result = cli_inprocess.pga(
     'train',
     *args,
+    '--config.dataset=idx',
+    f'--config.data_dir={fashion_mnist_offline.local_files_dir()}',
     f'--workdir={workdir}',
     '--config.num_steps=20',
     '--config.batch_size=16',
