@@ -704,12 +704,13 @@ def test_bad_input_gives_one_line_errors_and_touches_nothing(reference, tmp_path
     ),
   }
 
-  # The disk fills up: no file may grow beyond 30 MB, so the next checkpoint
-  # write (two ~50 MB files) fails half-way.
+  # The disk fills up: no file may grow beyond 150 KB, so the next checkpoint
+  # write fails half-way (conv_tiny's parameters and momentum, ~0.9 MB, go to
+  # a few files of 0.2-0.6 MB); the run's log and event file stay below 90 KB.
   full = copy_run(saved, str(tmp_path / 'full'))
   full_before = tree_manifest(os.path.join(full, checkpointing.CHECKPOINT_DIR))
 
-  small_disk = ['bash', '-c', 'trap "" XFSZ; ulimit -f 30720; exec "$@"', 'small-disk']
+  small_disk = ['bash', '-c', 'trap "" XFSZ; ulimit -f 150; exec "$@"', 'small-disk']
   disk_full = PgaProcess(
     base + [f'--workdir={full}', f'--config.num_steps={NUM_STEPS + 4}'],
     tmp_path,

@@ -21,6 +21,7 @@ from pga_jax.models import dcgan, resnet
 ARCHITECTURES = {
   # name: native image size (networks: dcgan.py, resnet.py; built by the methods below)
   'conv_mnist': 28,
+  'conv_tiny': 28,  # not the paper's: conv_mnist at 1/8 of its widths (dcgan.CONV_TINY)
   'conv_32': 32,
   'conv_64': 64,
   'resnet_32': 32,
@@ -77,14 +78,13 @@ class AutoEncoder:
   def encoder(self) -> nn.Module:
     if self.arch == 'resnet_32':
       return resnet.ResnetEncoder(self.latent_dim, self.use_bn, self.with_logvar, dtype=self.dtype)
-    spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32, 'conv_64': dcgan.CONV_64}[
-      self.arch
-    ]
+    spec, dim = self._dcgan_spec()
     return dcgan.DcganEncoder(
       spec,
       self.latent_dim,
       self.use_bn,
       self.with_logvar,
+      dim=dim,
       dtype=self.dtype,
       conv_impl=self.conv_impl,
     )
@@ -93,12 +93,19 @@ class AutoEncoder:
   def decoder(self) -> nn.Module:
     if self.arch == 'resnet_32':
       return resnet.ResnetDecoder(self.channels, self.use_bn, dtype=self.dtype)
-    spec = {'conv_mnist': dcgan.CONV_MNIST, 'conv_32': dcgan.CONV_32, 'conv_64': dcgan.CONV_64}[
-      self.arch
-    ]
+    spec, dim = self._dcgan_spec()
     return dcgan.DcganDecoder(
-      spec, self.channels, self.use_bn, dtype=self.dtype, conv_impl=self.conv_impl
+      spec, self.channels, self.use_bn, dim=dim, dtype=self.dtype, conv_impl=self.conv_impl
     )
+
+  def _dcgan_spec(self) -> tuple:
+    """(layer spec, filters of the first layer) of a DCGAN-style `arch`."""
+    return {
+      'conv_mnist': (dcgan.CONV_MNIST, 64),
+      'conv_tiny': (dcgan.CONV_TINY, dcgan.CONV_TINY_DIM),
+      'conv_32': (dcgan.CONV_32, 64),
+      'conv_64': (dcgan.CONV_64, 64),
+    }[self.arch]
 
   def init(self, rng: jax.Array) -> dict:
     """Glorot-uniform weights, zero biases (log-variance bias 2*log(0.1))."""

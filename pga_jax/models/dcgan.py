@@ -1,4 +1,5 @@
-"""The reference's DCGAN-style encoders and decoders: conv_mnist, conv_32, conv_64.
+"""The reference's DCGAN-style encoders and decoders: conv_mnist, conv_32, conv_64
+(and conv_tiny, a narrow conv_mnist that is not the paper's).
 
 NHWC, 5x5 kernels, stride 2, 'SAME' padding, `dim` = 64 filters in the first
 layer. Encoders end in a dense layer to the latent mean and, for methods that
@@ -54,6 +55,13 @@ CONV_MNIST = DcganSpec(
   dec_start_bn=True,
   dec_deconvs=((1, False),),
 )
+
+# Not in the paper: conv_mnist's layers at an eighth of its widths (dim 8, 64
+# hidden units; 0.11 million parameters against 13.3 million), for smoke runs
+# and for tests of the machinery around a model (training loop, checkpoints,
+# CLI, storage, several processes), where the paper's widths only cost time.
+CONV_TINY = dataclasses.replace(CONV_MNIST, enc_dense=(64, True), dec_dense_hidden=(64, False))
+CONV_TINY_DIM = 8
 
 CONV_32 = DcganSpec(
   enc_convs=((1, False), (2, True), (4, True)),
