@@ -18,7 +18,11 @@ B, H = 8, 4
 
 
 def make(method_name, **overrides):
+  """A method on conv_tiny (conv_mnist's layers, narrower): routing, warm-up and
+  the two-loss form do not depend on the widths; the paper's network is
+  compared with the reference in test_reference_transcription."""
   config = config_lib.base_config(method_name)
+  config.arch = 'conv_tiny'
   config.latent_dim = H
   config.init_steps = 0
   if method_name == 'lvpga':
