@@ -9,7 +9,7 @@ import pytest
 
 from pga_jax.models import AutoEncoder, param_count
 
-ARCHS = [('conv_mnist', 1), ('conv_32', 3), ('conv_64', 3), ('resnet_32', 3)]
+ARCHS = [('conv_mnist', 1), ('conv_tiny', 1), ('conv_32', 3), ('conv_64', 3), ('resnet_32', 3)]
 
 
 def conv(k, cin, cout):
@@ -31,6 +31,9 @@ def expected_counts(arch, H, C, bn, logvar):
     dec = (
       dense(H, 1024) + dense(1024, 7 * 7 * 128) + b(7 * 7 * 128) + conv(5, 128, 64) + conv(5, 64, C)
     )
+  elif arch == 'conv_tiny':  # conv_mnist's layers at dim 8 and 64 hidden units
+    enc = conv(5, C, 8) + conv(5, 8, 16) + b(16) + dense(7 * 7 * 16, 64) + b(64) + heads(64)
+    dec = dense(H, 64) + dense(64, 7 * 7 * 16) + b(7 * 7 * 16) + conv(5, 16, 8) + conv(5, 8, C)
   elif arch == 'conv_32':
     enc = (
       conv(5, C, 64) + conv(5, 64, 128) + b(128) + conv(5, 128, 256) + b(256) + heads(4 * 4 * 256)
