@@ -139,6 +139,14 @@ def config_file_text(data_dir: str, method: str = 'lpga', extra_lines: str = '',
   return '\n'.join(lines) + '\n' + extra_lines + '  return c\n'
 
 
+# A command prefix that runs a process on a "small disk": no file it writes may
+# grow beyond 150 KB (bash's ulimit; SIGXFSZ ignored, so the write fails with
+# EFBIG). A tiny run's checkpoint write then fails (conv_tiny's parameters and
+# momentum, ~0.9 MB, go to a few files of 0.2-0.6 MB), while its log and
+# event file stay below 90 KB.
+SMALL_DISK = ['bash', '-c', 'trap "" XFSZ; ulimit -f 150; exec "$@"', 'small-disk']
+
+
 def free_port() -> int:
   """A TCP port of 127.0.0.1 that nothing listens on now."""
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -355,16 +355,12 @@ def test_a_full_disk_during_training_exits_1_at_once_with_the_detail_in_the_log(
   config, workdir, _ = run
   copy = str(tmp_path / 'run')
   shutil.copytree(workdir, copy)
-  # No file may grow beyond 150 KB: the checkpoint write fails (conv_tiny's
-  # parameters and momentum, ~0.9 MB, go to a few files of 0.2-0.6 MB); the
-  # run's log and event file stay below 90 KB.
-  small_disk = ['bash', '-c', 'trap "" XFSZ; ulimit -f 150; exec "$@"', 'small-disk']
   proc = pga(
     'train',
     f'--config={config}',
     f'--workdir={copy}',
     '--config.num_steps=6',
-    wrapper=small_disk,
+    wrapper=helpers.SMALL_DISK,
     timeout=200,
   )
   the_error(

@@ -551,17 +551,19 @@ def flip_a_byte_orbax_reads_silently(workdir, step):
 
   intact = read_raw()
   assert intact is not None, f'checkpoint {step} does not read before any flip'
-  for pos in range(size // 17, size, max(size // 17, 1)):
+
+  def flip(pos):  # its own inverse
     with open(path, 'r+b') as f:
       f.seek(pos)
       byte = f.read(1)[0]
       f.seek(pos)
       f.write(bytes([byte ^ 0x5A]))
+
+  for pos in range(size // 17, size, max(size // 17, 1)):
+    flip(pos)
     if read_raw() not in (None, intact):  # read without error, other numbers
       return path
-    with open(path, 'r+b') as f:  # undo, try the next position
-      f.seek(pos)
-      f.write(bytes([byte]))
+    flip(pos)  # undo, try the next position
   pytest.fail(f'no position of {path} flips silently for orbax; every read failed or was unchanged')
 
 
@@ -704,17 +706,14 @@ def test_bad_input_gives_one_line_errors_and_touches_nothing(reference, tmp_path
     ),
   }
 
-  # The disk fills up: no file may grow beyond 150 KB, so the next checkpoint
-  # write fails half-way (conv_tiny's parameters and momentum, ~0.9 MB, go to
-  # a few files of 0.2-0.6 MB); the run's log and event file stay below 90 KB.
+  # The disk fills up (helpers.SMALL_DISK): the next checkpoint write fails half-way.
   full = copy_run(saved, str(tmp_path / 'full'))
   full_before = tree_manifest(os.path.join(full, checkpointing.CHECKPOINT_DIR))
 
-  small_disk = ['bash', '-c', 'trap "" XFSZ; ulimit -f 150; exec "$@"', 'small-disk']
   disk_full = PgaProcess(
     base + [f'--workdir={full}', f'--config.num_steps={NUM_STEPS + 4}'],
     tmp_path,
-    wrapper=small_disk,
+    wrapper=helpers.SMALL_DISK,
   )
   try:
     for name, (args, expected) in cases.items():
