@@ -19,7 +19,7 @@ docs/switch_on.md has the table for both networks).
 
 The warm-up is trained as the AE: before the switch LPGA's other terms have
 weight exactly 0, so its steps are the AE's (checked over the first steps,
-to float rounding) at about a third of the cost.
+to float rounding) at a fraction of the cost.
 """
 
 import jax
