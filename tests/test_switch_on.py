@@ -49,11 +49,12 @@ def continue_run(config, state, source, first_step, num_steps, stop_when=None):
   return state, history
 
 
-@pytest.mark.slow
-def test_the_reference_switch_diverges_and_a_ramp_trains_through():
+def setup(arch='conv_tiny'):
+  """LPGA's quickstart config on `arch` at batch BATCH, its batches of 4,096
+  rendered digits, its initial state, and the AE config its warm-up equals."""
   images, _ = digits.make_digits(4096, seed=0)
   config = quickstart.get_config()
-  config.arch = 'conv_tiny'
+  config.arch = arch
   config.batch_size = BATCH
   config.init_steps = WARMUP
   source = data.BatchSource(images[..., None], BATCH, config.seed, 0, 1)
@@ -65,6 +66,12 @@ def test_the_reference_switch_diverges_and_a_ramp_trains_through():
   ae.method = 'ae'
   for name in config_lib.COEFFICIENTS:
     ae[name] = 0.0
+  return config, source, start, ae
+
+
+@pytest.mark.slow
+def test_the_reference_switch_diverges_and_a_ramp_trains_through():
+  config, source, start, ae = setup()
   lpga_first, _ = continue_run(config, start, source, 0, 5)
   ae_first, _ = continue_run(ae, start, source, 0, 5)
   for a, b in zip(jax.tree_util.tree_leaves(lpga_first), jax.tree_util.tree_leaves(ae_first)):
@@ -93,3 +100,37 @@ def test_the_reference_switch_diverges_and_a_ramp_trains_through():
   ramp = outcomes[500]
   assert all(m['finite'] == 1.0 for m in ramp)
   assert max(m['rec'] for m in ramp) < 1.5 * rec_before, (rec_before, [m['rec'] for m in ramp])
+
+
+def print_table(arch, warmups):
+  """For each warm-up length: the most L_r rose over AFTER steps, as a multiple
+  of its level before the switch, with the reference's switch and with a
+  500-step ramp (the table of docs/switch_on.md)."""
+  config, source, state, ae = setup(arch)
+  done = 0
+  for warmup in warmups:
+    state, warm = continue_run(ae, state, source, done, warmup + 1 - done)
+    done = warmup + 1
+    rec_before = np.mean([m['rec'] for m in warm[-20:]])
+    row = [f'warm-up {warmup}:']
+    for ramp in (0, 500):
+      switched = config.copy_and_resolve_references()
+      switched.init_steps, switched.warmup_ramp_steps = warmup, ramp
+      _, history = continue_run(switched, state, source, warmup + 1, AFTER)
+      ratios = [m['rec'] / rec_before for m in history]
+      first = next((i + 1 for i, r in enumerate(ratios) if not r <= 5), None)
+      finite = all(m['finite'] == 1.0 for m in history)
+      row.append(
+        f'ramp {ramp}: most {max(ratios):.2f}x, first >5x at step {first}, all finite {finite}'
+      )
+    print('  '.join(row), flush=True)
+
+
+if __name__ == '__main__':
+  # python -m tests.test_switch_on [ARCH [WARMUP,WARMUP,...]]
+  import sys  # pylint: disable=g-import-not-at-top
+
+  print_table(
+    sys.argv[1] if len(sys.argv) > 1 else 'conv_tiny',
+    [int(w) for w in (sys.argv[2] if len(sys.argv) > 2 else '200,300,400,500,600').split(',')],
+  )
